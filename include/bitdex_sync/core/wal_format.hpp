@@ -1,0 +1,82 @@
+// The ops WAL on-disk layout (docs/wal-format.md), as pure functions over
+// byte buffers: the writer, the reader, the CLI and the fuzzer share them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/core/ops.hpp"
+
+namespace bitdex::wal {
+
+inline constexpr char kSegmentMagic[8] = {'B', 'D', 'X', 'O', 'P', 'W', 'A', 'L'};
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr size_t kSegmentHeaderFixed = 48;  // before the stream marks
+inline constexpr size_t kMarkSize = 16;
+inline constexpr size_t kRecordHeaderSize = 32;
+inline constexpr uint32_t kMaxRecordSize = 256u << 20;
+inline constexpr uint32_t kMaxMarks = 255;
+
+enum class RecordType : uint8_t { Entity = 1, BatchEnd = 2 };
+inline constexpr uint8_t kFlagCreatesSlot = 0x01;
+
+struct SegmentHeader {
+  uint64_t wal_id = 0;          // random, identical in every segment of one WAL
+  uint64_t generation = 0;      // segment sequence number, from 1
+  uint64_t next_batch_seq = 1;  // sequence number of the first batch in it
+  std::vector<SourcePos> marks; // per stream: highest position durable before it
+};
+
+struct BatchEnd {
+  uint64_t batch_seq = 0;
+  uint32_t record_count = 0;     // entity records in the batch
+  std::vector<SourcePos> marks;  // per stream: highest position covered so far
+};
+
+// A record as it lies in a buffer; payload points into that buffer.
+struct RecordView {
+  RecordType type = RecordType::Entity;
+  uint8_t flags = 0;
+  SourcePos pos;
+  int64_t entity_id = 0;  // BatchEnd: the batch sequence number
+  const uint8_t* payload = nullptr;
+  uint32_t payload_len = 0;
+  uint32_t total_len = 0;
+};
+
+enum class Parse { Ok, Incomplete, Corrupt };
+
+std::string segment_file_name(uint64_t generation);
+// Generation from a file name made by segment_file_name; 0 when it is not one.
+uint64_t parse_segment_file_name(const std::string& name);
+
+void encode_segment_header(std::string& out, const SegmentHeader& h);
+// On Ok sets *h and *header_len; on Corrupt sets *why.
+Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len,
+                            std::string* why);
+
+void append_entity_record(std::string& out, const EntityRecord& r);
+void append_batch_end(std::string& out, const BatchEnd& b);
+
+// Incomplete: fewer bytes than the record claims (or than a header).
+// Corrupt: impossible length, CRC mismatch, unknown type (reason in *why).
+Parse decode_record(const uint8_t* p, size_t avail, RecordView* out, std::string* why);
+
+// Decodes a BatchEnd payload; throws Error(Corrupt).
+BatchEnd decode_batch_end(const RecordView& v);
+// Decodes an entity record (payload ops); throws Error(Corrupt).
+EntityRecord decode_entity(const RecordView& v);
+
+// True when a valid batch-end record of a batch numbered above
+// `expected_seq` starts anywhere in [from, len): proof that bad bytes before it
+// are damage, not a torn or in-progress write (which is always the last batch).
+bool later_batch_exists(const uint8_t* data, size_t len, size_t from, uint64_t expected_seq);
+
+// Merges `p` into `marks` (keeps the highest position per stream).
+void raise_mark(std::vector<SourcePos>& marks, const SourcePos& p);
+// The mark of `stream`, or a zero position.
+SourcePos find_mark(const std::vector<SourcePos>& marks, Stream stream);
+
+}  // namespace bitdex::wal

@@ -1,0 +1,115 @@
+// Tokenizing parser for BitDex filter queries.
+#include "bitdex_sync/core/query.hpp"
+
+#include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/cpp_only.hpp"
+
+namespace bitdex {
+namespace {
+
+class QueryParser {
+ public:
+  explicit QueryParser(std::string_view s) : s_(s) {}
+
+  Query parse() {
+    Query q;
+    for (;;) {
+      skip_ws();
+      QueryClause c;
+      c.field = word();
+      if (c.field.empty()) fail("expected a field name");
+      skip_ws();
+      std::string op = word();
+      skip_ws();
+      if (op == "eq") {
+        c.values.push_back(value());
+      } else if (op == "in") {
+        if (!eat('[')) fail("expected '[' after in");
+        skip_ws();
+        if (!eat(']')) {
+          for (;;) {
+            skip_ws();
+            c.values.push_back(value());
+            skip_ws();
+            if (eat(']')) break;
+            if (!eat(',')) fail("expected ',' or ']' in list");
+          }
+        }
+      } else {
+        fail("expected eq or in after field \"" + c.field + "\"");
+      }
+      q.clauses.push_back(std::move(c));
+      skip_ws();
+      if (pos_ == s_.size()) return q;
+      if (word() != "AND") fail("expected AND between clauses");
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) {
+    throw Error(ErrorKind::InvalidInput,
+                "invalid query \"" + std::string(s_) + "\": " + what + " at offset " + std::to_string(pos_),
+                {}, "Queries are clauses joined by AND, each `field eq value` or `field in [v1, v2]`.");
+  }
+
+  void skip_ws() {
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n')) pos_++;
+  }
+
+  bool eat(char c) {
+    if (pos_ < s_.size() && s_[pos_] == c) {
+      pos_++;
+      return true;
+    }
+    return false;
+  }
+
+  static bool word_char(char c) {
+    return !(c == ' ' || c == '\t' || c == '\n' || c == '[' || c == ']' || c == ',' || c == '"' || c == '\'');
+  }
+
+  std::string word() {
+    size_t start = pos_;
+    while (pos_ < s_.size() && word_char(s_[pos_])) pos_++;
+    return std::string(s_.substr(start, pos_ - start));
+  }
+
+  OpValue value() {
+    if (pos_ < s_.size() && (s_[pos_] == '"' || s_[pos_] == '\'')) {
+      char quote = s_[pos_++];
+      std::string out;
+      for (;;) {
+        if (pos_ >= s_.size()) fail("unterminated string");
+        char c = s_[pos_++];
+        if (c == quote) break;
+        if (c == '\\' && pos_ < s_.size()) c = s_[pos_++];
+        out += c;
+      }
+      return OpValue::string(std::move(out));
+    }
+    std::string w = word();
+    if (w.empty()) fail("expected a value");
+    if (w == "null") return OpValue::null();
+    if (w == "true") return OpValue::boolean(true);
+    if (w == "false") return OpValue::boolean(false);
+    bool numeric = (w[0] == '-' || (w[0] >= '0' && w[0] <= '9'));
+    if (numeric) {
+      try {
+        json::Value v = json::parse(w);
+        if (v.type == json::Type::Number) return OpValue::from_json(v);
+      } catch (const Error&) {
+        // not a JSON number: fall through to a bare string
+      }
+    }
+    return OpValue::string(std::move(w));
+  }
+
+  std::string_view s_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+Query parse_query(std::string_view text) { return QueryParser(text).parse(); }
+
+}  // namespace bitdex

@@ -1,0 +1,132 @@
+// Segment listing, durable consumer cursors and cursor-driven retention.
+#include "bitdex_sync/core/wal_dir.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "bitdex_sync/core/crc32c.hpp"
+#include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/file_io.hpp"
+#include "bitdex_sync/core/wal_format.hpp"
+#include "bitdex_sync/core/cpp_only.hpp"
+
+namespace bitdex::wal {
+namespace {
+
+constexpr char kCursorMagic[8] = {'B', 'D', 'X', 'C', 'U', 'R', '0', '1'};
+constexpr size_t kCursorSize = 36;
+const char* const kConsumersDir = "consumers";
+const char* const kCursorSuffix = ".cursor";
+
+std::string consumers_dir(const std::string& dir) { return dir + "/" + kConsumersDir; }
+
+std::string encode_cursor(const Cursor& c) {
+  std::string out(kCursorMagic, 8);
+  for (uint64_t v : {c.wal_id, c.generation, c.offset})
+    for (int i = 0; i < 8; i++) out += static_cast<char>(v >> (8 * i));
+  uint32_t crc = crc32c(out.data(), out.size());
+  for (int i = 0; i < 4; i++) out += static_cast<char>(crc >> (8 * i));
+  return out;
+}
+
+Cursor decode_cursor(const std::string& bytes, const std::string& path) {
+  auto u = [&](size_t at, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | static_cast<uint8_t>(bytes[at + i]);
+    return v;
+  };
+  if (bytes.size() != kCursorSize || std::memcmp(bytes.data(), kCursorMagic, 8) != 0 ||
+      u(32, 4) != crc32c(bytes.data(), 32))
+    throw Error(ErrorKind::Corrupt, "consumer cursor file \"" + path + "\" is corrupt");
+  return Cursor{u(8, 8), u(16, 8), u(24, 8)};
+}
+
+}  // namespace
+
+std::string segment_path(const std::string& dir, uint64_t generation) {
+  return dir + "/" + segment_file_name(generation);
+}
+
+std::vector<uint64_t> list_segments(const std::string& dir) {
+  std::vector<uint64_t> gens;
+  for (const std::string& n : fileio::list_dir(dir))
+    if (uint64_t g = parse_segment_file_name(n)) gens.push_back(g);
+  std::sort(gens.begin(), gens.end());
+  return gens;
+}
+
+void validate_consumer_name(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 64 && name[0] != '.';
+  for (char c : name)
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                c == '-' || c == '.');
+  if (!ok)
+    throw Error(ErrorKind::InvalidInput, "invalid consumer name \"" + name + "\"", {},
+                "Use 1 to 64 characters from A-Z, a-z, 0-9, '_', '-' and '.', not starting with '.'.");
+}
+
+void register_consumer(const std::string& dir, const std::string& name, const Cursor& start) {
+  validate_consumer_name(name);
+  fileio::make_dirs(consumers_dir(dir));
+  if (!load_cursor(dir, name)) save_cursor(dir, name, start);
+}
+
+void save_cursor(const std::string& dir, const std::string& name, const Cursor& c) {
+  validate_consumer_name(name);
+  fileio::make_dirs(consumers_dir(dir));
+  fileio::write_file_atomic(consumers_dir(dir), name + kCursorSuffix, encode_cursor(c));
+}
+
+std::optional<Cursor> load_cursor(const std::string& dir, const std::string& name) {
+  validate_consumer_name(name);
+  std::string path = consumers_dir(dir) + "/" + name + kCursorSuffix;
+  if (!fileio::exists(path)) return std::nullopt;
+  return decode_cursor(fileio::read_file(path), path);
+}
+
+void unregister_consumer(const std::string& dir, const std::string& name) {
+  validate_consumer_name(name);
+  std::string path = consumers_dir(dir) + "/" + name + kCursorSuffix;
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_io_error("remove file", path, errno);
+  fileio::fsync_dir(consumers_dir(dir));
+}
+
+std::vector<std::pair<std::string, Cursor>> list_consumers(const std::string& dir) {
+  std::vector<std::pair<std::string, Cursor>> out;
+  std::string cdir = consumers_dir(dir);
+  if (!fileio::exists(cdir)) return out;
+  const size_t slen = std::strlen(kCursorSuffix);
+  for (const std::string& n : fileio::list_dir(cdir)) {
+    if (n.size() <= slen || n.compare(n.size() - slen, slen, kCursorSuffix) != 0) continue;
+    std::string name = n.substr(0, n.size() - slen);
+    out.emplace_back(name, decode_cursor(fileio::read_file(cdir + "/" + n), cdir + "/" + n));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+std::vector<uint64_t> remove_consumed_segments(const std::string& dir) {
+  std::vector<uint64_t> removed;
+  auto consumers = list_consumers(dir);
+  if (consumers.empty()) return removed;
+  std::vector<uint64_t> gens = list_segments(dir);
+  if (gens.size() < 2) return removed;
+  uint64_t keep_from = gens.back();  // the newest segment always stays
+  for (const auto& [name, c] : consumers) {
+    // generation 0 means "not started": it still needs the oldest segment.
+    keep_from = std::min(keep_from, c.generation == 0 ? gens.front() : c.generation);
+  }
+  for (uint64_t g : gens) {
+    if (g >= keep_from) break;
+    std::string path = segment_path(dir, g);
+    if (::unlink(path.c_str()) != 0) throw_io_error("remove segment", path, errno);
+    removed.push_back(g);
+  }
+  if (!removed.empty()) fileio::fsync_dir(dir);
+  return removed;
+}
+
+}  // namespace bitdex::wal
