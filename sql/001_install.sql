@@ -1,0 +1,18 @@
+-- The extension installs into its own schema in a cluster that preloads it.
+CREATE EXTENSION bitdex_sync;
+SELECT extname, extversion, extrelocatable, nspname
+  FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+ WHERE extname = 'bitdex_sync';
+SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS result,
+       p.provolatile, p.proisstrict
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'bitdex_sync' ORDER BY 1;
+SHOW wal_level;
+-- Settings under the reserved prefix that the extension does not define are refused.
+SET bitdex_sync.no_such_setting = 1;
+-- A role without USAGE on the schema cannot call into it.
+CREATE ROLE bitdex_sync_nobody;
+SET ROLE bitdex_sync_nobody;
+SELECT bitdex_sync.dedup('[]');
+RESET ROLE;
+DROP ROLE bitdex_sync_nobody;

@@ -1,0 +1,18 @@
+// Library entry point: _PG_init in the canonical order (STYLE.md rule 4).
+#include "bitdex_sync/pg/postgres.hpp"
+
+extern "C" {
+PG_MODULE_MAGIC;
+void _PG_init(void);
+}
+
+// Refuses to load outside shared_preload_libraries: the capture worker and
+// its shared state exist only when the postmaster loads the library.
+void _PG_init(void) {
+  if (!process_shared_preload_libraries_in_progress)
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("bitdex_sync must be loaded via shared_preload_libraries"),
+                    errhint("Add bitdex_sync to shared_preload_libraries (and to output_plugin_libraries) in "
+                            "postgresql.conf, then restart the server.")));
+  MarkGUCPrefixReserved("bitdex_sync");
+}
