@@ -5,6 +5,8 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
+
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/cpp_only.hpp"
 
@@ -68,6 +70,12 @@ size_t WalReader::read_more(size_t want) {
     start_ = 0;
   }
   size_t old = buf_.size();
+  // Never allocate more than the file holds: a torn length field may claim
+  // up to the 256 MiB record limit.
+  uint64_t size = fileio::file_size(fd_.get(), path_);
+  uint64_t have = off_ + old;
+  if (size <= have) return 0;
+  want = static_cast<size_t>(std::min<uint64_t>(want, size - have));
   buf_.resize(old + want);
   size_t got = fileio::pread_full(fd_.get(), buf_.data() + old, want, off_ + old, path_);
   buf_.resize(old + got);
