@@ -106,9 +106,9 @@ check-wall:
 
 FORMAT_FILES = $(shell find src include tools test bench -name '*.cpp' -o -name '*.hpp')
 format:
-	clang-format -i $(FORMAT_FILES)
+	@clang-format -i $(FORMAT_FILES)
 
 check-format:
-	clang-format --dry-run --Werror $(FORMAT_FILES)
+	@clang-format --dry-run --Werror $(FORMAT_FILES)
 
 .PHONY: tools unit fuzz bench check-wall format check-format

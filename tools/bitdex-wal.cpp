@@ -91,8 +91,8 @@ int cmd_dump(const std::string& dir, const Cursor& from) {
       line += "}\n";
       std::fputs(line.c_str(), stdout);
     }
-    line = "{\"batch_end\":" + std::to_string(b.seq) + ",\"records\":" + std::to_string(b.records.size()) +
-           ",\"marks\":";
+    line =
+        "{\"batch_end\":" + std::to_string(b.seq) + ",\"records\":" + std::to_string(b.records.size()) + ",\"marks\":";
     write_marks(line, b.marks);
     line += ",\"next\":" + cursor_json(b.end) + "}\n";
     std::fputs(line.c_str(), stdout);
@@ -121,8 +121,7 @@ Totals scan(const std::string& dir, std::vector<std::string>* problems, std::str
     SegmentHeader h;
     size_t hlen;
     std::string why;
-    if (decode_segment_header(reinterpret_cast<const uint8_t*>(head.data()), head.size(), &h, &hlen, &why) ==
-        Parse::Ok)
+    if (decode_segment_header(reinterpret_cast<const uint8_t*>(head.data()), head.size(), &h, &hlen, &why) == Parse::Ok)
       headers[g] = h;
   }
   WalReader rd(dir, Cursor{});

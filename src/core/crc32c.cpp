@@ -40,9 +40,8 @@ uint32_t crc_soft(uint32_t crc, const unsigned char* p, size_t len) {
     uint64_t w;
     std::memcpy(&w, p, 8);  // little-endian host assumed (x86_64, aarch64)
     w ^= crc;
-    crc = tb.t[7][w & 0xFF] ^ tb.t[6][(w >> 8) & 0xFF] ^ tb.t[5][(w >> 16) & 0xFF] ^
-          tb.t[4][(w >> 24) & 0xFF] ^ tb.t[3][(w >> 32) & 0xFF] ^ tb.t[2][(w >> 40) & 0xFF] ^
-          tb.t[1][(w >> 48) & 0xFF] ^ tb.t[0][w >> 56];
+    crc = tb.t[7][w & 0xFF] ^ tb.t[6][(w >> 8) & 0xFF] ^ tb.t[5][(w >> 16) & 0xFF] ^ tb.t[4][(w >> 24) & 0xFF] ^
+          tb.t[3][(w >> 32) & 0xFF] ^ tb.t[2][(w >> 40) & 0xFF] ^ tb.t[1][(w >> 48) & 0xFF] ^ tb.t[0][w >> 56];
     p += 8;
     len -= 8;
   }
@@ -51,8 +50,7 @@ uint32_t crc_soft(uint32_t crc, const unsigned char* p, size_t len) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t crc_hw(uint32_t crc, const unsigned char* p,
-                                                  size_t len) {
+__attribute__((target("sse4.2"))) uint32_t crc_hw(uint32_t crc, const unsigned char* p, size_t len) {
   uint64_t c = ~crc & 0xFFFFFFFFu;
   while (len >= 8) {
     uint64_t w;

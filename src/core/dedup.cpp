@@ -143,11 +143,8 @@ class Deduper {
         e.delete_pos = pos;
         e.pairs.clear();
         return;
-      case OpKind::Alive:
-        e.alive = true;
-        return;
-      default:
-        break;
+      case OpKind::Alive: e.alive = true; return;
+      default: break;
     }
     for (PairOp& p : e.pairs) {
       if (p.last.field == op.field && p.last.value == op.value) {

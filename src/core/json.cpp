@@ -30,9 +30,7 @@ class Parser {
   }
 
   void skip_ws() {
-    while (pos_ < s_.size() &&
-           (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r'))
-      pos_++;
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) pos_++;
   }
 
   bool eat(char c) {
@@ -71,12 +69,8 @@ class Parser {
         out.type = Type::String;
         string(out.text);
         return;
-      case '[':
-        array(out, depth);
-        return;
-      case '{':
-        object(out, depth);
-        return;
+      case '[': array(out, depth); return;
+      case '{': object(out, depth); return;
       default:
         if (c == '-' || (c >= '0' && c <= '9')) {
           number(out);
@@ -186,8 +180,7 @@ class Parser {
     pos_++;  // opening quote
     for (;;) {
       size_t run = pos_;
-      while (pos_ < s_.size() && s_[pos_] != '"' && s_[pos_] != '\\' &&
-             static_cast<unsigned char>(s_[pos_]) >= 0x20)
+      while (pos_ < s_.size() && s_[pos_] != '"' && s_[pos_] != '\\' && static_cast<unsigned char>(s_[pos_]) >= 0x20)
         pos_++;
       out.append(s_.data() + run, pos_ - run);
       if (pos_ >= s_.size()) fail("unterminated string");
@@ -223,8 +216,7 @@ class Parser {
           put_utf8(out, cp);
           break;
         }
-        default:
-          fail("invalid escape in string");
+        default: fail("invalid escape in string");
       }
     }
   }
@@ -241,7 +233,9 @@ const Value* Value::find(std::string_view key) const {
   return nullptr;
 }
 
-Value parse(std::string_view text) { return Parser(text).document(); }
+Value parse(std::string_view text) {
+  return Parser(text).document();
+}
 
 void write_string(std::string& out, std::string_view s) {
   out += '"';

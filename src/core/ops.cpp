@@ -13,8 +13,7 @@
 namespace bitdex {
 namespace {
 
-[[noreturn]] void bad(const std::string& where, const std::string& what,
-                      const std::string& hint = {}) {
+[[noreturn]] void bad(const std::string& where, const std::string& what, const std::string& hint = {}) {
   throw Error(ErrorKind::InvalidInput, where + ": " + what, {}, hint);
 }
 
@@ -96,8 +95,8 @@ const char* op_kind_name(OpKind k) {
 }
 
 bool Op::operator==(const Op& o) const {
-  return kind == o.kind && field == o.field && value == o.value && has_query == o.has_query &&
-         query == o.query && ops == o.ops;
+  return kind == o.kind && field == o.field && value == o.value && has_query == o.has_query && query == o.query &&
+         ops == o.ops;
 }
 
 Op parse_op(const json::Value& v, const std::string& where, bool nested) {
@@ -137,8 +136,7 @@ Op parse_op(const json::Value& v, const std::string& where, bool nested) {
     for (size_t i = 0; i < inner.items.size(); i++)
       op.ops.push_back(parse_op(inner.items[i], where + ", nested op " + std::to_string(i + 1), true));
   } else {
-    bad(where, "unknown op \"" + n + "\"",
-        "Valid ops are set, remove, add, delete, alive and queryOpSet.");
+    bad(where, "unknown op \"" + n + "\"", "Valid ops are set, remove, add, delete, alive and queryOpSet.");
   }
   return op;
 }
@@ -154,7 +152,8 @@ std::vector<Op> parse_ops(const json::Value& v, const std::string& where) {
 
 EntityRecord parse_record(const json::Value& v, const std::string& where) {
   if (v.type != json::Type::Object)
-    bad(where, std::string("a record must be an object {entity_id, ops, creates_slot}, got ") + json::type_name(v.type));
+    bad(where,
+        std::string("a record must be an object {entity_id, ops, creates_slot}, got ") + json::type_name(v.type));
   EntityRecord r;
   const json::Value& id = member(v, "entity_id", where);
   if (id.type != json::Type::Number || !canonical_int(id.text, r.entity_id))

@@ -9,8 +9,12 @@ namespace bitdex::codec {
 namespace {
 
 // Zigzag keeps small negative integers short.
-inline uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
-inline int64_t unzigzag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+inline uint64_t zigzag(int64_t v) {
+  return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
+}
+inline int64_t unzigzag(uint64_t v) {
+  return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1);
+}
 
 void put_bytes(std::string& out, const std::string& s) {
   put_varint(out, s.size());
@@ -100,8 +104,7 @@ class Decoder {
   Op op(int depth) {
     Op op;
     uint8_t k = byte();
-    if (k < static_cast<uint8_t>(OpKind::Set) || k > static_cast<uint8_t>(OpKind::QueryOpSet))
-      fail("unknown op kind");
+    if (k < static_cast<uint8_t>(OpKind::Set) || k > static_cast<uint8_t>(OpKind::QueryOpSet)) fail("unknown op kind");
     op.kind = static_cast<OpKind>(k);
     if (depth > 0 && !op.is_field_op()) fail("queryOpSet may nest only set, remove and add");
     if (op.is_field_op()) {

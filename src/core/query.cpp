@@ -48,8 +48,8 @@ class QueryParser {
  private:
   [[noreturn]] void fail(const std::string& what) {
     throw Error(ErrorKind::InvalidInput,
-                "invalid query \"" + std::string(s_) + "\": " + what + " at offset " + std::to_string(pos_),
-                {}, "Queries are clauses joined by AND, each `field eq value` or `field in [v1, v2]`.");
+                "invalid query \"" + std::string(s_) + "\": " + what + " at offset " + std::to_string(pos_), {},
+                "Queries are clauses joined by AND, each `field eq value` or `field in [v1, v2]`.");
   }
 
   void skip_ws() {
@@ -110,6 +110,8 @@ class QueryParser {
 
 }  // namespace
 
-Query parse_query(std::string_view text) { return QueryParser(text).parse(); }
+Query parse_query(std::string_view text) {
+  return QueryParser(text).parse();
+}
 
 }  // namespace bitdex

@@ -21,7 +21,9 @@ constexpr size_t kCursorSize = 36;
 const char* const kConsumersDir = "consumers";
 const char* const kCursorSuffix = ".cursor";
 
-std::string consumers_dir(const std::string& dir) { return dir + "/" + kConsumersDir; }
+std::string consumers_dir(const std::string& dir) {
+  return dir + "/" + kConsumersDir;
+}
 
 std::string encode_cursor(const Cursor& c) {
   std::string out(kCursorMagic, 8);
@@ -61,8 +63,8 @@ std::vector<uint64_t> list_segments(const std::string& dir) {
 void validate_consumer_name(const std::string& name) {
   bool ok = !name.empty() && name.size() <= 64 && name[0] != '.';
   for (char c : name)
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                c == '-' || c == '.');
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                c == '.');
   if (!ok)
     throw Error(ErrorKind::InvalidInput, "invalid consumer name \"" + name + "\"", {},
                 "Use 1 to 64 characters from A-Z, a-z, 0-9, '_', '-' and '.', not starting with '.'.");

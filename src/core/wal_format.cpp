@@ -13,7 +13,9 @@
 namespace bitdex::wal {
 namespace {
 
-void put_u8(std::string& out, uint8_t v) { out += static_cast<char>(v); }
+void put_u8(std::string& out, uint8_t v) {
+  out += static_cast<char>(v);
+}
 void put_u32(std::string& out, uint32_t v) {
   char b[4];
   for (int i = 0; i < 4; i++) b[i] = static_cast<char>(v >> (8 * i));
@@ -55,8 +57,7 @@ SourcePos get_mark(const uint8_t* p) {
 }
 
 // Writes the 32-byte record header with placeholders for length and CRC.
-size_t begin_record(std::string& out, RecordType type, uint8_t flags, const SourcePos& pos,
-                    int64_t entity_id) {
+size_t begin_record(std::string& out, RecordType type, uint8_t flags, const SourcePos& pos, int64_t entity_id) {
   size_t start = out.size();
   put_u32(out, 0);
   put_u32(out, 0);
@@ -73,8 +74,8 @@ size_t begin_record(std::string& out, RecordType type, uint8_t flags, const Sour
 void end_record(std::string& out, size_t start) {
   size_t len = out.size() - start;
   if (len > kMaxRecordSize)
-    throw Error(ErrorKind::InvalidInput, "ops WAL record of " + std::to_string(len) +
-                                             " bytes exceeds the 256 MiB record limit");
+    throw Error(ErrorKind::InvalidInput,
+                "ops WAL record of " + std::to_string(len) + " bytes exceeds the 256 MiB record limit");
   set_u32(out, start, static_cast<uint32_t>(len));
   uint32_t crc = crc32c(out.data() + start + 8, len - 8);
   set_u32(out, start + 4, crc);
@@ -114,8 +115,7 @@ void encode_segment_header(std::string& out, const SegmentHeader& h) {
   put_u32(out, crc32c(out.data() + start, out.size() - start));
 }
 
-Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len,
-                            std::string* why) {
+Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len, std::string* why) {
   if (avail < kSegmentHeaderFixed) return Parse::Incomplete;
   if (std::memcmp(p, kSegmentMagic, 8) != 0) {
     *why = "bad magic: not an ops WAL segment";
@@ -147,8 +147,7 @@ Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, si
 }
 
 void append_entity_record(std::string& out, const EntityRecord& r) {
-  size_t start = begin_record(out, RecordType::Entity, r.creates_slot ? kFlagCreatesSlot : 0, r.pos,
-                              r.entity_id);
+  size_t start = begin_record(out, RecordType::Entity, r.creates_slot ? kFlagCreatesSlot : 0, r.pos, r.entity_id);
   codec::encode_ops(out, r.ops);
   end_record(out, start);
 }

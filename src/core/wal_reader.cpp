@@ -19,12 +19,15 @@ WalReader::WalReader(std::string dir, const Cursor& start)
     : dir_(std::move(dir)), wal_id_(start.wal_id), gen_(start.generation), off_(start.offset) {}
 
 void WalReader::corrupt(uint64_t offset, const std::string& why) const {
-  throw Error(ErrorKind::Corrupt,
-              "ops WAL corrupt in segment " + std::to_string(gen_) + " at offset " + std::to_string(offset) + ": " + why,
-              "File " + path_ + ".", "Run bitdex-wal verify on the directory.");
+  throw Error(
+      ErrorKind::Corrupt,
+      "ops WAL corrupt in segment " + std::to_string(gen_) + " at offset " + std::to_string(offset) + ": " + why,
+      "File " + path_ + ".", "Run bitdex-wal verify on the directory.");
 }
 
-bool WalReader::sealed() const { return fileio::exists(segment_path(dir_, gen_ + 1)); }
+bool WalReader::sealed() const {
+  return fileio::exists(segment_path(dir_, gen_ + 1));
+}
 
 // Opens segment gen_ (choosing the oldest when gen_ is 0). False: none yet.
 bool WalReader::open_segment() {
@@ -124,8 +127,8 @@ ReadStatus WalReader::next(WalBatch* out) {
       }
       if (be.record_count != views.size()) corrupt(off_ + at, "batch-end record count does not match the batch");
       if (expected_seq_ != 0 && be.batch_seq != expected_seq_)
-        corrupt(off_ + at, "batch " + std::to_string(be.batch_seq) + " where " + std::to_string(expected_seq_) +
-                               " was expected");
+        corrupt(off_ + at,
+                "batch " + std::to_string(be.batch_seq) + " where " + std::to_string(expected_seq_) + " was expected");
       size_t batch_len = at + v.total_len;
       out->seq = be.batch_seq;
       out->marks = std::move(be.marks);

@@ -69,11 +69,11 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
   size_t hlen = 0;
   std::string why;
   if (decode_segment_header(p, data.size(), &h, &hlen, &why) != Parse::Ok)
-    throw Error(ErrorKind::Corrupt, "ops WAL segment \"" + path_ + "\" has a bad header: " +
-                                        (why.empty() ? std::string("truncated") : why));
+    throw Error(ErrorKind::Corrupt, "ops WAL segment \"" + path_ +
+                                        "\" has a bad header: " + (why.empty() ? std::string("truncated") : why));
   if (h.generation != generation)
-    throw Error(ErrorKind::Corrupt, "ops WAL segment \"" + path_ + "\" claims generation " +
-                                        std::to_string(h.generation));
+    throw Error(ErrorKind::Corrupt,
+                "ops WAL segment \"" + path_ + "\" claims generation " + std::to_string(h.generation));
   wal_id_ = h.wal_id;
   generation_ = generation;
   header_len_ = hlen;
@@ -115,8 +115,8 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
   if (good_end < data.size()) {
     if (later_batch_exists(reinterpret_cast<const uint8_t*>(data.data()), data.size(), good_end + 1, next_seq_))
       throw Error(ErrorKind::Corrupt,
-                  "ops WAL segment \"" + path_ + "\" is damaged at offset " + std::to_string(good_end) + " (" +
-                      why + ") and complete batches follow",
+                  "ops WAL segment \"" + path_ + "\" is damaged at offset " + std::to_string(good_end) + " (" + why +
+                      ") and complete batches follow",
                   "This is not a torn write from a crash, so the writer does not truncate it.",
                   "Inspect it with bitdex-wal verify; restore the directory from a backup or re-dump.");
     if (::ftruncate(fd_.get(), static_cast<off_t>(good_end)) != 0) throw_io_error("truncate", path_, errno);
@@ -147,8 +147,7 @@ void WalWriter::create_segment(uint64_t generation) {
 }
 
 AppendResult WalWriter::append(const Batch& records, const std::vector<SourcePos>& covered) {
-  if (broken_)
-    throw Error(ErrorKind::Internal, "ops WAL writer hit an I/O error earlier and must be reopened");
+  if (broken_) throw Error(ErrorKind::Internal, "ops WAL writer hit an I/O error earlier and must be reopened");
   std::vector<SourcePos> new_marks = marks_;
   for (const SourcePos& c : covered) {
     SourcePos old = find_mark(marks_, c.stream);

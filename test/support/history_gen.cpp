@@ -4,13 +4,21 @@
 
 namespace bitdex::test {
 
-OpValue HistoryGen::value_a() { return pick(0, 3) == 0 ? OpValue::null() : OpValue::int64(pick(1, 3)); }
-OpValue HistoryGen::value_b() { return OpValue::string(pick(0, 1) ? "x" : "y"); }
-OpValue HistoryGen::value_post() { return pick(0, 4) == 0 ? OpValue::null() : OpValue::int64(pick(1, 3)); }
+OpValue HistoryGen::value_a() {
+  return pick(0, 3) == 0 ? OpValue::null() : OpValue::int64(pick(1, 3));
+}
+OpValue HistoryGen::value_b() {
+  return OpValue::string(pick(0, 1) ? "x" : "y");
+}
+OpValue HistoryGen::value_post() {
+  return pick(0, 4) == 0 ? OpValue::null() : OpValue::int64(pick(1, 3));
+}
 OpValue HistoryGen::value_published() {
   return pick(0, 3) == 0 ? OpValue::null() : OpValue::string("2024-01-0" + std::to_string(pick(1, 3)));
 }
-OpValue HistoryGen::value_availability() { return OpValue::string(pick(0, 1) ? "Public" : "Private"); }
+OpValue HistoryGen::value_availability() {
+  return OpValue::string(pick(0, 1) ? "Public" : "Private");
+}
 
 EntityRecord HistoryGen::rec(int64_t id, std::vector<Op> ops) {
   EntityRecord r;

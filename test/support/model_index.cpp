@@ -50,9 +50,7 @@ void ModelIndex::apply(const EntityRecord& r) {
     switch (op.kind) {
       case OpKind::Set:
       case OpKind::Add:
-      case OpKind::Remove:
-        field_op(r.entity_id, op);
-        break;
+      case OpKind::Remove: field_op(r.entity_id, op); break;
       case OpKind::Delete:
         alive_.erase(r.entity_id);
         for (auto it = bitmaps_.begin(); it != bitmaps_.end();) {
@@ -60,12 +58,8 @@ void ModelIndex::apply(const EntityRecord& r) {
           it = it->second.empty() ? bitmaps_.erase(it) : std::next(it);
         }
         break;
-      case OpKind::Alive:
-        alive_.insert(r.entity_id);
-        break;
-      case OpKind::QueryOpSet:
-        query_op_set(op);
-        break;
+      case OpKind::Alive: alive_.insert(r.entity_id); break;
+      case OpKind::QueryOpSet: query_op_set(op); break;
     }
   }
   // creates_slot marks the slot alive once the record's ops are applied.

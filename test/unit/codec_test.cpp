@@ -103,3 +103,15 @@ TEST(Codec, RejectsHostileInput) {
   const uint8_t long_varint[] = {1, 1, 1, 'a', 3, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
   EXPECT_THROW(codec::decode_ops(long_varint, sizeof long_varint), Error);
 }
+
+// The example in docs/wal-format.md, byte for byte.
+TEST(Codec, DocumentedExample) {
+  std::string bin;
+  codec::encode_ops(bin, {Op::remove("nsfwLevel", OpValue::int64(4)), Op::set("nsfwLevel", OpValue::int64(8))});
+  const std::string expected =
+      "\x02"
+      "\x02\x09nsfwLevel\x03\x08"
+      "\x01\x09nsfwLevel\x03\x10";
+  EXPECT_EQ(bin, expected);
+  EXPECT_EQ(bin.size(), 27u);
+}

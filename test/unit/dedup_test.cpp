@@ -22,7 +22,9 @@ Batch batch(const std::string& json) {
   return b;
 }
 
-std::string deduped(const std::string& json) { return batch_to_json(dedup(batch(json))); }
+std::string deduped(const std::string& json) {
+  return batch_to_json(dedup(batch(json)));
+}
 
 // Applies both forms from the same start and checks they agree.
 void expect_same_meaning(const std::string& json, const ModelIndex& start = {}) {
@@ -39,8 +41,9 @@ TEST(Dedup, ScalarChainKeepsFirstRemoveAndLastSet) {
       R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":2}]},
           {"entity_id":1,"ops":[{"op":"remove","field":"a","value":2},{"op":"set","field":"a","value":3}]},
           {"entity_id":1,"ops":[{"op":"remove","field":"a","value":3},{"op":"set","field":"a","value":4}]}])";
-  EXPECT_EQ(deduped(in),
-            R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":4}],"creates_slot":false}])");
+  EXPECT_EQ(
+      deduped(in),
+      R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":4}],"creates_slot":false}])");
 }
 
 TEST(Dedup, ScalarBackToStartLeavesOneIdempotentSet) {
@@ -68,9 +71,11 @@ TEST(Dedup, RemoveThenAddKeepsTheAdd) {
 }
 
 TEST(Dedup, InsertThenUpdateMergesIntoCreatesSlot) {
-  EXPECT_EQ(deduped(R"([{"entity_id":1,"ops":[{"op":"alive"},{"op":"set","field":"a","value":1},{"op":"set","field":"b","value":"x"}]},
+  EXPECT_EQ(
+      deduped(
+          R"([{"entity_id":1,"ops":[{"op":"alive"},{"op":"set","field":"a","value":1},{"op":"set","field":"b","value":"x"}]},
                         {"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":2}]}])"),
-            R"([{"entity_id":1,"ops":[{"op":"set","field":"b","value":"x"},{"op":"set","field":"a","value":2}],"creates_slot":true}])");
+      R"([{"entity_id":1,"ops":[{"op":"set","field":"b","value":"x"},{"op":"set","field":"a","value":2}],"creates_slot":true}])");
 }
 
 TEST(Dedup, DeleteAbsorbsWhatCameBefore) {
@@ -83,9 +88,8 @@ TEST(Dedup, DeleteAbsorbsWhatCameBefore) {
 TEST(Dedup, DeleteThenReinsertEndsAliveWithNewValues) {
   const char* in = R"([{"entity_id":1,"ops":[{"op":"delete"}]},
                        {"entity_id":1,"ops":[{"op":"alive"},{"op":"set","field":"a","value":9}]}])";
-  EXPECT_EQ(deduped(in),
-            R"([{"entity_id":1,"ops":[{"op":"delete"}],"creates_slot":false},)"
-            R"({"entity_id":1,"ops":[{"op":"set","field":"a","value":9}],"creates_slot":true}])");
+  EXPECT_EQ(deduped(in), R"([{"entity_id":1,"ops":[{"op":"delete"}],"creates_slot":false},)"
+                         R"({"entity_id":1,"ops":[{"op":"set","field":"a","value":9}],"creates_slot":true}])");
   ModelIndex start;
   start.apply(parse_batch(R"([{"entity_id":1,"ops":[{"op":"set","field":"a","value":3}],"creates_slot":true}])"));
   expect_same_meaning(in, start);
@@ -95,18 +99,21 @@ TEST(Dedup, DeleteThenReinsertEndsAliveWithNewValues) {
 }
 
 TEST(Dedup, RemoveAfterDeleteIsDropped) {
-  EXPECT_EQ(deduped(R"([{"entity_id":1,"ops":[{"op":"delete"}]},{"entity_id":1,"ops":[{"op":"remove","field":"tags","value":5}]}])"),
-            R"([{"entity_id":1,"ops":[{"op":"delete"}],"creates_slot":false}])");
+  EXPECT_EQ(
+      deduped(
+          R"([{"entity_id":1,"ops":[{"op":"delete"}]},{"entity_id":1,"ops":[{"op":"remove","field":"tags","value":5}]}])"),
+      R"([{"entity_id":1,"ops":[{"op":"delete"}],"creates_slot":false}])");
 }
 
 TEST(Dedup, KeepsArrivalOrderOfEntities) {
-  EXPECT_EQ(deduped(R"([{"entity_id":3,"ops":[{"op":"set","field":"a","value":1}]},
+  EXPECT_EQ(
+      deduped(R"([{"entity_id":3,"ops":[{"op":"set","field":"a","value":1}]},
                         {"entity_id":1,"ops":[{"op":"set","field":"a","value":1}]},
                         {"entity_id":3,"ops":[{"op":"set","field":"b","value":1}]},
                         {"entity_id":2,"ops":[{"op":"set","field":"a","value":1}]}])"),
-            R"([{"entity_id":3,"ops":[{"op":"set","field":"a","value":1},{"op":"set","field":"b","value":1}],"creates_slot":false},)"
-            R"({"entity_id":1,"ops":[{"op":"set","field":"a","value":1}],"creates_slot":false},)"
-            R"({"entity_id":2,"ops":[{"op":"set","field":"a","value":1}],"creates_slot":false}])");
+      R"([{"entity_id":3,"ops":[{"op":"set","field":"a","value":1},{"op":"set","field":"b","value":1}],"creates_slot":false},)"
+      R"({"entity_id":1,"ops":[{"op":"set","field":"a","value":1}],"creates_slot":false},)"
+      R"({"entity_id":2,"ops":[{"op":"set","field":"a","value":1}],"creates_slot":false}])");
 }
 
 TEST(Dedup, MergedRecordCarriesHighestPosition) {
@@ -119,14 +126,17 @@ TEST(Dedup, MergedRecordCarriesHighestPosition) {
 }
 
 TEST(Dedup, QueryOpSetsOfOneQueryMerge) {
-  EXPECT_EQ(deduped(R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"remove","field":"p","value":1},{"op":"set","field":"p","value":2}]}]},
+  EXPECT_EQ(
+      deduped(
+          R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"remove","field":"p","value":1},{"op":"set","field":"p","value":2}]}]},
                         {"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"remove","field":"p","value":2},{"op":"set","field":"p","value":3}]}]}])"),
-            R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"remove","field":"p","value":1},)"
-            R"({"op":"remove","field":"p","value":2},{"op":"set","field":"p","value":3}]}],"creates_slot":false}])");
+      R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"remove","field":"p","value":1},)"
+      R"({"op":"remove","field":"p","value":2},{"op":"set","field":"p","value":3}]}],"creates_slot":false}])");
 }
 
 TEST(Dedup, QueryOpSetsWhoseWritesChangeTheMatchDoNotMerge) {
-  const char* in = R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"g eq 1","ops":[{"op":"remove","field":"g","value":1},{"op":"set","field":"g","value":2}]}]},
+  const char* in =
+      R"([{"entity_id":5,"ops":[{"op":"queryOpSet","query":"g eq 1","ops":[{"op":"remove","field":"g","value":1},{"op":"set","field":"g","value":2}]}]},
                        {"entity_id":5,"ops":[{"op":"queryOpSet","query":"g eq 1","ops":[{"op":"set","field":"h","value":1}]}]}])";
   EXPECT_EQ(dedup(batch(in)).size(), 2u);
   ModelIndex start;
@@ -135,11 +145,12 @@ TEST(Dedup, QueryOpSetsWhoseWritesChangeTheMatchDoNotMerge) {
 }
 
 TEST(Dedup, EntityOpsThatCommuteMoveAcrossQueryOpSet) {
-  EXPECT_EQ(deduped(R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":2}]},
+  EXPECT_EQ(
+      deduped(R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":2}]},
                         {"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"set","field":"p","value":2}]}]},
                         {"entity_id":1,"ops":[{"op":"remove","field":"a","value":2},{"op":"set","field":"a","value":3}]}])"),
-            R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":3}],"creates_slot":false},)"
-            R"({"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"set","field":"p","value":2}]}],"creates_slot":false}])");
+      R"([{"entity_id":1,"ops":[{"op":"remove","field":"a","value":1},{"op":"set","field":"a","value":3}],"creates_slot":false},)"
+      R"({"entity_id":5,"ops":[{"op":"queryOpSet","query":"postId eq 5","ops":[{"op":"set","field":"p","value":2}]}],"creates_slot":false}])");
 }
 
 TEST(Dedup, QueryOpSetIsABarrierForOpsItReads) {
@@ -169,8 +180,10 @@ TEST(Dedup, UnparseableQueryIsAFullBarrier) {
 
 TEST(Dedup, StatsCountInAndOut) {
   DedupStats st;
-  dedup(batch(R"([{"entity_id":1,"ops":[{"op":"add","field":"t","value":1}]},{"entity_id":1,"ops":[{"op":"remove","field":"t","value":1}]}])"),
-        &st);
+  dedup(
+      batch(
+          R"([{"entity_id":1,"ops":[{"op":"add","field":"t","value":1}]},{"entity_id":1,"ops":[{"op":"remove","field":"t","value":1}]}])"),
+      &st);
   EXPECT_EQ(st.records_in, 2u);
   EXPECT_EQ(st.ops_in, 2u);
   EXPECT_EQ(st.records_out, 0u);
@@ -207,7 +220,8 @@ TEST(DedupProperty, SameStateAsApplyingEveryOpInOrder) {
       if (!(seq == dd)) {
         FAIL() << "dedup changed the meaning; rerun with BITDEX_PROP_SEED=" << seed << " (history " << h << ", seed "
                << hseed << ")\nstate before: " << state.dump() << "\nbatch:  " << batch_to_json(b)
-               << "\ndedup:  " << batch_to_json(out) << "\n" << seq.diff(dd);
+               << "\ndedup:  " << batch_to_json(out) << "\n"
+               << seq.diff(dd);
       }
       for (const EntityRecord& r : out) {
         ASSERT_TRUE(r.pos.major >= b.front().pos.major && r.pos.major <= b.back().pos.major);

@@ -9,7 +9,9 @@ using namespace bitdex;
 
 namespace {
 
-std::string roundtrip(const std::string& in) { return batch_to_json(parse_batch(in)); }
+std::string roundtrip(const std::string& in) {
+  return batch_to_json(parse_batch(in));
+}
 
 std::string error_of(const std::string& in) {
   try {
@@ -53,7 +55,9 @@ TEST(OpsJson, StringsEscapeLikePostgres) {
   std::string in = R"([{"entity_id":1,"ops":[{"op":"set","field":"t","value":"a\"b\\c\n\t\u0001é😀/"}]}])";
   Batch b = parse_batch(in);
   EXPECT_EQ(b[0].ops[0].value.text, "a\"b\\c\n\t\x01\xc3\xa9\xf0\x9f\x98\x80/");
-  EXPECT_EQ(roundtrip(in), R"([{"entity_id":1,"ops":[{"op":"set","field":"t","value":"a\"b\\c\n\t\u0001é😀/"}],"creates_slot":false}])");
+  EXPECT_EQ(
+      roundtrip(in),
+      R"([{"entity_id":1,"ops":[{"op":"set","field":"t","value":"a\"b\\c\n\t\u0001é😀/"}],"creates_slot":false}])");
   // Surrogate pairs decode to one code point.
   Batch s = parse_batch(R"([{"entity_id":1,"ops":[{"op":"set","field":"t","value":"\ud83d\ude00"}]}])");
   EXPECT_EQ(s[0].ops[0].value.text, "\xf0\x9f\x98\x80");
@@ -99,8 +103,8 @@ TEST(OpsJson, ShapeErrors) {
 }
 
 TEST(Json, RejectsMalformed) {
-  for (const char* bad : {"", "[", "{\"a\"}", "[1,]", "01", "1.", "-", "\"\\x\"", "\"abc", "[1 2]", "nul",
-                          "{\"a\":1,}", "\"\\ud800\"", "1e"}) {
+  for (const char* bad : {"", "[", "{\"a\"}", "[1,]", "01", "1.", "-", "\"\\x\"", "\"abc", "[1 2]", "nul", "{\"a\":1,}",
+                          "\"\\ud800\"", "1e"}) {
     EXPECT_THROW(json::parse(bad), Error) << bad;
   }
   std::string deep(300, '[');

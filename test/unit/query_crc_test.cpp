@@ -17,8 +17,8 @@ TEST(Query, ParsesBitDexSyntax) {
   ASSERT_EQ(q.clauses.size(), 3u);
   EXPECT_EQ(q.clauses[0].field, "postId");
   EXPECT_EQ(q.clauses[0].values, std::vector<OpValue>{OpValue::int64(5)});
-  EXPECT_EQ(q.clauses[1].values,
-            (std::vector<OpValue>{OpValue::string("image"), OpValue::string("vid eo"), OpValue::int64(3), OpValue::null()}));
+  EXPECT_EQ(q.clauses[1].values, (std::vector<OpValue>{OpValue::string("image"), OpValue::string("vid eo"),
+                                                       OpValue::int64(3), OpValue::null()}));
   EXPECT_EQ(q.clauses[2].values, std::vector<OpValue>{OpValue::boolean(true)});
   EXPECT_EQ(parse_query("x in []").clauses[0].values.size(), 0u);
   EXPECT_EQ(parse_query("x eq -1.5").clauses[0].values[0].text, "-1.5");

@@ -11,6 +11,7 @@
 #include <random>
 #include <thread>
 
+#include "bitdex_sync/core/crc32c.hpp"
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/file_io.hpp"
 #include "bitdex_sync/core/wal_dir.hpp"
@@ -50,7 +51,9 @@ Batch make_batch(uint64_t from, size_t n) {
   return b;
 }
 
-std::vector<SourcePos> covered_by(const Batch& b) { return {b.back().pos}; }
+std::vector<SourcePos> covered_by(const Batch& b) {
+  return {b.back().pos};
+}
 
 // Reads every complete batch from the start; stops at Wait.
 std::vector<WalBatch> read_all(const std::string& dir) {
@@ -395,4 +398,48 @@ TEST(Wal, DamageBeforeCompleteBatchesIsRefusedNotTruncated) {
   WalReader rd(d.path(), Cursor{});
   WalBatch b;
   EXPECT_THROW(rd.next(&b), Error);
+}
+
+// The header and record layouts of docs/wal-format.md at fixed offsets.
+TEST(Wal, DocumentedLayout) {
+  SegmentHeader h;
+  h.wal_id = 0x1122334455667788ull;
+  h.generation = 3;
+  h.next_batch_seq = 9;
+  h.marks = {SourcePos{Stream::Slot, 0x0000000100000028ull, 7}};
+  std::string hdr;
+  encode_segment_header(hdr, h);
+  ASSERT_EQ(hdr.size(), 52u + 16u);
+  EXPECT_EQ(hdr.substr(0, 8), "BDXOPWAL");
+  EXPECT_EQ(static_cast<uint8_t>(hdr[8]), 1);      // version
+  EXPECT_EQ(static_cast<uint8_t>(hdr[12]), 68);    // header length
+  EXPECT_EQ(static_cast<uint8_t>(hdr[16]), 0x88);  // WAL id, little-endian
+  EXPECT_EQ(static_cast<uint8_t>(hdr[24]), 3);     // generation
+  EXPECT_EQ(static_cast<uint8_t>(hdr[32]), 9);     // first batch
+  EXPECT_EQ(static_cast<uint8_t>(hdr[40]), 1);     // marks
+  EXPECT_EQ(static_cast<uint8_t>(hdr[48]), 1);     // mark stream: slot
+  EXPECT_EQ(static_cast<uint8_t>(hdr[52]), 7);     // mark minor
+  EXPECT_EQ(static_cast<uint8_t>(hdr[56]), 0x28);  // mark major low byte
+  EXPECT_EQ(static_cast<uint8_t>(hdr[60]), 0x01);  // mark major byte 4
+
+  EntityRecord r;
+  r.entity_id = -2;
+  r.creates_slot = true;
+  r.pos = SourcePos{Stream::Outbox, 300, 0};
+  r.ops = {Op::del()};
+  std::string rec;
+  append_entity_record(rec, r);
+  ASSERT_EQ(rec.size(), 32u + 2u);               // header + payload [count 1, kind 4]
+  EXPECT_EQ(static_cast<uint8_t>(rec[0]), 34);   // length
+  EXPECT_EQ(static_cast<uint8_t>(rec[8]), 1);    // type entity
+  EXPECT_EQ(static_cast<uint8_t>(rec[9]), 1);    // creates_slot
+  EXPECT_EQ(static_cast<uint8_t>(rec[10]), 2);   // outbox
+  EXPECT_EQ(static_cast<uint8_t>(rec[16]), 44);  // 300 = 0x012C
+  EXPECT_EQ(static_cast<uint8_t>(rec[17]), 1);
+  EXPECT_EQ(static_cast<uint8_t>(rec[24]), 0xFE);  // -2
+  EXPECT_EQ(static_cast<uint8_t>(rec[31]), 0xFF);
+  EXPECT_EQ(rec.substr(32), std::string("\x01\x04", 2));
+  uint32_t crc = 0;
+  for (int i = 3; i >= 0; i--) crc = (crc << 8) | static_cast<uint8_t>(rec[4 + i]);
+  EXPECT_EQ(crc, crc32c(rec.data() + 8, rec.size() - 8));
 }

@@ -17,10 +17,7 @@ enum class ErrorKind {
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, std::string message, std::string detail = {}, std::string hint = {})
-      : std::runtime_error(std::move(message)),
-        kind_(kind),
-        detail_(std::move(detail)),
-        hint_(std::move(hint)) {}
+      : std::runtime_error(std::move(message)), kind_(kind), detail_(std::move(detail)), hint_(std::move(hint)) {}
 
   ErrorKind kind() const { return kind_; }
   const std::string& detail() const { return detail_; }

@@ -27,9 +27,7 @@ struct OpValue {
 
   void write_json(std::string& out) const;
   size_t hash() const;
-  bool operator==(const OpValue& o) const {
-    return kind == o.kind && integer == o.integer && text == o.text;
-  }
+  bool operator==(const OpValue& o) const { return kind == o.kind && integer == o.integer && text == o.text; }
   bool operator!=(const OpValue& o) const { return !(*this == o); }
   bool operator<(const OpValue& o) const;
 };
@@ -40,8 +38,8 @@ const char* op_kind_name(OpKind k);
 
 struct Op {
   OpKind kind = OpKind::Set;
-  std::string field;  // set, remove, add
-  OpValue value;      // set, remove, add
+  std::string field;       // set, remove, add
+  OpValue value;           // set, remove, add
   bool has_query = false;  // queryOpSet: false for "query": null
   std::string query;
   std::vector<Op> ops;  // queryOpSet: nested set/remove/add ops
@@ -69,14 +67,10 @@ struct SourcePos {
   uint64_t major = 0;  // commit LSN, or outbox id
   uint32_t minor = 0;  // index of the op in its transaction (slot only)
 
-  bool operator==(const SourcePos& o) const {
-    return stream == o.stream && major == o.major && minor == o.minor;
-  }
+  bool operator==(const SourcePos& o) const { return stream == o.stream && major == o.major && minor == o.minor; }
   bool operator!=(const SourcePos& o) const { return !(*this == o); }
   // Order within a stream; callers compare positions of one stream only.
-  bool operator<(const SourcePos& o) const {
-    return major != o.major ? major < o.major : minor < o.minor;
-  }
+  bool operator<(const SourcePos& o) const { return major != o.major ? major < o.major : minor < o.minor; }
   bool operator<=(const SourcePos& o) const { return !(o < *this); }
 };
 

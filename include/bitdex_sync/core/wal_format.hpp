@@ -23,10 +23,10 @@ enum class RecordType : uint8_t { Entity = 1, BatchEnd = 2 };
 inline constexpr uint8_t kFlagCreatesSlot = 0x01;
 
 struct SegmentHeader {
-  uint64_t wal_id = 0;          // random, identical in every segment of one WAL
-  uint64_t generation = 0;      // segment sequence number, from 1
-  uint64_t next_batch_seq = 1;  // sequence number of the first batch in it
-  std::vector<SourcePos> marks; // per stream: highest position durable before it
+  uint64_t wal_id = 0;           // random, identical in every segment of one WAL
+  uint64_t generation = 0;       // segment sequence number, from 1
+  uint64_t next_batch_seq = 1;   // sequence number of the first batch in it
+  std::vector<SourcePos> marks;  // per stream: highest position durable before it
 };
 
 struct BatchEnd {
@@ -54,8 +54,7 @@ uint64_t parse_segment_file_name(const std::string& name);
 
 void encode_segment_header(std::string& out, const SegmentHeader& h);
 // On Ok sets *h and *header_len; on Corrupt sets *why.
-Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len,
-                            std::string* why);
+Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len, std::string* why);
 
 void append_entity_record(std::string& out, const EntityRecord& r);
 void append_batch_end(std::string& out, const BatchEnd& b);

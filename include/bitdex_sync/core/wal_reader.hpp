@@ -16,7 +16,7 @@ struct WalBatch {
   uint64_t seq = 0;
   std::vector<SourcePos> marks;  // per stream: covered up to here
   Batch records;
-  Cursor begin, end;             // where the batch starts, and the next one
+  Cursor begin, end;  // where the batch starts, and the next one
   uint64_t bytes = 0;
 };
 
@@ -55,7 +55,7 @@ class WalReader {
   uint64_t expected_seq_ = 0;  // 0: not known yet
   fileio::Fd fd_;
   std::string path_;
-  std::string buf_;   // bytes of the current segment; buf_[start_] is at off_
+  std::string buf_;  // bytes of the current segment; buf_[start_] is at off_
   size_t start_ = 0;
   std::string tail_note_;
 };

@@ -20,10 +20,10 @@ struct WriterOptions {
 
 // What open() found and did.
 struct OpenReport {
-  bool created = false;            // a new WAL was started
+  bool created = false;  // a new WAL was started
   uint64_t segments = 0;
-  uint64_t truncated_bytes = 0;    // torn tail cut from the last segment
-  std::string truncated_reason;    // why the first bad byte was bad
+  uint64_t truncated_bytes = 0;  // torn tail cut from the last segment
+  std::string truncated_reason;  // why the first bad byte was bad
 };
 
 struct AppendResult {
@@ -66,7 +66,7 @@ class WalWriter {
   std::string path_;
   uint64_t wal_id_ = 0;
   uint64_t generation_ = 0;
-  uint64_t end_ = 0;           // durable end of the current segment
+  uint64_t end_ = 0;  // durable end of the current segment
   uint64_t header_len_ = 0;
   uint64_t next_seq_ = 1;
   std::vector<SourcePos> marks_;

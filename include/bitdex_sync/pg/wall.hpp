@@ -28,7 +28,9 @@ class PgError : public std::exception {
  public:
   explicit PgError(ErrorData* e) : edata_(e) {}
   ErrorData* data() const { return edata_; }
-  const char* what() const noexcept override { return edata_ && edata_->message ? edata_->message : "PostgreSQL error"; }
+  const char* what() const noexcept override {
+    return edata_ && edata_->message ? edata_->message : "PostgreSQL error";
+  }
 
  private:
   ErrorData* edata_;

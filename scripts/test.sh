@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what is
+# missing, builds everything with warnings as errors, installs the extension,
+# then runs unit/property tests, the CLI tests, a fuzz smoke, a benchmark
+# smoke and pg_regress on a temporary instance. .ci/run calls this.
+#
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 30)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh || exit 1
+jobs=$(nproc 2>/dev/null || echo 2)
+
+step() { echo; echo "=== $* ==="; }
+passed=0; failed=0; failures=()
+run() {  # run NAME CMD...: one suite
+  local name=$1; shift
+  step "$name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+}
+
+step build
+make -j"$jobs" WERROR=1 all tools unit fuzz bench || { echo "build failed"; exit 1; }
+make install >/dev/null || { echo "make install failed"; exit 1; }
+
+run "wall: core is free of PostgreSQL headers" make -s check-wall
+run "format: clang-format --dry-run" make -s check-format
+run "unit and property tests (GoogleTest)" build/test/unit_tests
+run "bitdex-wal CLI" bash scripts/cli_test.sh
+fuzz_one() {
+  local t=$1 corpus
+  corpus=$(mktemp -d /tmp/bitdex_corpus.XXXXXX)
+  [ -d "test/fuzz/corpus/$t" ] && cp "test/fuzz/corpus/$t"/* "$corpus/"
+  "build/fuzz/$t" -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=1 "$corpus" 2>&1 | tail -4
+  local rc=${PIPESTATUS[0]}
+  rm -rf "$corpus"
+  return "$rc"
+}
+for t in build/fuzz/*; do
+  run "fuzz smoke: $(basename "$t")" fuzz_one "$(basename "$t")"
+done
+run "benchmark smoke" build/bench/bench_core --benchmark_min_time=0.01
+run "pg_regress (temporary instance)" bash scripts/pg_regress.sh
+
+echo
+for f in "${failures[@]+"${failures[@]}"}"; do echo "FAILED: $f"; done
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
