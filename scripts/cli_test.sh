@@ -50,4 +50,21 @@ rc=$?
 set -e
 [ $rc = 1 ] || fail "verify exit $rc on a damaged WAL"
 grep -q 'DAMAGED: ops WAL corrupt in segment 1' "$dir/verify.out" || fail "verify output: $(cat "$dir/verify.out")"
+# The size limit: a consumer that holds back more than --max-bytes is marked
+# lagging and the old segments go.
+cp -r "$dir/wal2" "$dir/wal3"
+rm -f "$dir/wal3/0000000000000001.seg.tmp"
+python3 - "$dir/wal3/0000000000000001.seg" <<'PY'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, 'rb').read())
+b[200] ^= 0x40   # undo the flip above
+open(p, 'wb').write(b)
+PY
+$bin verify "$dir/wal3" > /dev/null || fail "wal3 should verify after undoing the flip"
+$bin retain "$dir/wal3" --max-bytes 9000 > "$dir/retain.out"
+grep -q '^removed segment 1$' "$dir/retain.out" || fail "size limit removed nothing: $(cat "$dir/retain.out")"
+grep -q '^consumer idx is now lagging' "$dir/retain.out" || fail "consumer not marked lagging"
+$bin consumers "$dir/wal3" | grep -q '^idx .* lagging$' || fail "consumers does not show lagging"
+$bin verify "$dir/wal3" | grep -q '^ok' || fail "a WAL trimmed by retention must still verify"
 echo "cli_test: ok"

@@ -7,7 +7,8 @@
 //                                               one batch per input line (a JSON array of records)
 //   bitdex-wal consumers DIR                    registered consumers and their cursors
 //   bitdex-wal register DIR NAME | unregister DIR NAME
-//   bitdex-wal retain DIR                       delete segments every consumer is past
+//   bitdex-wal retain DIR [--max-bytes N]       delete segments every consumer is past; past N
+//                                               bytes, also older ones (their consumers become lagging)
 //
 // Exit status: 0 ok, 1 the WAL is damaged (verify), 2 usage or other error.
 #include <cinttypes>
@@ -40,7 +41,8 @@ const char* kUsage =
     "                                    append one batch per stdin line (JSON array of records)\n"
     "  consumers DIR                     list consumers and cursors\n"
     "  register DIR NAME | unregister DIR NAME\n"
-    "  retain DIR                        delete segments every consumer is past\n";
+    "  retain DIR [--max-bytes N]        delete segments every consumer is past; with N, keep at most\n"
+    "                                    about N bytes and mark consumers that needed more as lagging\n";
 
 const char* stream_name(Stream s) {
   switch (s) {
@@ -221,8 +223,9 @@ int cmd_stats(const std::string& dir, bool as_json) {
   for (size_t i = 0; i < consumers.size(); i++) {
     if (i) out += ',';
     out += "{\"name\":";
-    json::write_string(out, consumers[i].first);
-    out += ",\"cursor\":" + cursor_json(consumers[i].second) + "}";
+    json::write_string(out, consumers[i].name);
+    out += ",\"cursor\":" + cursor_json(consumers[i].cursor) + ",\"lagging\":";
+    out += consumers[i].lagging ? "true}" : "false}";
   }
   out += "],\"damaged\":";
   out += problems.empty() ? "false" : "true";
@@ -240,8 +243,9 @@ int cmd_stats(const std::string& dir, bool as_json) {
       write_pos(p, m);
       std::printf("mark          %s\n", p.c_str());
     }
-    for (const auto& [name, c] : consumers)
-      std::printf("consumer      %s at segment %" PRIu64 " offset %" PRIu64 "\n", name.c_str(), c.generation, c.offset);
+    for (const ConsumerInfo& c : consumers)
+      std::printf("consumer      %s at segment %" PRIu64 " offset %" PRIu64 "%s\n", c.name.c_str(), c.cursor.generation,
+                  c.cursor.offset, c.lagging ? " (LAGGING: needs a rebuild from a dump)" : "");
     if (!problems.empty()) std::printf("DAMAGED: run bitdex-wal verify\n");
   }
   return problems.empty() ? 0 : 1;
@@ -293,7 +297,7 @@ int run(int argc, char** argv) {
   }
   std::string cmd = argv[1], dir = argv[2];
   bool as_json = false, do_dedup = false;
-  uint64_t segment_size = 0;
+  uint64_t segment_size = 0, max_bytes = 0;
   Cursor from{};
   std::vector<std::string> rest;
   for (int i = 3; i < argc; i++) {
@@ -304,6 +308,8 @@ int run(int argc, char** argv) {
       do_dedup = true;
     } else if (a == "--segment-size" && i + 1 < argc) {
       segment_size = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--max-bytes" && i + 1 < argc) {
+      max_bytes = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--from" && i + 1 < argc) {
       from = parse_from(argv[++i]);
     } else if (!a.empty() && a[0] == '-') {
@@ -320,7 +326,8 @@ int run(int argc, char** argv) {
   if (cmd == "stats") return cmd_stats(dir, as_json);
   if (cmd == "append") return cmd_append(dir, do_dedup, segment_size);
   if (cmd == "consumers") {
-    for (const auto& [name, c] : list_consumers(dir)) std::printf("%s %s\n", name.c_str(), cursor_json(c).c_str());
+    for (const ConsumerInfo& c : list_consumers(dir))
+      std::printf("%s %s%s\n", c.name.c_str(), cursor_json(c.cursor).c_str(), c.lagging ? " lagging" : "");
     return 0;
   }
   if ((cmd == "register" || cmd == "unregister") && rest.size() == 1) {
@@ -331,7 +338,10 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "retain") {
-    for (uint64_t g : remove_consumed_segments(dir)) std::printf("removed segment %" PRIu64 "\n", g);
+    RetentionResult r = remove_consumed_segments(dir, RetentionLimits{max_bytes});
+    for (uint64_t g : r.removed) std::printf("removed segment %" PRIu64 "\n", g);
+    for (const std::string& n : r.now_lagging)
+      std::printf("consumer %s is now lagging: rebuild it from a dump\n", n.c_str());
     return 0;
   }
   std::fputs(kUsage, stderr);

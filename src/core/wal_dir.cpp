@@ -1,6 +1,7 @@
 // Segment listing, durable consumer cursors and cursor-driven retention.
 #include "bitdex_sync/core/wal_dir.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@ constexpr char kCursorMagic[8] = {'B', 'D', 'X', 'C', 'U', 'R', '0', '1'};
 constexpr size_t kCursorSize = 36;
 const char* const kConsumersDir = "consumers";
 const char* const kCursorSuffix = ".cursor";
+const char* const kLaggingSuffix = ".lagging";
 
 std::string consumers_dir(const std::string& dir) {
   return dir + "/" + kConsumersDir;
@@ -73,7 +75,15 @@ void validate_consumer_name(const std::string& name) {
 void register_consumer(const std::string& dir, const std::string& name, const Cursor& start) {
   validate_consumer_name(name);
   fileio::make_dirs(consumers_dir(dir));
-  if (!load_cursor(dir, name)) save_cursor(dir, name, start);
+  if (load_cursor(dir, name)) return;
+  Cursor c = start;
+  // "From the oldest" is bound to the oldest segment there is now, so later
+  // retention can never make this consumer start further on without noticing.
+  if (c.generation == 0 && fileio::exists(dir)) {
+    std::vector<uint64_t> gens = list_segments(dir);
+    if (!gens.empty()) c.generation = gens.front();
+  }
+  save_cursor(dir, name, c);
 }
 
 void save_cursor(const std::string& dir, const std::string& name, const Cursor& c) {
@@ -91,44 +101,74 @@ std::optional<Cursor> load_cursor(const std::string& dir, const std::string& nam
 
 void unregister_consumer(const std::string& dir, const std::string& name) {
   validate_consumer_name(name);
-  std::string path = consumers_dir(dir) + "/" + name + kCursorSuffix;
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_io_error("remove file", path, errno);
-  fileio::fsync_dir(consumers_dir(dir));
+  for (const char* suffix : {kCursorSuffix, kLaggingSuffix}) {
+    std::string path = consumers_dir(dir) + "/" + name + suffix;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_io_error("remove file", path, errno);
+  }
+  if (fileio::exists(consumers_dir(dir))) fileio::fsync_dir(consumers_dir(dir));
 }
 
-std::vector<std::pair<std::string, Cursor>> list_consumers(const std::string& dir) {
-  std::vector<std::pair<std::string, Cursor>> out;
+std::vector<ConsumerInfo> list_consumers(const std::string& dir) {
+  std::vector<ConsumerInfo> out;
   std::string cdir = consumers_dir(dir);
   if (!fileio::exists(cdir)) return out;
   const size_t slen = std::strlen(kCursorSuffix);
   for (const std::string& n : fileio::list_dir(cdir)) {
     if (n.size() <= slen || n.compare(n.size() - slen, slen, kCursorSuffix) != 0) continue;
-    std::string name = n.substr(0, n.size() - slen);
-    out.emplace_back(name, decode_cursor(fileio::read_file(cdir + "/" + n), cdir + "/" + n));
+    ConsumerInfo c;
+    c.name = n.substr(0, n.size() - slen);
+    c.cursor = decode_cursor(fileio::read_file(cdir + "/" + n), cdir + "/" + n);
+    c.lagging = fileio::exists(cdir + "/" + c.name + kLaggingSuffix);
+    out.push_back(std::move(c));
   }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return out;
 }
 
-std::vector<uint64_t> remove_consumed_segments(const std::string& dir) {
-  std::vector<uint64_t> removed;
-  auto consumers = list_consumers(dir);
-  if (consumers.empty()) return removed;
+RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits) {
+  RetentionResult res;
   std::vector<uint64_t> gens = list_segments(dir);
-  if (gens.size() < 2) return removed;
+  if (gens.size() < 2) return res;
+  auto consumers = list_consumers(dir);
+  // The oldest segment each live consumer needs; generation 0 means "not
+  // started", which needs the oldest segment.
+  auto needs = [&](const ConsumerInfo& c) { return c.cursor.generation == 0 ? gens.front() : c.cursor.generation; };
   uint64_t keep_from = gens.back();  // the newest segment always stays
-  for (const auto& [name, c] : consumers) {
-    // generation 0 means "not started": it still needs the oldest segment.
-    keep_from = std::min(keep_from, c.generation == 0 ? gens.front() : c.generation);
+  bool any_live = false;
+  for (const ConsumerInfo& c : consumers) {
+    if (c.lagging) continue;
+    any_live = true;
+    keep_from = std::min(keep_from, needs(c));
+  }
+  if (!any_live && limits.max_bytes == 0) return res;  // nobody registered: keep everything
+  if (limits.max_bytes > 0) {
+    // Oldest generation whose suffix of segments still fits the limit.
+    uint64_t total = 0, limit_from = gens.back();
+    for (size_t i = gens.size(); i-- > 0;) {
+      fileio::Fd fd = fileio::open_file(segment_path(dir, gens[i]), O_RDONLY);
+      total += fileio::file_size(fd.get(), segment_path(dir, gens[i]));
+      if (total > limits.max_bytes && i + 1 < gens.size()) break;
+      limit_from = gens[i];
+    }
+    if (!any_live) keep_from = limit_from;
+    if (keep_from < limit_from) {
+      for (const ConsumerInfo& c : consumers) {
+        if (c.lagging || needs(c) >= limit_from) continue;
+        fileio::write_file_atomic(consumers_dir(dir), c.name + kLaggingSuffix,
+                                  "segment " + std::to_string(needs(c)) + " removed by the size limit\n");
+        res.now_lagging.push_back(c.name);
+      }
+      keep_from = limit_from;
+    }
   }
   for (uint64_t g : gens) {
     if (g >= keep_from) break;
     std::string path = segment_path(dir, g);
     if (::unlink(path.c_str()) != 0) throw_io_error("remove segment", path, errno);
-    removed.push_back(g);
+    res.removed.push_back(g);
   }
-  if (!removed.empty()) fileio::fsync_dir(dir);
-  return removed;
+  if (!res.removed.empty()) fileio::fsync_dir(dir);
+  return res;
 }
 
 }  // namespace bitdex::wal

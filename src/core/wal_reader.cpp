@@ -45,7 +45,7 @@ bool WalReader::open_segment() {
     throw Error(ErrorKind::InvalidInput, "cursor points past the newest ops WAL segment in \"" + dir_ + "\"");
   path_ = segment_path(dir_, gen_);
   fd_ = fileio::open_file(path_, O_RDONLY);
-  std::string head(4096, '\0');
+  std::string head(kSegmentHeaderFixed + kMarkSize * kMaxMarks + 4, '\0');
   head.resize(fileio::pread_full(fd_.get(), head.data(), head.size(), 0, path_));
   SegmentHeader h;
   size_t hlen = 0;
@@ -183,6 +183,18 @@ ReadStatus WalReader::next(WalBatch* out) {
     fd_ = fileio::Fd();
     if (!open_segment()) return ReadStatus::Wait;
   }
+}
+
+WalReader open_consumer(const std::string& dir, const std::string& name) {
+  for (const ConsumerInfo& c : list_consumers(dir)) {
+    if (c.name != name) continue;
+    if (c.lagging)
+      throw Error(ErrorKind::InvalidInput, "ops WAL consumer \"" + name + "\" is lagging",
+                  "Retention removed segments it had not read yet.",
+                  "Rebuild it from a fresh dump, then unregister and register it again.");
+    return WalReader(dir, c.cursor);
+  }
+  throw Error(ErrorKind::InvalidInput, "ops WAL consumer \"" + name + "\" is not registered in \"" + dir + "\"");
 }
 
 }  // namespace bitdex::wal

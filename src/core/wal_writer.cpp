@@ -6,6 +6,7 @@
 #include "bitdex_sync/core/wal_writer.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -35,6 +36,17 @@ std::unique_ptr<WalWriter> WalWriter::open(const WriterOptions& opts, OpenReport
     throw Error(ErrorKind::InvalidInput, "ops WAL segment size must be at least 4096 bytes");
   std::unique_ptr<WalWriter> w(new WalWriter(opts));
   fileio::make_dirs(opts.dir);
+  // Two writers appending to one directory would interleave batches; the lock
+  // is released by the kernel when the process dies, so a crash never leaves
+  // it stale.
+  const std::string lock_path = opts.dir + "/writer.lock";
+  w->lock_ = fileio::open_file(lock_path, O_RDWR | O_CREAT, 0600);
+  if (::flock(w->lock_.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      throw Error(ErrorKind::InvalidInput, "ops WAL directory \"" + opts.dir + "\" is in use by another writer",
+                  "Only one writer (one worker) may append to an ops WAL directory.");
+    throw_io_error("lock file", lock_path, errno);
+  }
   // Leftovers of an interrupted segment creation hold nothing acknowledged.
   for (const std::string& n : fileio::list_dir(opts.dir)) {
     if (n.size() > 8 && n.compare(n.size() - 8, 8, ".seg.tmp") == 0) {

@@ -289,15 +289,15 @@ TEST(Wal, RetentionWaitsForEveryConsumer) {
   }
   std::vector<uint64_t> gens = list_segments(d.path());
   ASSERT_GE(gens.size(), 5u);
-  EXPECT_TRUE(remove_consumed_segments(d.path()).empty());  // nobody registered: keep all
+  EXPECT_TRUE(remove_consumed_segments(d.path()).removed.empty());  // nobody registered: keep all
   register_consumer(d.path(), "index-a", Cursor{});
   register_consumer(d.path(), "index-b", Cursor{});
-  EXPECT_TRUE(remove_consumed_segments(d.path()).empty());
+  EXPECT_TRUE(remove_consumed_segments(d.path()).removed.empty());
   save_cursor(d.path(), "index-a", Cursor{w->wal_id(), 4, 100});
   save_cursor(d.path(), "index-b", Cursor{w->wal_id(), 2, 100});
-  EXPECT_EQ(remove_consumed_segments(d.path()), std::vector<uint64_t>{1});
+  EXPECT_EQ(remove_consumed_segments(d.path()).removed, std::vector<uint64_t>{1});
   save_cursor(d.path(), "index-b", Cursor{w->wal_id(), 5, 0});
-  EXPECT_EQ(remove_consumed_segments(d.path()), (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(remove_consumed_segments(d.path()).removed, (std::vector<uint64_t>{2, 3}));
   // Both past everything: the newest segment still stays.
   save_cursor(d.path(), "index-a", Cursor{w->wal_id(), gens.back() + 1, 0});
   save_cursor(d.path(), "index-b", Cursor{w->wal_id(), gens.back() + 1, 0});
@@ -312,6 +312,41 @@ TEST(Wal, RetentionWaitsForEveryConsumer) {
   EXPECT_EQ(list_consumers(d.path()).size(), 1u);
   EXPECT_THROW(register_consumer(d.path(), "../evil", Cursor{}), Error);
   EXPECT_FALSE(load_cursor(d.path(), "index-a").has_value());
+}
+
+TEST(Wal, SizeLimitMarksAStuckConsumerLaggingInsteadOfKeepingEverything) {
+  TempDir d;
+  auto w = WalWriter::open({d.path(), 4096});
+  for (uint64_t i = 0; i < 100; i++) {
+    Batch b = make_batch(1 + i * 5, 5);
+    w->append(b, covered_by(b));
+  }
+  std::vector<uint64_t> gens = list_segments(d.path());
+  ASSERT_GE(gens.size(), 6u);
+  register_consumer(d.path(), "stuck", Cursor{});                               // needs segment 1
+  register_consumer(d.path(), "current", Cursor{w->wal_id(), gens.back(), 0});  // up to date
+  // Without a limit the stuck consumer holds every segment.
+  EXPECT_TRUE(remove_consumed_segments(d.path()).removed.empty());
+  // With room for about two segments, the old ones go and "stuck" is marked.
+  RetentionResult r = remove_consumed_segments(d.path(), RetentionLimits{2 * 4096 + 2000});
+  EXPECT_EQ(r.now_lagging, std::vector<std::string>{"stuck"});
+  std::vector<uint64_t> left = list_segments(d.path());
+  EXPECT_LE(left.size(), 3u);
+  EXPECT_EQ(left.back(), gens.back());
+  for (const ConsumerInfo& c : list_consumers(d.path())) EXPECT_EQ(c.lagging, c.name == "stuck") << c.name;
+  // A lagging consumer no longer holds anything back, and is told when it reads.
+  EXPECT_TRUE(remove_consumed_segments(d.path(), RetentionLimits{2 * 4096 + 2000}).now_lagging.empty());
+  EXPECT_THROW(open_consumer(d.path(), "stuck"), Error);
+  WalReader rd(d.path(), *load_cursor(d.path(), "stuck"));
+  WalBatch b;
+  EXPECT_THROW(rd.next(&b), Error);  // its segment is gone, and a plain reader says so too
+  EXPECT_THROW(open_consumer(d.path(), "nobody"), Error);
+  WalReader current = open_consumer(d.path(), "current");
+  EXPECT_EQ(current.next(&b), ReadStatus::Batch);
+  // Re-registering after a rebuild clears the mark.
+  unregister_consumer(d.path(), "stuck");
+  register_consumer(d.path(), "stuck", Cursor{w->wal_id(), gens.back(), 0});
+  for (const ConsumerInfo& c : list_consumers(d.path())) EXPECT_FALSE(c.lagging) << c.name;
 }
 
 TEST(Wal, CursorResumesExactlyWhereItStopped) {
@@ -442,4 +477,17 @@ TEST(Wal, DocumentedLayout) {
   uint32_t crc = 0;
   for (int i = 3; i >= 0; i--) crc = (crc << 8) | static_cast<uint8_t>(rec[4 + i]);
   EXPECT_EQ(crc, crc32c(rec.data() + 8, rec.size() - 8));
+}
+
+TEST(Wal, OneWriterPerDirectory) {
+  TempDir d;
+  auto w = WalWriter::open({d.path()});
+  try {
+    WalWriter::open({d.path()});
+    FAIL() << "a second writer opened the same directory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use by another writer"), std::string::npos) << e.what();
+  }
+  w.reset();  // released: the next writer gets it
+  EXPECT_NO_THROW(WalWriter::open({d.path()}));
 }

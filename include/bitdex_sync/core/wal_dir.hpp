@@ -32,12 +32,32 @@ void register_consumer(const std::string& dir, const std::string& name, const Cu
 // Stores the cursor durably (atomic replace).
 void save_cursor(const std::string& dir, const std::string& name, const Cursor& c);
 std::optional<Cursor> load_cursor(const std::string& dir, const std::string& name);
+// Removes the cursor and any lagging mark.
 void unregister_consumer(const std::string& dir, const std::string& name);
-std::vector<std::pair<std::string, Cursor>> list_consumers(const std::string& dir);
 
-// Deletes every segment that all registered consumers are past (their cursor
-// is in a later segment). Never deletes the newest segment; with no consumer
-// registered deletes nothing. Returns the deleted generations.
-std::vector<uint64_t> remove_consumed_segments(const std::string& dir);
+struct ConsumerInfo {
+  std::string name;
+  Cursor cursor;
+  bool lagging = false;  // retention removed segments it needed: rebuild it from a dump
+};
+std::vector<ConsumerInfo> list_consumers(const std::string& dir);
+
+struct RetentionLimits {
+  // When the segments a consumer still needs exceed this many bytes, the
+  // oldest go anyway and that consumer is marked lagging, so one stuck
+  // consumer cannot fill the disk and stop the writer. 0: no limit.
+  uint64_t max_bytes = 0;
+};
+
+struct RetentionResult {
+  std::vector<uint64_t> removed;         // generations deleted
+  std::vector<std::string> now_lagging;  // consumers marked lagging by this call
+};
+
+// Deletes every segment that all registered, non-lagging consumers are past
+// (their cursor is in a later segment), then applies `limits`. Never deletes
+// the newest segment; with no consumer registered deletes nothing unless the
+// size limit says so.
+RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits = {});
 
 }  // namespace bitdex::wal

@@ -60,4 +60,8 @@ class WalReader {
   std::string tail_note_;
 };
 
+// A reader at registered consumer `name`'s cursor. Throws Error(InvalidInput)
+// when the consumer is unknown or lagging (retention removed what it needed).
+WalReader open_consumer(const std::string& dir, const std::string& name);
+
 }  // namespace bitdex::wal

@@ -34,7 +34,8 @@ struct AppendResult {
 
 class WalWriter {
  public:
-  // Opens (or creates) the WAL in opts.dir, validates the last segment, and
+  // Opens (or creates) the WAL in opts.dir, takes the directory's writer lock
+  // (a second writer fails at once), validates the last segment, and
   // truncates a torn tail. Refuses (Error(Corrupt)) when a bad record is
   // followed by a later complete batch: that is damage, not a torn write.
   static std::unique_ptr<WalWriter> open(const WriterOptions& opts, OpenReport* report = nullptr);
@@ -62,6 +63,7 @@ class WalWriter {
   void recover_last_segment(uint64_t generation, OpenReport* report);
 
   WriterOptions opts_;
+  fileio::Fd lock_;  // flock'ed writer.lock: one writer per directory
   fileio::Fd fd_;
   std::string path_;
   uint64_t wal_id_ = 0;
