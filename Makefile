@@ -33,7 +33,7 @@ endif
 
 PG_CXXFLAGS = -std=c++17 -fPIC -Iinclude $(WARN) -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-register -Wno-cast-function-type
-SHLIB_LINK  = $(CORE_LIB) -lstdc++
+SHLIB_LINK  = $(CORE_LIB) -lyaml-cpp -lstdc++
 EXTRA_CLEAN = build
 
 # No LLVM bitcode for JIT inlining: it needs clang at build time and buys
@@ -67,7 +67,7 @@ TOOLS = build/bin/bitdex-wal
 
 build/bin/%: tools/%.cpp $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(CORE_LIB) -o $@
+	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(CORE_LIB) -lyaml-cpp -o $@
 
 tools: $(TOOLS)
 
@@ -76,7 +76,7 @@ TEST_SRCS = $(sort $(wildcard test/unit/*.cpp test/support/*.cpp))
 
 build/test/unit_tests: $(TEST_SRCS) $(wildcard test/support/*.hpp) $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CORE_CXX) $(CORE_CXXFLAGS) -Itest $(TEST_SRCS) $(CORE_LIB) -lgtest -lgtest_main -pthread -o $@
+	$(CORE_CXX) $(CORE_CXXFLAGS) -Itest $(TEST_SRCS) $(CORE_LIB) -lyaml-cpp -lgtest -lgtest_main -pthread -o $@
 
 unit: build/test/unit_tests
 
@@ -87,14 +87,14 @@ FUZZ_TARGETS   = $(patsubst test/fuzz/%.cpp,build/fuzz/%,$(sort $(wildcard test/
 
 build/fuzz/%: test/fuzz/%.cpp $(CORE_SRCS) $(wildcard include/bitdex_sync/core/*.hpp)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(CORE_SRCS) -o $@
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(CORE_SRCS) -lyaml-cpp -o $@
 
 fuzz: $(FUZZ_TARGETS)
 
 # ---- benchmarks ------------------------------------------------------------
 build/bench/bench_core: bench/bench_core.cpp $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG -Itest $< $(CORE_LIB) -lbenchmark -pthread -o $@
+	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG -Itest $< $(CORE_LIB) -lyaml-cpp -lbenchmark -pthread -o $@
 
 bench: build/bench/bench_core
 

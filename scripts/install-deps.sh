@@ -9,6 +9,7 @@ pkgs=(
   clang libclang-rt-14-dev                  # libFuzzer + sanitizers
   clang-format                              # formatting check
   libipc-run-perl                           # TAP tests (PostgreSQL::Test::Cluster)
+  libyaml-cpp-dev                           # YAML configs
 )
 missing=()
 for p in "${pkgs[@]}"; do

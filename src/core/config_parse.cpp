@@ -1,0 +1,427 @@
+// Config parsing: YAML (yaml-cpp) is first turned into the same JSON tree
+// that JSONB input gives, so one parser sees both and every error message is
+// the same whichever form the operator used.
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <set>
+
+#include "bitdex_sync/core/config.hpp"
+#include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/cpp_only.hpp"
+
+namespace bitdex::config {
+namespace {
+
+using json::Type;
+using json::Value;
+
+[[noreturn]] void bad(const std::string& where, const std::string& what, const std::string& hint = {}) {
+  throw Error(ErrorKind::InvalidInput, where + ": " + what, {}, hint);
+}
+
+// ---- YAML -> JSON tree -----------------------------------------------------
+
+bool plain_int(const std::string& s) {
+  size_t i = (!s.empty() && s[0] == '-') ? 1 : 0;
+  if (i >= s.size()) return false;
+  return std::all_of(s.begin() + static_cast<long>(i), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+Value from_yaml(const YAML::Node& n) {
+  Value v;
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined: v.type = Type::Null; break;
+    case YAML::NodeType::Scalar: {
+      const std::string& s = n.Scalar();
+      if (n.Tag() == "!") {  // quoted: always a string
+        v.type = Type::String;
+        v.text = s;
+        break;
+      }
+      std::string lower = s;
+      std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+      if (lower == "true" || lower == "false") {
+        v.type = Type::Bool;
+        v.boolean = lower == "true";
+      } else if (lower == "null" || s == "~" || s.empty()) {
+        v.type = Type::Null;
+      } else if (plain_int(s)) {
+        v.type = Type::Number;
+        v.text = s;
+      } else {
+        v.type = Type::String;
+        v.text = s;
+      }
+      break;
+    }
+    case YAML::NodeType::Sequence:
+      v.type = Type::Array;
+      for (const auto& item : n) v.items.push_back(from_yaml(item));
+      break;
+    case YAML::NodeType::Map:
+      v.type = Type::Object;
+      for (const auto& kv : n) v.members.emplace_back(kv.first.as<std::string>(), from_yaml(kv.second));
+      break;
+  }
+  return v;
+}
+
+// ---- helpers -----------------------------------------------------------------
+
+std::string str(const Value& v, const std::string& where, const char* key) {
+  if (v.type != Type::String || v.text.empty())
+    bad(where, std::string("\"") + key + "\" must be a non-empty string, got " +
+                   (v.type == Type::String ? "an empty string" : json::type_name(v.type)));
+  return v.text;
+}
+
+bool boolean(const Value& v, const std::string& where, const char* key) {
+  if (v.type != Type::Bool) bad(where, std::string("\"") + key + "\" must be true or false");
+  return v.boolean;
+}
+
+void only_keys(const Value& obj, const std::string& where, const std::set<std::string>& known) {
+  for (const auto& [k, v] : obj.members) {
+    if (known.count(k)) continue;
+    std::string list;
+    for (const auto& name : known) list += (list.empty() ? "" : ", ") + name;
+    bad(where, "unknown key \"" + k + "\"", "Known keys here: " + list + ".");
+  }
+}
+
+Template parse_template(const std::string& text, const std::string& where) {
+  Template t;
+  t.text = text;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] == '}') bad(where, "unbalanced '}' in \"" + text + "\"");
+    if (text[i] != '{') continue;
+    size_t end = text.find('}', i + 1);
+    if (end == std::string::npos) bad(where, "unbalanced '{' in \"" + text + "\"");
+    std::string col = text.substr(i + 1, end - i - 1);
+    if (col.empty() || col.find('{') != std::string::npos || col.find('"') != std::string::npos)
+      bad(where, "bad placeholder {" + col + "} in \"" + text + "\"", "Placeholders name a column: {columnName}.");
+    if (std::find(t.columns.begin(), t.columns.end(), col) == t.columns.end()) t.columns.push_back(col);
+    i = end;
+  }
+  return t;
+}
+
+Template column_template(const std::string& column) {
+  return Template{"{" + column + "}", {column}};
+}
+
+// A bare column name: no spaces, braces, quotes or parentheses.
+bool is_plain_column(const std::string& s) {
+  return !s.empty() && s.find_first_of(" \t{}()\"',") == std::string::npos;
+}
+
+TrackField parse_track_field(const Value& v, const std::string& where) {
+  TrackField tf;
+  if (v.type == Type::String) {
+    const std::string& s = v.text;
+    std::string lower = s;
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+    size_t as = lower.rfind(" as ");
+    if (as != std::string::npos) {
+      tf.target = s.substr(as + 4);
+      tf.target.erase(0, tf.target.find_first_not_of(' '));
+      tf.target.erase(tf.target.find_last_not_of(' ') + 1);
+      std::string expr = s.substr(0, as);
+      if (tf.target.empty() || !is_plain_column(tf.target))
+        bad(where, "bad field name after \" as \" in \"" + s + "\"");
+      tf.expr = parse_template(expr, where);
+      return tf;
+    }
+    if (!is_plain_column(s))
+      bad(where, "\"" + s + "\" is neither a column name nor \"<SQL> as <field>\"",
+          "Write expressions as \"GREATEST({scannedAt}, {createdAt}) as existedAt\".");
+    tf.target = s;
+    tf.expr = column_template(s);
+    return tf;
+  }
+  if (v.type != Type::Object) bad(where, "a track_fields entry must be a string or {column, target, expression}");
+  only_keys(v, where, {"column", "target", "expression"});
+  const Value* column = v.find("column");
+  const Value* target = v.find("target");
+  const Value* expression = v.find("expression");
+  if (!column && !target) bad(where, "a track_fields entry needs \"column\" or \"target\"");
+  std::string col = column ? str(*column, where, "column") : "";
+  tf.target = target ? str(*target, where, "target") : col;
+  if (expression)
+    tf.expr = parse_template(str(*expression, where, "expression"), where);
+  else if (!col.empty())
+    tf.expr = column_template(col);
+  else
+    bad(where, "a track_fields entry with only \"target\" needs \"expression\"");
+  return tf;
+}
+
+std::vector<std::string> string_list(const Value& v, const std::string& where, const char* key) {
+  if (v.type != Type::Array) bad(where, std::string("\"") + key + "\" must be a list of strings");
+  std::vector<std::string> out;
+  for (const Value& item : v.items) out.push_back(str(item, where, key));
+  return out;
+}
+
+Sink parse_sink(const Value& v, const std::string& where) {
+  std::string s = str(v, where, "capture");
+  if (s == "message") return Sink::Message;
+  if (s == "outbox") return Sink::Outbox;
+  bad(where, "\"capture\" must be \"message\" or \"outbox\", got \"" + s + "\"");
+}
+
+Source parse_source(const Value& v, size_t index, Sink default_sink) {
+  std::string where = "source " + std::to_string(index + 1);
+  if (v.type != Type::Object) bad(where, "a source must be a mapping");
+  const Value* table = v.find("table");
+  if (!table) bad(where, "missing key \"table\"");
+  Source s;
+  s.table = str(*table, where, "table");
+  where += " (table \"" + s.table + "\")";
+  s.raw = v;
+  only_keys(v, where,
+            {"table", "slot_field", "track_fields", "computed_fields", "sets_alive", "on_delete", "field",
+             "value_field", "filter", "query", "query_source", "expression", "join", "type", "rows_from",
+             "shared_ops_fields", "capture", "dependsOn", "depends_on"});
+  split_table(s.table);  // validates the form
+  s.sink = default_sink;
+  if (const Value* c = v.find("capture")) s.sink = parse_sink(*c, where);
+  if (const Value* sf = v.find("slot_field")) s.slot_field = str(*sf, where, "slot_field");
+  if (const Value* t = v.find("track_fields")) {
+    if (t->type != Type::Array) bad(where, "\"track_fields\" must be a list");
+    for (size_t i = 0; i < t->items.size(); i++)
+      s.track_fields.push_back(parse_track_field(t->items[i], where + ", track_fields[" + std::to_string(i + 1) + "]"));
+  }
+  if (const Value* a = v.find("sets_alive")) s.sets_alive = boolean(*a, where, "sets_alive");
+  if (const Value* d = v.find("on_delete")) {
+    if (d->type == Type::Bool)
+      s.on_delete = d->boolean;
+    else if (d->type == Type::String && d->text == "delete_slot")
+      s.on_delete = true;
+    else
+      bad(where, "\"on_delete\" must be true, false or \"delete_slot\"");
+  }
+  if (const Value* f = v.find("field")) s.field = str(*f, where, "field");
+  if (const Value* vf = v.find("value_field")) s.value_field = str(*vf, where, "value_field");
+  if (const Value* f = v.find("filter")) s.filter = parse_template(str(*f, where, "filter"), where + ", filter");
+  if (const Value* q = v.find("query")) s.query = str(*q, where, "query");
+  if (const Value* e = v.find("expression")) s.expression = parse_template(str(*e, where, "expression"), where);
+  if (const Value* j = v.find("join")) s.join = str(*j, where, "join");
+  if (const Value* sh = v.find("shared_ops_fields")) s.shared_ops_fields = string_list(*sh, where, "shared_ops_fields");
+  for (const char* key : {"dependsOn", "depends_on"})
+    if (const Value* d = v.find(key)) s.depends_on = string_list(*d, where, key);
+  if (v.find("query_source"))
+    bad(where, "\"query_source\" is not supported",
+        "Use \"expression\" (SQL whose result fills {ids} in the query), which bitdex_sync implements.");
+  std::string type;
+  if (const Value* t = v.find("type")) type = str(*t, where, "type");
+  if (!type.empty() && type != "fan_out" && type != "fan_out_per_row")
+    bad(where, "\"type\" must be \"fan_out\" or \"fan_out_per_row\", got \"" + type + "\"");
+  if (const Value* rf = v.find("rows_from")) {
+    if (rf->type != Type::Object) bad(where, "\"rows_from\" must be {table, fk, slot, parent_key}");
+    only_keys(*rf, where + ", rows_from", {"table", "fk", "slot", "parent_key"});
+    RowsFrom r;
+    const Value* rt = rf->find("table");
+    const Value* fk = rf->find("fk");
+    if (!rt || !fk) bad(where, "\"rows_from\" needs \"table\" and \"fk\"");
+    r.table = str(*rt, where, "rows_from.table");
+    r.fk = str(*fk, where, "rows_from.fk");
+    if (const Value* x = rf->find("slot")) r.slot = str(*x, where, "rows_from.slot");
+    if (const Value* x = rf->find("parent_key")) r.parent_key = str(*x, where, "rows_from.parent_key");
+    s.rows_from = r;
+  }
+
+  // Which kind of source: exactly one of these shapes, never a silent mix.
+  const bool is_join = v.find("field") || v.find("value_field");
+  const bool is_row_fan = type == "fan_out_per_row" || s.rows_from;
+  const bool is_query_fan = s.query.has_value() || type == "fan_out";
+  if (int(is_join) + int(is_row_fan) + int(is_query_fan) > 1)
+    bad(where, "mixes the keys of different source kinds",
+        "A source is one of: a direct table (track_fields), a join table (field + value_field), a query fan-out "
+        "(query), or a per-row fan-out (type: fan_out_per_row + rows_from).");
+  auto forbid = [&](bool present, const char* key, const char* kind) {
+    if (present) bad(where, std::string("\"") + key + "\" does not apply to a " + kind + " source");
+  };
+  if (is_join) {
+    s.kind = SourceKind::Join;
+    if (s.field.empty()) bad(where, "a join source needs \"field\" (the index field)");
+    if (s.value_field.empty()) s.value_field = "id";
+    s.name = s.table + "." + s.field;
+    forbid(!s.track_fields.empty(), "track_fields", "join");
+    forbid(s.sets_alive, "sets_alive", "join");
+    forbid(v.find("on_delete") != nullptr, "on_delete", "join");
+    forbid(s.expression.has_value(), "expression", "join");
+    forbid(s.join.has_value(), "join", "join");
+    forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "join");
+  } else if (is_row_fan) {
+    s.kind = SourceKind::RowFanOut;
+    if (type != "fan_out_per_row") bad(where, "\"rows_from\" needs \"type: fan_out_per_row\"");
+    if (!s.rows_from) bad(where, "\"type: fan_out_per_row\" needs \"rows_from\"");
+    if (s.track_fields.empty()) bad(where, "a fan_out_per_row source needs \"track_fields\"");
+    s.name = s.table;
+    forbid(s.sets_alive, "sets_alive", "fan_out_per_row");
+    forbid(s.filter.has_value(), "filter", "fan_out_per_row");
+    forbid(s.expression.has_value(), "expression", "fan_out_per_row");
+    forbid(s.join.has_value(), "join", "fan_out_per_row");
+  } else if (is_query_fan) {
+    s.kind = SourceKind::QueryFanOut;
+    if (!s.query) bad(where, "a fan_out source needs \"query\"");
+    if (s.track_fields.empty()) bad(where, "a query fan-out source needs \"track_fields\"");
+    s.name = s.table;
+    forbid(s.sets_alive, "sets_alive", "query fan-out");
+    forbid(!s.computed_fields.empty() || v.find("computed_fields"), "computed_fields", "query fan-out");
+    forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "query fan-out");
+    forbid(s.filter.has_value(), "filter", "query fan-out");
+    if (s.join && !s.expression) bad(where, "\"join\" is used with \"expression\" and needs it");
+    bool has_ids = s.query->find("{ids}") != std::string::npos;
+    if (s.expression && !has_ids) bad(where, "with \"expression\", \"query\" must contain {ids}");
+    if (!s.expression && has_ids) bad(where, "\"query\" uses {ids}, which needs \"expression\"");
+    parse_template(*s.query, where + ", query");
+  } else {
+    s.kind = SourceKind::Direct;
+    s.name = s.table;
+    forbid(s.filter.has_value(), "filter", "direct");
+    forbid(s.expression.has_value(), "expression", "direct");
+    forbid(s.join.has_value(), "join", "direct");
+  }
+  if (const Value* c = v.find("computed_fields")) {
+    if (c->type != Type::Array) bad(where, "\"computed_fields\" must be a list");
+    for (size_t i = 0; i < c->items.size(); i++) {
+      std::string w = where + ", computed_fields[" + std::to_string(i + 1) + "]";
+      const Value& item = c->items[i];
+      if (item.type != Type::Object) bad(w, "a computed field must be {target, expression, value?}");
+      only_keys(item, w, {"target", "expression", "value"});
+      ComputedField cf;
+      const Value* t = item.find("target");
+      const Value* e = item.find("expression");
+      if (!t || !e) bad(w, "a computed field needs \"target\" and \"expression\"");
+      cf.target = str(*t, w, "target");
+      cf.expr = parse_template(str(*e, w, "expression"), w);
+      if (const Value* val = item.find("value")) {
+        if (s.kind != SourceKind::Join) bad(w, "\"value\" (a conditional computed field) applies to join sources only");
+        std::string vs = str(*val, w, "value");
+        cf.value = is_plain_column(vs) ? column_template(vs) : parse_template(vs, w);
+      }
+      s.computed_fields.push_back(std::move(cf));
+    }
+  }
+  // Every index field is written by one definition only.
+  std::set<std::string> targets;
+  if (s.kind == SourceKind::Join) targets.insert(s.field);
+  for (const auto& tf : s.track_fields)
+    if (!targets.insert(tf.target).second) bad(where, "field \"" + tf.target + "\" is defined twice");
+  for (const auto& cf : s.computed_fields)
+    if (s.kind != SourceKind::Join && !targets.insert(cf.target).second)
+      bad(where, "field \"" + cf.target + "\" is defined twice");
+  for (const auto& f : s.shared_ops_fields)
+    if (!targets.count(f)) bad(where, "shared_ops_fields names \"" + f + "\", which this source does not define");
+  if (s.kind == SourceKind::Direct && s.track_fields.empty() && s.computed_fields.empty() && !s.sets_alive &&
+      !s.on_delete)
+    bad(where, "a direct source needs at least one of track_fields, computed_fields, sets_alive, on_delete");
+  return s;
+}
+
+}  // namespace
+
+const char* sink_name(Sink s) {
+  return s == Sink::Message ? "message" : "outbox";
+}
+
+const char* kind_name(SourceKind k) {
+  switch (k) {
+    case SourceKind::Direct: return "direct";
+    case SourceKind::Join: return "join";
+    case SourceKind::QueryFanOut: return "fan_out";
+    case SourceKind::RowFanOut: return "fan_out_per_row";
+  }
+  return "?";
+}
+
+std::string quote_ident(const std::string& ident) {
+  std::string out = "\"";
+  for (char c : ident) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string quote_literal(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string Template::render(const std::string& prefix) const {
+  std::string out;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] != '{') {
+      out += text[i];
+      continue;
+    }
+    size_t end = text.find('}', i + 1);
+    out += prefix + quote_ident(text.substr(i + 1, end - i - 1));
+    i = end;
+  }
+  return out;
+}
+
+std::pair<std::string, std::string> split_table(const std::string& table) {
+  size_t dot = table.find('.');
+  if (dot == std::string::npos) return {"", table};
+  if (dot == 0 || dot + 1 == table.size() || table.find('.', dot + 1) != std::string::npos)
+    throw Error(ErrorKind::InvalidInput, "bad table name \"" + table + "\"", {},
+                "Write \"Table\" or \"schema.Table\"; names are taken exactly as written.");
+  return {table.substr(0, dot), table.substr(dot + 1)};
+}
+
+Config parse_json_value(const Value& doc) {
+  if (doc.type != Type::Object) throw Error(ErrorKind::InvalidInput, "the config must be a mapping (an object)");
+  only_keys(
+      doc, "config",
+      {"index", "sources", "triggers", "sync_sources", "capture", "postgres", "clickhouse", "bitdex", "dump_phases"});
+  Config cfg;
+  if (const Value* i = doc.find("index")) cfg.index = str(*i, "config", "index");
+  if (const Value* c = doc.find("capture")) cfg.sink = parse_sink(*c, "config");
+  const Value* list = nullptr;
+  for (const char* key : {"sources", "triggers", "sync_sources"}) {
+    if (const Value* l = doc.find(key)) {
+      if (list)
+        throw Error(ErrorKind::InvalidInput, "config: give the sources under one key only", {},
+                    "\"sources\", \"triggers\" and \"sync_sources\" are the same list.");
+      list = l;
+    }
+  }
+  if (!list) throw Error(ErrorKind::InvalidInput, "config: missing key \"sources\"");
+  if (list->type != Type::Array) throw Error(ErrorKind::InvalidInput, "config: the sources must be a list");
+  std::set<std::string> names;
+  for (size_t i = 0; i < list->items.size(); i++) {
+    Source s = parse_source(list->items[i], i, cfg.sink);
+    if (!names.insert(s.name).second)
+      throw Error(
+          ErrorKind::InvalidInput,
+          "source " + std::to_string(i + 1) + " (table \"" + s.table + "\"): duplicate source \"" + s.name + "\"", {},
+          "Give each table one direct or fan-out source, and each join field one source.");
+    cfg.sources.push_back(std::move(s));
+  }
+  return cfg;
+}
+
+Config parse(std::string_view text) {
+  size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string_view::npos && text[first] == '{') return parse_json_value(json::parse(text));
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::Exception& e) {
+    throw Error(ErrorKind::InvalidInput, std::string("invalid YAML: ") + e.what());
+  }
+  return parse_json_value(from_yaml(root));
+}
+
+}  // namespace bitdex::config

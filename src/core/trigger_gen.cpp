@@ -1,0 +1,138 @@
+// Capture spec, names and DDL for one source.
+#include "bitdex_sync/core/trigger_gen.hpp"
+
+#include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/sha256.hpp"
+#include "bitdex_sync/core/cpp_only.hpp"
+
+namespace bitdex::trigger_gen {
+namespace {
+
+using config::SourceKind;
+
+void key(std::string& out, const char* k) {
+  if (out.back() != '{') out += ',';
+  json::write_string(out, k);
+  out += ':';
+}
+
+void str_member(std::string& out, const char* k, const std::string& v) {
+  key(out, k);
+  json::write_string(out, v);
+}
+
+}  // namespace
+
+std::string capture_spec(const config::Source& s) {
+  using config::sink_name;
+  std::string out = "{";
+  key(out, "v");
+  out += "1";
+  str_member(out, "source", s.name);
+  str_member(out, "kind", config::kind_name(s.kind));
+  str_member(out, "sink", sink_name(s.sink));
+  str_member(out, "slot", config::quote_ident(s.slot_field));
+  key(out, "alive");
+  out += s.sets_alive ? "true" : "false";
+  key(out, "delete");
+  out += s.on_delete ? "true" : "false";
+  if (s.kind == SourceKind::Join) {
+    key(out, "value");
+    out += "{";
+    str_member(out, "f", s.field);
+    str_member(out, "sql", config::quote_ident(s.value_field));
+    out += "}";
+    if (s.filter) str_member(out, "filter", s.filter->render());
+    key(out, "computed");
+    out += "[";
+    for (size_t i = 0; i < s.computed_fields.size(); i++) {
+      const auto& cf = s.computed_fields[i];
+      if (i) out += ",";
+      out += "{";
+      str_member(out, "f", cf.target);
+      str_member(out, "cond", cf.expr.render());
+      str_member(out, "sql", cf.value ? cf.value->render() : config::quote_ident(s.value_field));
+      out += "}";
+    }
+    out += "]";
+  } else {
+    key(out, "fields");
+    out += "[";
+    bool first = true;
+    auto field = [&](const std::string& target, const config::Template& t) {
+      if (!first) out += ",";
+      first = false;
+      out += "{";
+      str_member(out, "f", target);
+      str_member(out, "sql", t.render());
+      out += "}";
+    };
+    for (const auto& tf : s.track_fields) field(tf.target, tf.expr);
+    for (const auto& cf : s.computed_fields) field(cf.target, cf.expr);
+    out += "]";
+  }
+  if (s.kind == SourceKind::QueryFanOut) {
+    str_member(out, "query", *s.query);
+    key(out, "query_cols");
+    out += "[";
+    // Placeholders of the BitDex query are columns of this table.
+    for (size_t i = 0, n = 0; i < s.query->size(); i++) {
+      if ((*s.query)[i] != '{') continue;
+      size_t end = s.query->find('}', i);
+      std::string col = s.query->substr(i + 1, end - i - 1);
+      if (n++) out += ",";
+      json::write_string(out, col);
+      i = end;
+    }
+    out += "]";
+  }
+  out += "}";
+  return out;
+}
+
+std::string trigger_events(const config::Source& s) {
+  switch (s.kind) {
+    case SourceKind::Join: return "AFTER INSERT OR UPDATE OR DELETE";         // join-table UPDATEs are captured too
+    case SourceKind::QueryFanOut: return "AFTER INSERT OR UPDATE OR DELETE";  // DELETE clears the fanned-out values
+    default: return s.on_delete ? "AFTER INSERT OR UPDATE OR DELETE" : "AFTER INSERT OR UPDATE";
+  }
+}
+
+std::string trigger_name(const std::string& qualified_table, const config::Source& s) {
+  std::string digest = sha256_hex(qualified_table + "\n" + trigger_events(s) + "\n" + capture_spec(s));
+  std::string base;
+  for (char c : config::split_table(s.table).second) {
+    char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    base += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
+  }
+  if (s.kind == SourceKind::Join) {
+    base += "_";
+    for (char c : s.field) {
+      char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      base += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
+    }
+  }
+  if (base.size() > 44) base.resize(44);  // "bitdex_" + base + "_" + 8 hex <= 63 bytes
+  return "bitdex_" + base + "_" + digest.substr(0, 8);
+}
+
+std::string create_sql(const std::string& qualified_table, const config::Source& s) {
+  if (s.kind == SourceKind::RowFanOut)
+    throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": type fan_out_per_row is not supported yet", {},
+                "Use a query fan-out (query: \"postId eq {id}\") for now.");
+  if (s.expression)
+    throw Error(ErrorKind::InvalidInput,
+                "source \"" + s.name + "\": \"expression\" ({ids} fan-out) is not supported yet");
+  if (!s.shared_ops_fields.empty())
+    throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": \"shared_ops_fields\" is not supported yet");
+  std::string name = config::quote_ident(trigger_name(qualified_table, s));
+  return "CREATE TRIGGER " + name + " " + trigger_events(s) + " ON " + qualified_table +
+         " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s)) +
+         ");\nALTER TABLE " + qualified_table + " ENABLE ALWAYS TRIGGER " + name + ";\n";
+}
+
+std::string drop_sql(const std::string& qualified_table, const std::string& trigger) {
+  return "DROP TRIGGER IF EXISTS " + config::quote_ident(trigger) + " ON " + qualified_table + ";\n";
+}
+
+}  // namespace bitdex::trigger_gen

@@ -1,0 +1,230 @@
+// Config parsing (YAML and JSON, same keys), validation messages, and the
+// generated capture spec, names and DDL.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "bitdex_sync/core/config.hpp"
+#include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/sha256.hpp"
+#include "bitdex_sync/core/trigger_gen.hpp"
+
+using namespace bitdex;
+using namespace bitdex::config;
+
+namespace {
+
+const char* kBenchYaml = R"(
+index: bench
+sources:
+  - table: Image
+    slot_field: id
+    sets_alive: true
+    on_delete: true
+    track_fields:
+      - nsfwLevel
+      - type
+      - "GREATEST({scannedAt}, {createdAt}) as existedAt"
+      - "({flags} & (1 << 14)) != 0 as onSite"
+  - table: TagsOnImage
+    slot_field: imageId
+    field: tagIds
+    value_field: tagId
+  - table: Post
+    query: "postId eq {id}"
+    track_fields: [publishedAt, availability]
+)";
+
+std::string error_of(const std::string& text) {
+  try {
+    parse(text);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::InvalidInput);
+    return std::string(e.what()) + " | " + e.hint();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST(Config, ParsesTheBenchConfig) {
+  Config c = parse(kBenchYaml);
+  EXPECT_EQ(c.index, "bench");
+  ASSERT_EQ(c.sources.size(), 3u);
+  const Source& img = c.sources[0];
+  EXPECT_EQ(img.kind, SourceKind::Direct);
+  EXPECT_TRUE(img.sets_alive);
+  EXPECT_TRUE(img.on_delete);
+  ASSERT_EQ(img.track_fields.size(), 4u);
+  EXPECT_EQ(img.track_fields[0].target, "nsfwLevel");
+  EXPECT_EQ(img.track_fields[0].expr.render("NEW."), "NEW.\"nsfwLevel\"");
+  EXPECT_EQ(img.track_fields[2].target, "existedAt");
+  EXPECT_EQ(img.track_fields[2].expr.render(), "GREATEST(\"scannedAt\", \"createdAt\")");
+  EXPECT_EQ(img.track_fields[2].expr.columns, (std::vector<std::string>{"scannedAt", "createdAt"}));
+  EXPECT_EQ(img.sink, Sink::Message);
+  const Source& tags = c.sources[1];
+  EXPECT_EQ(tags.kind, SourceKind::Join);
+  EXPECT_EQ(tags.name, "TagsOnImage.tagIds");
+  EXPECT_EQ(tags.slot_field, "imageId");
+  EXPECT_EQ(tags.value_field, "tagId");
+  const Source& post = c.sources[2];
+  EXPECT_EQ(post.kind, SourceKind::QueryFanOut);
+  EXPECT_EQ(*post.query, "postId eq {id}");
+  EXPECT_EQ(post.slot_field, "id");
+}
+
+TEST(Config, JsonAndYamlGiveTheSameSources) {
+  const char* json_text = R"({"index":"bench","sources":[
+    {"table":"Image","slot_field":"id","sets_alive":true,"on_delete":true,
+     "track_fields":["nsfwLevel","type","GREATEST({scannedAt}, {createdAt}) as existedAt",
+                     "({flags} & (1 << 14)) != 0 as onSite"]},
+    {"table":"TagsOnImage","slot_field":"imageId","field":"tagIds","value_field":"tagId"},
+    {"table":"Post","query":"postId eq {id}","track_fields":["publishedAt","availability"]}]})";
+  Config y = parse(kBenchYaml), j = parse(json_text);
+  ASSERT_EQ(y.sources.size(), j.sources.size());
+  for (size_t i = 0; i < y.sources.size(); i++)
+    EXPECT_EQ(trigger_gen::capture_spec(y.sources[i]), trigger_gen::capture_spec(j.sources[i])) << i;
+}
+
+TEST(Config, AllTrackFieldFormsAndOtherKeys) {
+  Config c = parse(R"(
+index: t
+capture: outbox
+triggers:
+  - table: public.Image
+    track_fields:
+      - nsfwLevel
+      - "lower({name}) as nameLower"
+      - {column: type, target: mediaType}
+      - {column: type, target: typeText, expression: "{type}::text"}
+      - {target: big, expression: "{width} * {height} > 1000000"}
+    computed_fields:
+      - {target: hasMeta, expression: "({flags} & 4) = 0"}
+    on_delete: delete_slot
+    capture: message
+    dependsOn: [Post]
+  - table: ImageResource
+    slot_field: imageId
+    field: modelVersionIds
+    value_field: modelVersionId
+    filter: "{detected} = true"
+    computed_fields:
+      - {target: modelVersionIdsManual, expression: "{detected} = false", value: modelVersionId}
+)");
+  const Source& s = c.sources[0];
+  EXPECT_EQ(c.sink, Sink::Outbox);
+  EXPECT_EQ(s.sink, Sink::Message);  // per-source capture wins
+  EXPECT_EQ(split_table(s.table), (std::pair<std::string, std::string>{"public", "Image"}));
+  EXPECT_EQ(s.track_fields[1].target, "nameLower");
+  EXPECT_EQ(s.track_fields[2].target, "mediaType");
+  EXPECT_EQ(s.track_fields[2].expr.render(), "\"type\"");
+  EXPECT_EQ(s.track_fields[3].expr.render(), "\"type\"::text");
+  EXPECT_EQ(s.track_fields[4].target, "big");
+  EXPECT_TRUE(s.on_delete);
+  EXPECT_EQ(s.depends_on, std::vector<std::string>{"Post"});
+  const Source& r = c.sources[1];
+  EXPECT_EQ(r.sink, Sink::Outbox);
+  EXPECT_EQ(r.filter->render("NEW."), "NEW.\"detected\" = true");
+  ASSERT_EQ(r.computed_fields.size(), 1u);
+  EXPECT_EQ(r.computed_fields[0].value->render(), "\"modelVersionId\"");
+}
+
+TEST(Config, ErrorsNameTheSourceAndKey) {
+  struct Case {
+    const char* yaml;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {"sources: [{table: Image, track_fieldz: [a]}]", "source 1 (table \"Image\"): unknown key \"track_fieldz\""},
+      {"sources: [{track_fields: [a]}]", "source 1: missing key \"table\""},
+      {"sources: [{table: Image, track_fields: [a]}, {table: Image, track_fields: [b]}]",
+       "source 2 (table \"Image\"): duplicate source \"Image\""},
+      {"sources: [{table: Post, query: \"postId eq {id}\", query_source: x, track_fields: [a]}]",
+       "\"query_source\" is not supported"},
+      {"sources: [{table: Post, type: fan_out_per_row, field: tagIds, rows_from: {table: Image, fk: postId}}]",
+       "mixes the keys of different source kinds"},
+      {"sources: [{table: Post, rows_from: {table: Image, fk: postId}, track_fields: [a]}]",
+       "\"rows_from\" needs \"type: fan_out_per_row\""},
+      {"sources: [{table: Post, type: fan_out_per_row, track_fields: [a]}]", "needs \"rows_from\""},
+      {"sources: [{table: Post, query: \"postId in [{ids}]\", track_fields: [a]}]", "needs \"expression\""},
+      {"sources: [{table: Post, query: \"postId eq {id}\", filter: \"{x} > 1\", track_fields: [a]}]",
+       "\"filter\" does not apply to a query fan-out source"},
+      {"sources: [{table: Image, track_fields: [\"{a} + 1\"]}]", "is neither a column name nor"},
+      {"sources: [{table: Image, track_fields: [\"{a + 1 as x\"]}]", "unbalanced '{'"},
+      {"sources: [{table: Image, track_fields: [a, \"{b} as a\"]}]", "field \"a\" is defined twice"},
+      {"sources: [{table: Image, sets_alive: maybe, track_fields: [a]}]", "\"sets_alive\" must be true or false"},
+      {"sources: [{table: Image, track_fields: [a], capture: kafka}]", "\"capture\" must be \"message\" or \"outbox\""},
+      {"sources: [{table: Image}]", "a direct source needs at least one of"},
+      {"sources: [{table: a.b.c, track_fields: [x]}]", "bad table name"},
+      {"sources: [{table: Image, track_fields: [a], shared_ops_fields: [b]}]", "does not define"},
+      {"index: x", "missing key \"sources\""},
+      {"sources: []\ntriggers: []", "one key only"},
+      {"sources: [{table: T, field: f, value_field: v, track_fields: [a]}]", "\"track_fields\" does not apply"},
+      {"sources: [{table: T, track_fields: [a], computed_fields: [{target: c, expression: x, value: y}]}]",
+       "applies to join sources only"},
+      {"sources: [ {table: x", "invalid YAML"},
+      {"{\"sources\": [}", "invalid JSON"},
+  };
+  for (const Case& c : cases) EXPECT_NE(error_of(c.yaml).find(c.expect), std::string::npos) << error_of(c.yaml);
+  EXPECT_NE(error_of("sources: [{table: Image, bogus: 1, track_fields: [a]}]").find("Known keys here:"),
+            std::string::npos);
+}
+
+TEST(Sha256, KnownVectors) {
+  EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(sha256_hex(std::string(1000000, 'a')), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(TriggerGen, SpecNamesAndDdl) {
+  Config c = parse(kBenchYaml);
+  const std::string table = "\"public\".\"Image\"";
+  std::string spec = trigger_gen::capture_spec(c.sources[0]);
+  EXPECT_EQ(spec,
+            R"x({"v":1,"source":"Image","kind":"direct","sink":"message","slot":"\"id\"","alive":true,"delete":true,)x"
+            R"x("fields":[{"f":"nsfwLevel","sql":"\"nsfwLevel\""},{"f":"type","sql":"\"type\""},)x"
+            R"x({"f":"existedAt","sql":"GREATEST(\"scannedAt\", \"createdAt\")"},)x"
+            R"x({"f":"onSite","sql":"(\"flags\" & (1 << 14)) != 0"}]})x");
+  std::string name = trigger_gen::trigger_name(table, c.sources[0]);
+  EXPECT_EQ(name.rfind("bitdex_image_", 0), 0u);
+  EXPECT_EQ(name.size(), std::string("bitdex_image_").size() + 8);
+  // Stable: same input, same name; any change of definition, a new one.
+  EXPECT_EQ(trigger_gen::trigger_name(table, parse(kBenchYaml).sources[0]), name);
+  Source changed = c.sources[0];
+  changed.on_delete = false;
+  EXPECT_NE(trigger_gen::trigger_name(table, changed), name);
+  EXPECT_NE(trigger_gen::trigger_name("\"other\".\"Image\"", c.sources[0]), name);
+  std::string ddl = trigger_gen::create_sql(table, c.sources[0]);
+  EXPECT_NE(ddl.find("AFTER INSERT OR UPDATE OR DELETE ON \"public\".\"Image\" FOR EACH ROW EXECUTE FUNCTION "
+                     "bitdex_sync.capture('{"),
+            std::string::npos)
+      << ddl;
+  EXPECT_NE(ddl.find("ENABLE ALWAYS TRIGGER \"" + name + "\""), std::string::npos);
+  EXPECT_EQ(trigger_gen::trigger_events(changed), "AFTER INSERT OR UPDATE");
+  // Join and fan-out specs.
+  EXPECT_EQ(trigger_gen::capture_spec(c.sources[1]),
+            R"x({"v":1,"source":"TagsOnImage.tagIds","kind":"join","sink":"message","slot":"\"imageId\"",)x"
+            R"x("alive":false,"delete":false,"value":{"f":"tagIds","sql":"\"tagId\""},"computed":[]})x");
+  EXPECT_NE(trigger_gen::capture_spec(c.sources[2]).find(R"x("query":"postId eq {id}","query_cols":["id"])x"),
+            std::string::npos);
+  EXPECT_EQ(
+      trigger_gen::trigger_name("\"public\".\"TagsOnImage\"", c.sources[1]).rfind("bitdex_tagsonimage_tagids_", 0), 0u);
+  // A quote in a name cannot break out of the generated SQL.
+  Source evil = c.sources[0];
+  evil.track_fields[0].target = "x'); DROP TABLE t; --";
+  std::string evil_ddl = trigger_gen::create_sql(table, evil);
+  EXPECT_NE(evil_ddl.find("x''); DROP TABLE t; --"), std::string::npos);
+}
+
+TEST(TriggerGen, UnsupportedKindsAreRejectedNotIgnored) {
+  Config c = parse(R"(
+sources:
+  - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
+  - {table: Model, query: "modelVersionIds in [{ids}]", expression: "SELECT 1", track_fields: [poi]}
+  - {table: Image, track_fields: [sortAt], shared_ops_fields: [sortAt]}
+)");
+  for (const Source& s : c.sources) EXPECT_THROW(trigger_gen::create_sql("\"public\".\"T\"", s), Error) << s.name;
+}
