@@ -17,8 +17,7 @@ inline int64_t unzigzag(uint64_t v) {
 }
 
 void put_bytes(std::string& out, const std::string& s) {
-  put_varint(out, s.size());
-  out += s;
+  write_bytes(out, s.data(), s.size());
 }
 
 void encode_value(std::string& out, const OpValue& v) {
@@ -128,11 +127,7 @@ class Decoder {
 }  // namespace
 
 void put_varint(std::string& out, uint64_t v) {
-  while (v >= 0x80) {
-    out += static_cast<char>((v & 0x7F) | 0x80);
-    v >>= 7;
-  }
-  out += static_cast<char>(v);
+  write_varint(out, v);
 }
 
 void encode_ops(std::string& out, const std::vector<Op>& ops) {

@@ -118,13 +118,13 @@ std::string trigger_name(const std::string& qualified_table, const config::Sourc
 
 std::string create_sql(const std::string& qualified_table, const config::Source& s) {
   if (s.kind == SourceKind::RowFanOut)
-    throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": type fan_out_per_row is not supported yet", {},
+    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": type fan_out_per_row is not supported yet", {},
                 "Use a query fan-out (query: \"postId eq {id}\") for now.");
   if (s.expression)
-    throw Error(ErrorKind::InvalidInput,
+    throw Error(ErrorKind::NotSupported,
                 "source \"" + s.name + "\": \"expression\" ({ids} fan-out) is not supported yet");
   if (!s.shared_ops_fields.empty())
-    throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": \"shared_ops_fields\" is not supported yet");
+    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": \"shared_ops_fields\" is not supported yet");
   std::string name = config::quote_ident(trigger_name(qualified_table, s));
   return "CREATE TRIGGER " + name + " " + trigger_events(s) + " ON " + qualified_table +
          " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s)) +

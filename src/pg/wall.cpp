@@ -15,6 +15,9 @@ int sqlstate_for(ErrorKind kind) {
     case ErrorKind::Corrupt: return ERRCODE_DATA_CORRUPTED;
     case ErrorKind::Io: return ERRCODE_IO_ERROR;
     case ErrorKind::Internal: return ERRCODE_INTERNAL_ERROR;
+    case ErrorKind::UndefinedTable: return ERRCODE_UNDEFINED_TABLE;
+    case ErrorKind::UndefinedColumn: return ERRCODE_UNDEFINED_COLUMN;
+    case ErrorKind::NotSupported: return ERRCODE_FEATURE_NOT_SUPPORTED;
   }
   return ERRCODE_INTERNAL_ERROR;
 }

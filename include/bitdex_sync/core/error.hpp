@@ -8,10 +8,13 @@
 namespace bitdex {
 
 enum class ErrorKind {
-  InvalidInput,  // bad JSON, unknown op, bad argument: the caller can fix it
-  Corrupt,       // on-disk data fails a CRC or length check
-  Io,            // an operating system call failed
-  Internal,      // an invariant broke: a bug
+  InvalidInput,     // bad JSON, unknown op, bad argument: the caller can fix it
+  Corrupt,          // on-disk data fails a CRC or length check
+  Io,               // an operating system call failed
+  Internal,         // an invariant broke: a bug
+  UndefinedTable,   // a config names a table that does not exist
+  UndefinedColumn,  // ... or a column
+  NotSupported,     // a key or feature this version rejects rather than ignores
 };
 
 class Error : public std::runtime_error {

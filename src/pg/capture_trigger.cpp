@@ -1,0 +1,742 @@
+// The capture trigger: one C function, bitdex_sync.capture(spec), behind every
+// generated trigger. At the first row in a backend it compiles the spec (its
+// argument) against the table: expressions are parsed and analysed once, as
+// PostgreSQL does for generated columns, and kept as ExprStates; plain columns
+// are read straight from the slot. Per row it evaluates them on OLD/NEW,
+// encodes the BitDex ops in the ops WAL's binary form and emits them as a
+// transactional logical decoding message (or an outbox row).
+//
+// Wall: everything from here down runs inside PostgreSQL's executor and may
+// ereport at any call, so the functions called per row and at compile time
+// hold no C++ objects with destructors. The spec is parsed by the C++ JSON
+// reader into static storage under try/catch; errors are raised after it.
+#include <cstring>
+
+#include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/core/json.hpp"
+#include "bitdex_sync/core/ops_codec.hpp"
+#include "bitdex_sync/pg/capture.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
+#include "replication/message.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/datetime.h"
+#include "utils/datum.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+}
+
+extern "C" {
+PG_FUNCTION_INFO_V1(bitdex_sync_capture);
+Datum bitdex_sync_capture(PG_FUNCTION_ARGS);
+}
+
+namespace bitdex::pg {
+
+Conv conv_for_type(Oid type) {
+  Oid base = getBaseType(type);
+  switch (base) {
+    case INT2OID: return Conv::Int2;
+    case INT4OID: return Conv::Int4;
+    case INT8OID: return Conv::Int8;
+    case BOOLOID: return Conv::Bool;
+    case TEXTOID:
+    case VARCHAROID:
+    case BPCHAROID: return Conv::Text;
+    case NAMEOID: return Conv::Name;
+    case UUIDOID: return Conv::Output;
+    case FLOAT4OID:
+    case FLOAT8OID:
+    case NUMERICOID: return Conv::Number;
+    case DATEOID:
+    case TIMESTAMPOID:
+    case TIMESTAMPTZOID:
+    case TIMEOID:
+    case TIMETZOID: return Conv::DateTime;
+    default: return type_is_enum(base) ? Conv::Output : Conv::Unsupported;
+  }
+}
+
+List* analyze_expressions(Oid relid, const char* select_list) {
+  char* nsp = get_namespace_name(get_rel_namespace(relid));
+  char* rel = get_rel_name(relid);
+  if (!nsp || !rel) elog(ERROR, "bitdex_sync: relation %u vanished", relid);
+  char* sql = psprintf("SELECT %s FROM ONLY %s", select_list, quote_qualified_identifier(nsp, rel));
+  // Names in expressions resolve in pg_catalog, then public, whatever the
+  // session's search_path: a writer cannot redirect a captured expression.
+  int nest = NewGUCNestLevel();
+  (void)set_config_option("search_path", "pg_catalog, public", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                          false);
+  List* raw = raw_parser(sql, RAW_PARSE_DEFAULT);
+  if (list_length(raw) != 1)
+    ereport(ERROR,
+            (errcode(ERRCODE_SYNTAX_ERROR), errmsg("expression list \"%s\" is not one select list", select_list)));
+  Query* q = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, nullptr, 0, nullptr);
+  AtEOXact_GUC(true, nest);
+  if (q->hasSubLinks)
+    ereport(ERROR,
+            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("subqueries are not supported in capture expressions"),
+             errhint("Capture expressions are evaluated on the changed row alone.")));
+  if (q->hasAggs || q->hasWindowFuncs || q->hasTargetSRFs)
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("aggregates, window functions and set-returning functions are not allowed in capture "
+                           "expressions")));
+  List* out = NIL;
+  ListCell* lc;
+  foreach (lc, q->targetList) {
+    TargetEntry* te = lfirst_node(TargetEntry, lc);
+    out = lappend(out, te->expr);
+  }
+  return out;
+}
+
+namespace {
+
+using bitdex::OpKind;
+using bitdex::OpValue;
+
+// ---- compiled form -----------------------------------------------------------
+
+struct Compiled {     // one expression
+  AttrNumber attnum;  // > 0: a plain column, read from the slot
+  ExprState* state;   // otherwise
+  Oid type;
+  Conv conv;
+  FmgrInfo out;  // output function (Output, Number)
+};
+
+struct Field {
+  const char* target;
+  Compiled value;
+  Compiled cond;  // join computed fields: the condition
+};
+
+enum class Kind : uint8_t { Direct, Join, QueryFanOut };
+
+struct Source {
+  Oid tgoid;
+  Oid relid;
+  bool valid;
+  Kind kind;
+  bool outbox;
+  bool alive, del;
+  Compiled slot;
+  int nfields;
+  Field* fields;    // direct, fan-out: tracked fields; join: [0] = the value, then computed
+  bool has_filter;  // join
+  Compiled filter;
+  const char* query;  // fan-out template
+  int nqcols;
+  Compiled* qcols;  // one per placeholder, in order
+  MemoryContext cxt;
+  ExprContext* econtext;
+  Source* next;
+};
+
+Source* g_sources = nullptr;
+bool g_callback_registered = false;
+
+// Relcache invalidation of a captured table (ALTER TABLE, ...): recompile.
+void invalidate(Datum, Oid relid) {
+  for (Source* s = g_sources; s; s = s->next)
+    if (relid == InvalidOid || s->relid == relid) s->valid = false;
+}
+
+// ---- the spec, parsed by the C++ JSON reader into static storage --------------
+
+bitdex::json::Value g_spec;
+char g_spec_error[512];
+
+bool load_spec(const char* text) noexcept {
+  try {
+    g_spec = bitdex::json::parse(text);
+    return g_spec.type == bitdex::json::Type::Object;
+  } catch (const std::exception& e) {
+    strlcpy(g_spec_error, e.what(), sizeof g_spec_error);
+  } catch (...) {
+    strlcpy(g_spec_error, "unknown error", sizeof g_spec_error);
+  }
+  return false;
+}
+
+const bitdex::json::Value* spec_get(const bitdex::json::Value& obj, const char* key) noexcept {
+  return obj.type == bitdex::json::Type::Object ? obj.find(key) : nullptr;
+}
+
+const char* spec_str(const bitdex::json::Value& obj, const char* key) {
+  const bitdex::json::Value* v = spec_get(obj, key);
+  if (!v || v->type != bitdex::json::Type::String)
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bitdex_sync capture spec lacks \"%s\"", key),
+                    errhint("Re-create the trigger with bitdex_sync.apply_config().")));
+  return v->text.c_str();
+}
+
+bool spec_bool(const bitdex::json::Value& obj, const char* key) {
+  const bitdex::json::Value* v = spec_get(obj, key);
+  return v && v->type == bitdex::json::Type::Bool && v->boolean;
+}
+
+void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* what) {
+  c->type = exprType((Node*)e);
+  c->conv = conv_for_type(c->type);
+  if (want_bool && c->type != BOOLOID)
+    ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: %s must be boolean", what)));
+  if (!want_bool && c->conv == Conv::Unsupported)
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("bitdex_sync: %s has type %s, which cannot be captured", what, format_type_be(c->type)),
+                    errhint("Cast it in the expression, e.g. \"{col}::text as field\".")));
+  if (IsA(e, Var) && ((Var*)e)->varno == 1) {
+    c->attnum = ((Var*)e)->varattno;
+    c->state = nullptr;
+  } else {
+    c->attnum = 0;
+    c->state = ExecInitExpr(expression_planner(e), nullptr);
+  }
+  if (c->conv == Conv::Output || c->conv == Conv::Number) {
+    Oid outfn;
+    bool varlena;
+    getTypeOutputInfo(c->type, &outfn, &varlena);
+    fmgr_info_cxt(outfn, &c->out, s->cxt);
+  }
+}
+
+// Builds the compiled form of `s` from g_spec (already loaded).
+void compile(Source* s, Relation rel) {
+  const bitdex::json::Value& spec = g_spec;
+  const char* kind = spec_str(spec, "kind");
+  s->kind = strcmp(kind, "join") == 0 ? Kind::Join : strcmp(kind, "fan_out") == 0 ? Kind::QueryFanOut : Kind::Direct;
+  if (strcmp(kind, "direct") != 0 && s->kind == Kind::Direct)
+    ereport(ERROR,
+            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("bitdex_sync: source kind \"%s\" is not supported", kind)));
+  s->outbox = strcmp(spec_str(spec, "sink"), "outbox") == 0;
+  s->alive = spec_bool(spec, "alive");
+  s->del = spec_bool(spec, "delete");
+
+  // One select list for everything: slot, fields (and conditions), filter, query columns.
+  StringInfoData list;
+  initStringInfo(&list);
+  appendStringInfoString(&list, spec_str(spec, "slot"));
+  int nfields = 0, nconds = 0;
+  const bitdex::json::Value* fields = nullptr;
+  const bitdex::json::Value* computed = nullptr;
+  if (s->kind == Kind::Join) {
+    const bitdex::json::Value* value = spec_get(spec, "value");
+    if (!value) ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"value\"")));
+    appendStringInfo(&list, ", %s", spec_str(*value, "sql"));
+    nfields = 1;
+    computed = spec_get(spec, "computed");
+    if (computed && computed->type == bitdex::json::Type::Array) {
+      for (const auto& cf : computed->items)
+        appendStringInfo(&list, ", %s, %s", spec_str(cf, "sql"), spec_str(cf, "cond"));
+      nfields += static_cast<int>(computed->items.size());
+      nconds = static_cast<int>(computed->items.size());
+    }
+    s->has_filter = spec_get(spec, "filter") != nullptr;
+    if (s->has_filter) appendStringInfo(&list, ", %s", spec_str(spec, "filter"));
+  } else {
+    fields = spec_get(spec, "fields");
+    if (!fields || fields->type != bitdex::json::Type::Array)
+      ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"fields\"")));
+    for (const auto& f : fields->items) appendStringInfo(&list, ", %s", spec_str(f, "sql"));
+    nfields = static_cast<int>(fields->items.size());
+  }
+  const bitdex::json::Value* qcols = nullptr;
+  if (s->kind == Kind::QueryFanOut) {
+    s->query = MemoryContextStrdup(s->cxt, spec_str(spec, "query"));
+    qcols = spec_get(spec, "query_cols");
+    s->nqcols = qcols ? static_cast<int>(qcols->items.size()) : 0;
+    for (int i = 0; i < s->nqcols; i++) appendStringInfo(&list, ", %s", quote_identifier(qcols->items[i].text.c_str()));
+  }
+
+  MemoryContext old = MemoryContextSwitchTo(s->cxt);
+  List* exprs = analyze_expressions(RelationGetRelid(rel), list.data);
+  int at = 0;
+  compile_one(s, (Expr*)list_nth(exprs, at++), &s->slot, false, "the slot column");
+  if (s->slot.conv != Conv::Int2 && s->slot.conv != Conv::Int4 && s->slot.conv != Conv::Int8)
+    ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: the slot column must be an integer")));
+  s->nfields = nfields;
+  s->fields = (Field*)palloc0(sizeof(Field) * (nfields > 0 ? nfields : 1));
+  if (s->kind == Kind::Join) {
+    const bitdex::json::Value* value = spec_get(spec, "value");
+    s->fields[0].target = pstrdup(spec_str(*value, "f"));
+    compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[0].value, false, "the join value");
+    for (int i = 0; i < nconds; i++) {
+      Field* f = &s->fields[1 + i];
+      f->target = pstrdup(spec_str(computed->items[i], "f"));
+      compile_one(s, (Expr*)list_nth(exprs, at++), &f->value, false, "a computed value");
+      compile_one(s, (Expr*)list_nth(exprs, at++), &f->cond, true, "a computed condition");
+    }
+    if (s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, true, "the filter");
+  } else {
+    for (int i = 0; i < nfields; i++) {
+      s->fields[i].target = pstrdup(spec_str(fields->items[i], "f"));
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[i].value, false, s->fields[i].target);
+    }
+  }
+  if (s->nqcols > 0) {
+    s->qcols = (Compiled*)palloc0(sizeof(Compiled) * s->nqcols);
+    for (int i = 0; i < s->nqcols; i++) {
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->qcols[i], false, "a query column");
+      // Query placeholders are rendered as text whatever their type.
+      Oid outfn;
+      bool varlena;
+      getTypeOutputInfo(s->qcols[i].type, &outfn, &varlena);
+      fmgr_info_cxt(outfn, &s->qcols[i].out, s->cxt);
+    }
+  }
+  s->econtext = CreateStandaloneExprContext();
+  MemoryContextSwitchTo(old);
+  pfree(list.data);
+  s->valid = true;
+}
+
+Source* get_source(TriggerData* td) {
+  Oid tgoid = td->tg_trigger->tgoid;
+  Source* s = g_sources;
+  while (s && s->tgoid != tgoid) s = s->next;
+  if (s && s->valid) return s;
+  if (!g_callback_registered) {
+    CacheRegisterRelcacheCallback(invalidate, (Datum)0);
+    g_callback_registered = true;
+  }
+  if (td->tg_trigger->tgnargs != 1)
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("bitdex_sync.capture() takes one argument, the capture spec"),
+                    errhint("Create capture triggers with bitdex_sync.apply_config().")));
+  if (!load_spec(td->tg_trigger->tgargs[0]))
+    ereport(ERROR,
+            (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bad bitdex_sync capture spec: %s", g_spec_error)));
+  if (!s) {
+    s = (Source*)MemoryContextAllocZero(CacheMemoryContext, sizeof(Source));
+    s->tgoid = tgoid;
+    s->next = g_sources;
+    g_sources = s;
+  } else if (s->cxt) {
+    MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
+    s->cxt = nullptr;
+  }
+  s->relid = RelationGetRelid(td->tg_relation);
+  s->cxt = AllocSetContextCreate(CacheMemoryContext, "bitdex_sync capture", ALLOCSET_SMALL_SIZES);
+  compile(s, td->tg_relation);
+  return s;
+}
+
+// ---- per row -----------------------------------------------------------------
+
+// Appends to a StringInfo: the byte sink of the shared codec writers.
+struct InfoOut {
+  StringInfo si;
+  void append(const char* p, size_t n) { appendBinaryStringInfo(si, p, static_cast<int>(n)); }
+};
+
+Datum eval(Source* s, Compiled* c, TupleTableSlot* slot, bool* isnull) {
+  if (c->attnum > 0) return slot_getattr(slot, c->attnum, isnull);
+  s->econtext->ecxt_scantuple = slot;
+  return ExecEvalExprSwitchContext(c->state, s->econtext, isnull);
+}
+
+int64 as_int(Compiled* c, Datum d) {
+  switch (c->conv) {
+    case Conv::Int2: return DatumGetInt16(d);
+    case Conv::Int4: return DatumGetInt32(d);
+    default: return DatumGetInt64(d);
+  }
+}
+
+// Appends the op value for (d, isnull) of type c.
+void put_value(InfoOut& out, Compiled* c, Datum d, bool isnull) {
+  using bitdex::codec::write_byte;
+  if (isnull) {
+    write_byte(out, static_cast<uint8_t>(OpValue::Kind::Null));
+    return;
+  }
+  switch (c->conv) {
+    case Conv::Int2:
+    case Conv::Int4:
+    case Conv::Int8: bitdex::codec::write_int_value(out, as_int(c, d)); return;
+    case Conv::Bool:
+      write_byte(out, static_cast<uint8_t>(DatumGetBool(d) ? OpValue::Kind::True : OpValue::Kind::False));
+      return;
+    case Conv::Text: {
+      text* t = DatumGetTextPP(d);
+      bitdex::codec::write_text_value(out, OpValue::Kind::String, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+      if ((Pointer)t != DatumGetPointer(d)) pfree(t);
+      return;
+    }
+    case Conv::Name: {
+      const char* n = NameStr(*DatumGetName(d));
+      bitdex::codec::write_text_value(out, OpValue::Kind::String, n, strlen(n));
+      return;
+    }
+    case Conv::DateTime: {
+      // The text to_jsonb() gives, except that timestamptz is always in UTC
+      // so the value key does not depend on the writer's TimeZone setting.
+      char buf[MAXDATELEN + 1];
+      const int utc = 0;
+      JsonEncodeDateTime(buf, d, c->type == TIMESTAMPTZOID || c->type == TIMETZOID ? c->type : getBaseType(c->type),
+                         &utc);
+      bitdex::codec::write_text_value(out, OpValue::Kind::String, buf, strlen(buf));
+      return;
+    }
+    case Conv::Number: {
+      char* s = OutputFunctionCall(&c->out, d);
+      // NaN and infinities are not JSON numbers; to_jsonb gives them as strings.
+      bool number = (s[0] == '-' || (s[0] >= '0' && s[0] <= '9')) && strcmp(s, "-Infinity") != 0;
+      bitdex::codec::write_text_value(out, number ? OpValue::Kind::Json : OpValue::Kind::String, s, strlen(s));
+      pfree(s);
+      return;
+    }
+    default: {
+      char* s = OutputFunctionCall(&c->out, d);
+      bitdex::codec::write_text_value(out, OpValue::Kind::String, s, strlen(s));
+      pfree(s);
+      return;
+    }
+  }
+}
+
+// Per-row buffers, reused: the ops of one record, the record, the scratch for
+// comparing values.
+StringInfoData g_ops, g_record, g_a, g_b;
+int g_nops;
+
+void init_buffers() {
+  if (g_ops.data) return;
+  MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+  initStringInfo(&g_ops);
+  initStringInfo(&g_record);
+  initStringInfo(&g_a);
+  initStringInfo(&g_b);
+  MemoryContextSwitchTo(old);
+}
+
+void op_field(OpKind kind, const char* target, Compiled* c, Datum d, bool isnull) {
+  InfoOut out{&g_ops};
+  bitdex::codec::write_field_op(out, kind, target, strlen(target));
+  put_value(out, c, d, isnull);
+  g_nops++;
+}
+
+void op_plain(OpKind kind) {
+  InfoOut out{&g_ops};
+  bitdex::codec::write_byte(out, static_cast<uint8_t>(kind));
+  g_nops++;
+}
+
+// True when the two values would be different op values (IS DISTINCT FROM
+// on what the index sees).
+bool distinct(Compiled* c, Datum a, bool anull, Datum b, bool bnull) {
+  if (anull || bnull) return anull != bnull;
+  int16 typlen;
+  bool byval;
+  get_typlenbyval(c->type, &typlen, &byval);
+  if (datum_image_eq(a, b, byval, typlen)) return false;
+  resetStringInfo(&g_a);
+  resetStringInfo(&g_b);
+  InfoOut oa{&g_a}, ob{&g_b};
+  put_value(oa, c, a, false);
+  put_value(ob, c, b, false);
+  return g_a.len != g_b.len || memcmp(g_a.data, g_b.data, g_a.len) != 0;
+}
+
+Oid g_outbox_owner = InvalidOid;
+SPIPlanPtr g_outbox_plan = nullptr;
+std::string* g_json = nullptr;  // static-lifetime scratch for the outbox JSON
+char g_json_error[256];
+
+bool payload_to_json(const char* data, int len) noexcept {
+  try {
+    if (!g_json) g_json = new std::string();
+    bitdex::EntityRecord r = bitdex::capture::decode(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len));
+    g_json->clear();
+    bitdex::write_ops_json(*g_json, r.ops);
+    return true;
+  } catch (const std::exception& e) {
+    strlcpy(g_json_error, e.what(), sizeof g_json_error);
+  } catch (...) {
+    strlcpy(g_json_error, "unknown error", sizeof g_json_error);
+  }
+  return false;
+}
+
+// Inserts the record into bitdex_sync.ops as the extension's owner: writers of
+// captured tables need no rights on schema bitdex_sync and cannot forge rows.
+void emit_outbox(int64 entity_id) {
+  if (!payload_to_json(g_record.data, g_record.len))
+    ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("bitdex_sync: %s", g_json_error)));
+  if (!OidIsValid(g_outbox_owner)) {
+    Oid nsp = get_namespace_oid("bitdex_sync", false);
+    Oid rel = get_relname_relid("ops", nsp);
+    if (!OidIsValid(rel))
+      ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("bitdex_sync.ops does not exist"),
+                      errhint("Is the extension installed in this database?")));
+    HeapTuple tup = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
+    g_outbox_owner = ((Form_pg_class)GETSTRUCT(tup))->relowner;
+    ReleaseSysCache(tup);
+  }
+  Oid save_user;
+  int save_sec;
+  GetUserIdAndSecContext(&save_user, &save_sec);
+  SetUserIdAndSecContext(g_outbox_owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  if (!g_outbox_plan) {
+    Oid types[2] = {INT8OID, TEXTOID};
+    SPIPlanPtr p = SPI_prepare("INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES ($1, $2::jsonb)", 2, types);
+    if (!p) elog(ERROR, "bitdex_sync: could not prepare the outbox insert");
+    SPI_keepplan(p);
+    g_outbox_plan = p;
+  }
+  Datum values[2] = {Int64GetDatum(entity_id), CStringGetTextDatum(g_json->c_str())};
+  if (SPI_execute_plan(g_outbox_plan, values, nullptr, false, 0) != SPI_OK_INSERT)
+    elog(ERROR, "bitdex_sync: outbox insert failed");
+  SPI_finish();
+  SetUserIdAndSecContext(save_user, save_sec);
+}
+
+// Emits g_ops (g_nops ops) as one record for entity_id, then clears it.
+void emit(Source* s, int64 entity_id) {
+  if (g_nops == 0) return;
+  resetStringInfo(&g_record);
+  InfoOut out{&g_record};
+  bitdex::capture::write_header(out, entity_id);
+  bitdex::codec::write_varint(out, static_cast<uint64_t>(g_nops));
+  appendBinaryStringInfo(&g_record, g_ops.data, g_ops.len);
+  if (s->outbox)
+    emit_outbox(entity_id);
+  else
+    LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+  resetStringInfo(&g_ops);
+  g_nops = 0;
+}
+
+int64 slot_of(Source* s, TupleTableSlot* row) {
+  bool isnull;
+  Datum d = eval(s, &s->slot, row, &isnull);
+  if (isnull)
+    ereport(ERROR,
+            (errcode(ERRCODE_NOT_NULL_VIOLATION), errmsg("bitdex_sync: the slot column of a captured row is NULL"),
+             errhint("Every captured row needs a slot id.")));
+  return as_int(&s->slot, d);
+}
+
+bool cond_true(Source* s, Compiled* c, TupleTableSlot* row) {
+  bool isnull;
+  Datum d = eval(s, c, row, &isnull);
+  return !isnull && DatumGetBool(d);
+}
+
+void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  if (TRIGGER_FIRED_BY_DELETE(ev)) {
+    if (!s->del) return;
+    op_plain(OpKind::Delete);
+    emit(s, slot_of(s, oldrow));
+    return;
+  }
+  bool isnull;
+  if (TRIGGER_FIRED_BY_UPDATE(ev)) {
+    int64 old_id = slot_of(s, oldrow), new_id = slot_of(s, newrow);
+    if (old_id == new_id) {
+      for (int i = 0; i < s->nfields; i++) {
+        Field* f = &s->fields[i];
+        bool onull, nnull;
+        Datum o = eval(s, &f->value, oldrow, &onull);
+        Datum n = eval(s, &f->value, newrow, &nnull);
+        if (!distinct(&f->value, o, onull, n, nnull)) continue;
+        op_field(OpKind::Remove, f->target, &f->value, o, onull);
+        op_field(OpKind::Set, f->target, &f->value, n, nnull);
+      }
+      emit(s, new_id);
+      return;
+    }
+    // The row moved to another slot: it leaves the old one...
+    if (s->del) {
+      op_plain(OpKind::Delete);
+    } else {
+      for (int i = 0; i < s->nfields; i++) {
+        Datum o = eval(s, &s->fields[i].value, oldrow, &isnull);
+        op_field(OpKind::Remove, s->fields[i].target, &s->fields[i].value, o, isnull);
+      }
+    }
+    emit(s, old_id);
+    // ...and arrives in the new one as an INSERT would.
+  }
+  if (s->alive) op_plain(OpKind::Alive);
+  for (int i = 0; i < s->nfields; i++) {
+    Datum n = eval(s, &s->fields[i].value, newrow, &isnull);
+    op_field(OpKind::Set, s->fields[i].target, &s->fields[i].value, n, isnull);
+  }
+  emit(s, slot_of(s, newrow));
+}
+
+// What a join row contributes: per field (0 = the main value, then computed
+// fields) whether it is present and its value.
+struct JoinSide {
+  bool present;
+  Datum value;
+  bool isnull;
+};
+
+void join_side(Source* s, TupleTableSlot* row, JoinSide* out) {
+  bool pass = !s->has_filter || cond_true(s, &s->filter, row);
+  for (int i = 0; i < s->nfields; i++) {
+    Field* f = &s->fields[i];
+    // The filter decides the main value only; a computed field has its own condition.
+    out[i].present = i == 0 ? pass : cond_true(s, &f->cond, row);
+    if (out[i].present) out[i].value = eval(s, &f->value, row, &out[i].isnull);
+  }
+}
+
+void join_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  JoinSide* olds = (JoinSide*)palloc0(sizeof(JoinSide) * s->nfields);
+  JoinSide* news = (JoinSide*)palloc0(sizeof(JoinSide) * s->nfields);
+  int64 old_id = 0, new_id = 0;
+  if (oldrow) {
+    old_id = slot_of(s, oldrow);
+    join_side(s, oldrow, olds);
+  }
+  if (newrow) {
+    new_id = slot_of(s, newrow);
+    join_side(s, newrow, news);
+  }
+  // An UPDATE that keeps slot, value and filter outcome captures nothing.
+  bool same_slot = oldrow && newrow && old_id == new_id;
+  bool* skip = (bool*)palloc0(sizeof(bool) * s->nfields);
+  for (int i = 0; i < s->nfields; i++) {
+    Field* f = &s->fields[i];
+    skip[i] = same_slot && olds[i].present == news[i].present &&
+              (!olds[i].present || !distinct(&f->value, olds[i].value, olds[i].isnull, news[i].value, news[i].isnull));
+  }
+  for (int i = 0; i < s->nfields; i++)
+    if (olds[i].present && !skip[i])
+      op_field(OpKind::Remove, s->fields[i].target, &s->fields[i].value, olds[i].value, olds[i].isnull);
+  if (!same_slot) emit(s, old_id);
+  for (int i = 0; i < s->nfields; i++)
+    if (news[i].present && !skip[i])
+      op_field(OpKind::Add, s->fields[i].target, &s->fields[i].value, news[i].value, news[i].isnull);
+  emit(s, newrow ? new_id : old_id);
+  pfree(olds);
+  pfree(news);
+  pfree(skip);
+}
+
+// The BitDex query with every {col} replaced by that column's text on `row`.
+void render_query(Source* s, TupleTableSlot* row, StringInfo out) {
+  int col = 0;
+  for (const char* p = s->query; *p; p++) {
+    if (*p != '{') {
+      appendStringInfoChar(out, *p);
+      continue;
+    }
+    const char* end = strchr(p, '}');
+    bool isnull;
+    Datum d = eval(s, &s->qcols[col++], row, &isnull);
+    if (isnull) {
+      appendStringInfoString(out, "null");
+    } else {
+      char* t = OutputFunctionCall(&s->qcols[col - 1].out, d);
+      appendStringInfoString(out, t);
+      pfree(t);
+    }
+    p = end;
+  }
+}
+
+void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  // Nested ops go to g_a first: the queryOpSet's op count is known only after.
+  StringInfoData nested;
+  initStringInfo(&nested);
+  int nested_ops = 0;
+  InfoOut nout{&nested};
+  bool isnull, onull, nnull;
+  auto nested_op = [&](OpKind kind, Field* f, Datum d, bool dnull) {
+    bitdex::codec::write_field_op(nout, kind, f->target, strlen(f->target));
+    put_value(nout, &f->value, d, dnull);
+    nested_ops++;
+  };
+  TupleTableSlot* row = newrow ? newrow : oldrow;
+  for (int i = 0; i < s->nfields; i++) {
+    Field* f = &s->fields[i];
+    if (TRIGGER_FIRED_BY_INSERT(ev)) {
+      Datum n = eval(s, &f->value, newrow, &isnull);
+      nested_op(OpKind::Set, f, n, isnull);
+    } else if (TRIGGER_FIRED_BY_DELETE(ev)) {
+      // A deleted parent takes its values away from the slots that still match.
+      Datum o = eval(s, &f->value, oldrow, &isnull);
+      nested_op(OpKind::Remove, f, o, isnull);
+    } else {
+      Datum o = eval(s, &f->value, oldrow, &onull);
+      Datum n = eval(s, &f->value, newrow, &nnull);
+      if (!distinct(&f->value, o, onull, n, nnull)) continue;
+      nested_op(OpKind::Remove, f, o, onull);
+      nested_op(OpKind::Set, f, n, nnull);
+    }
+  }
+  if (nested_ops > 0) {
+    StringInfoData query;
+    initStringInfo(&query);
+    render_query(s, row, &query);
+    InfoOut out{&g_ops};
+    bitdex::codec::write_byte(out, static_cast<uint8_t>(OpKind::QueryOpSet));
+    bitdex::codec::write_byte(out, 1);  // has query
+    bitdex::codec::write_bytes(out, query.data, static_cast<size_t>(query.len));
+    bitdex::codec::write_varint(out, static_cast<uint64_t>(nested_ops));
+    appendBinaryStringInfo(&g_ops, nested.data, nested.len);
+    g_nops++;
+    emit(s, slot_of(s, row));
+    pfree(query.data);
+  }
+  pfree(nested.data);
+}
+
+}  // namespace
+}  // namespace bitdex::pg
+
+// bitdex_sync.capture(spec): AFTER ROW trigger behind every generated trigger.
+Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  if (!CALLED_AS_TRIGGER(fcinfo))
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("bitdex_sync.capture() must be called as a trigger")));
+  TriggerData* td = (TriggerData*)fcinfo->context;
+  TriggerEvent ev = td->tg_event;
+  if (!TRIGGER_FIRED_AFTER(ev) || !TRIGGER_FIRED_FOR_ROW(ev))
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("bitdex_sync.capture() must be an AFTER ... FOR EACH ROW trigger")));
+  init_buffers();
+  Source* s = get_source(td);
+  resetStringInfo(&g_ops);
+  g_nops = 0;
+  TupleTableSlot* oldrow = nullptr;
+  TupleTableSlot* newrow = nullptr;
+  if (TRIGGER_FIRED_BY_INSERT(ev)) {
+    newrow = td->tg_trigslot;
+  } else if (TRIGGER_FIRED_BY_UPDATE(ev)) {
+    oldrow = td->tg_trigslot;
+    newrow = td->tg_newslot;
+  } else if (TRIGGER_FIRED_BY_DELETE(ev)) {
+    oldrow = td->tg_trigslot;
+  } else {
+    return PointerGetDatum(nullptr);  // TRUNCATE is not captured here
+  }
+  switch (s->kind) {
+    case Kind::Direct: direct_row(s, ev, oldrow, newrow); break;
+    case Kind::Join: join_row(s, ev, oldrow, newrow); break;
+    case Kind::QueryFanOut: fan_out_row(s, ev, oldrow, newrow); break;
+  }
+  ResetExprContext(s->econtext);
+  return PointerGetDatum(nullptr);
+}

@@ -1,0 +1,305 @@
+// apply_config() and trigger_sql(): validate a config against the live
+// catalog, then create / replace / drop capture triggers so that exactly the
+// configured ones exist, in the caller's transaction (an error anywhere
+// leaves everything as it was). Only triggers recorded in
+// bitdex_sync.sources are ever dropped.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/core/config.hpp"
+#include "bitdex_sync/core/trigger_gen.hpp"
+#include "bitdex_sync/pg/capture.hpp"
+#include "bitdex_sync/pg/wall.hpp"
+
+extern "C" {
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "utils/lsyscache.h"
+#include "utils/tuplestore.h"
+}
+
+extern "C" {
+PG_FUNCTION_INFO_V1(bitdex_sync_apply_config);
+PG_FUNCTION_INFO_V1(bitdex_sync_trigger_sql);
+Datum bitdex_sync_apply_config(PG_FUNCTION_ARGS);
+Datum bitdex_sync_trigger_sql(PG_FUNCTION_ARGS);
+}
+
+namespace bitdex::pg {
+namespace {
+
+using config::Source;
+using config::SourceKind;
+
+struct Planned {
+  const Source* src;
+  Oid relid;
+  std::string qualified;  // "schema"."table"
+  std::string trigger;
+  std::string create;
+};
+
+// The message of a caught PostgreSQL error.
+std::string pg_message(const PgError& e) {
+  return e.data() && e.data()->message ? e.data()->message : e.what();
+}
+
+// Checks one expression of a source and returns its result type.
+Oid check_expression(Oid relid, const std::string& where, const std::string& key, const std::string& sql) {
+  try {
+    List* exprs = pg_guard([&] { return analyze_expressions(relid, sql.c_str()); });
+    if (list_length(exprs) != 1)
+      throw Error(ErrorKind::InvalidInput, where + ", " + key + ": \"" + sql + "\" is not one expression");
+    return pg_guard([&] { return exprType((Node*)linitial(exprs)); });
+  } catch (const PgError& e) {
+    throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The expression was: " + sql + ".",
+                "Expressions are SQL over the table's columns, written as {column}; functions resolve in pg_catalog "
+                "and public.");
+  }
+}
+
+void need_column(Oid relid, const std::string& where, const std::string& key, const std::string& column,
+                 const std::string& table) {
+  AttrNumber att = pg_guard([&] { return get_attnum(relid, column.c_str()); });
+  if (att == InvalidAttrNumber)
+    throw Error(ErrorKind::UndefinedColumn,
+                where + ", " + key + ": column \"" + column + "\" does not exist in table \"" + table + "\"", {},
+                "Column names are case-sensitive and taken exactly as written.");
+}
+
+Planned plan_source(const Source& s, size_t index) {
+  const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
+  auto [schema, name] = config::split_table(s.table);
+  Planned p{&s, InvalidOid, {}, {}, {}};
+  p.relid = pg_guard([&] {
+    RangeVar* rv = makeRangeVar(schema.empty() ? nullptr : pstrdup(schema.c_str()), pstrdup(name.c_str()), -1);
+    return RangeVarGetRelid(rv, NoLock, true);
+  });
+  if (!OidIsValid(p.relid))
+    throw Error(ErrorKind::UndefinedTable, where + ": table \"" + s.table + "\" does not exist", {},
+                "Table names are case-sensitive and taken exactly as written; qualify them with the schema when it "
+                "is not on search_path.");
+  char kind = pg_guard([&] { return get_rel_relkind(p.relid); });
+  if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+    throw Error(ErrorKind::InvalidInput, where + ": \"" + s.table + "\" is not a table");
+  std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(p.relid)); });
+  std::string rel = pg_guard([&] { return get_rel_name(p.relid); });
+  p.qualified = config::quote_ident(nsp) + "." + config::quote_ident(rel);
+
+  // Columns first (the clearest message), then each expression's type.
+  need_column(p.relid, where, "slot_field", s.slot_field, s.table);
+  for (size_t i = 0; i < s.track_fields.size(); i++)
+    for (const auto& c : s.track_fields[i].expr.columns)
+      need_column(p.relid, where, "track_fields[" + std::to_string(i + 1) + "]", c, s.table);
+  for (size_t i = 0; i < s.computed_fields.size(); i++) {
+    for (const auto& c : s.computed_fields[i].expr.columns)
+      need_column(p.relid, where, "computed_fields[" + std::to_string(i + 1) + "]", c, s.table);
+    if (s.computed_fields[i].value)
+      for (const auto& c : s.computed_fields[i].value->columns)
+        need_column(p.relid, where, "computed_fields[" + std::to_string(i + 1) + "].value", c, s.table);
+  }
+  if (s.kind == SourceKind::Join) need_column(p.relid, where, "value_field", s.value_field, s.table);
+  if (s.filter)
+    for (const auto& c : s.filter->columns) need_column(p.relid, where, "filter", c, s.table);
+  if (s.query) {
+    for (size_t i = 0; i < s.query->size(); i++) {
+      if ((*s.query)[i] != '{') continue;
+      size_t end = s.query->find('}', i);
+      std::string col = s.query->substr(i + 1, end - i - 1);
+      if (col != "ids") need_column(p.relid, where, "query", col, s.table);
+      i = end;
+    }
+  }
+
+  auto capturable = [&](const std::string& key, const std::string& sql) {
+    Oid t = check_expression(p.relid, where, key, sql);
+    if (conv_for_type(t) == Conv::Unsupported)
+      throw Error(ErrorKind::NotSupported, where + ", " + key + ": values of type " + pg_guard([&] {
+                                             return format_type_be(t);
+                                           }) + " cannot be captured",
+                  {},
+                  "Capture integers, booleans, text, enums, uuid, numbers and dates/times; cast others in the "
+                  "expression, e.g. \"{col}::text as field\".");
+  };
+  auto boolean = [&](const std::string& key, const std::string& sql) {
+    if (check_expression(p.relid, where, key, sql) != BOOLOID)
+      throw Error(ErrorKind::InvalidInput, where + ", " + key + ": the expression must be a boolean condition",
+                  "The expression was: " + sql + ".");
+  };
+  Oid slot_type = check_expression(p.relid, where, "slot_field", config::quote_ident(s.slot_field));
+  Conv sc = conv_for_type(slot_type);
+  if (sc != Conv::Int2 && sc != Conv::Int4 && sc != Conv::Int8)
+    throw Error(ErrorKind::InvalidInput, where + ", slot_field: column \"" + s.slot_field + "\" must be an integer", {},
+                "Slot ids are smallint, integer or bigint.");
+  for (size_t i = 0; i < s.track_fields.size(); i++)
+    capturable("track_fields[" + std::to_string(i + 1) + "]", s.track_fields[i].expr.render());
+  for (size_t i = 0; i < s.computed_fields.size(); i++) {
+    const auto& cf = s.computed_fields[i];
+    std::string key = "computed_fields[" + std::to_string(i + 1) + "]";
+    if (s.kind == SourceKind::Join) {
+      boolean(key + ".expression", cf.expr.render());
+      capturable(key + ".value", cf.value ? cf.value->render() : config::quote_ident(s.value_field));
+    } else {
+      capturable(key, cf.expr.render());
+    }
+  }
+  if (s.kind == SourceKind::Join) capturable("value_field", config::quote_ident(s.value_field));
+  if (s.filter) boolean("filter", s.filter->render());
+
+  p.trigger = trigger_gen::trigger_name(p.qualified, s);
+  p.create = trigger_gen::create_sql(p.qualified, s);  // rejects kinds not supported yet
+  return p;
+}
+
+std::vector<Planned> plan(const config::Config& cfg) {
+  std::vector<Planned> out;
+  for (size_t i = 0; i < cfg.sources.size(); i++) out.push_back(plan_source(cfg.sources[i], i));
+  return out;
+}
+
+// ---- SPI helpers (each PostgreSQL call guarded) ---------------------------------
+
+void spi_exec(const std::string& sql, int expect) {
+  int rc = pg_guard([&] { return SPI_execute(sql.c_str(), false, 0); });
+  if (rc != expect) throw Error(ErrorKind::Internal, "bitdex_sync: SPI failed (" + std::to_string(rc) + ") on: " + sql);
+}
+
+int spi_exec_args(const char* sql, int nargs, Oid* types, Datum* values, bool read_only) {
+  return pg_guard([&] { return SPI_execute_with_args(sql, nargs, types, values, nullptr, read_only, 0); });
+}
+
+std::string spi_text(int row, int col) {
+  char* v = pg_guard([&] { return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col); });
+  return v ? v : "";
+}
+
+struct Recorded {
+  Oid relid;
+  std::string table, trigger;
+};
+
+bool trigger_exists(Oid relid, const std::string& name) {
+  Oid types[2] = {OIDOID, TEXTOID};
+  Datum values[2] = {ObjectIdGetDatum(relid), pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
+  spi_exec_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::name", 2, types, values, true);
+  return SPI_processed > 0;
+}
+
+struct Action {
+  std::string source, action, trigger, table;
+};
+
+std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Planned>& planned, const char* config_text,
+                              bool dry_run) {
+  std::vector<Action> actions;
+  // One apply_config at a time; readers of bitdex_sync.sources are not blocked.
+  spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
+  spi_exec("SELECT name, table_oid, table_name, trigger_name FROM bitdex_sync.sources", SPI_OK_SELECT);
+  std::map<std::string, Recorded> recorded;
+  for (uint64 i = 0; i < SPI_processed; i++)
+    recorded[spi_text(static_cast<int>(i), 1)] =
+        Recorded{static_cast<Oid>(std::stoul(spi_text(static_cast<int>(i), 2))), spi_text(static_cast<int>(i), 3),
+                 spi_text(static_cast<int>(i), 4)};
+
+  std::string ddl;
+  for (const Planned& p : planned) {
+    const std::string& name = p.src->name;
+    auto rec = recorded.find(name);
+    bool exists = trigger_exists(p.relid, p.trigger);
+    if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && exists) {
+      actions.push_back({name, "unchanged", p.trigger, p.qualified});
+      continue;
+    }
+    if (exists && (rec == recorded.end() || rec->second.trigger != p.trigger))
+      throw Error(ErrorKind::InvalidInput,
+                  "source \"" + name + "\": a trigger named \"" + p.trigger +
+                      "\" exists but was not recorded by "
+                      "bitdex_sync",
+                  {}, "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
+    if (rec != recorded.end()) {
+      if (trigger_exists(rec->second.relid, rec->second.trigger))
+        ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      actions.push_back({name, "replace", p.trigger, p.qualified});
+    } else {
+      actions.push_back({name, "create", p.trigger, p.qualified});
+    }
+    ddl += p.create;
+  }
+  for (const auto& [name, rec] : recorded) {
+    bool still = false;
+    for (const Planned& p : planned) still = still || p.src->name == name;
+    if (still) continue;
+    if (trigger_exists(rec.relid, rec.trigger)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger);
+    actions.push_back({name, "drop", rec.trigger, rec.table});
+  }
+  if (dry_run) return actions;
+  if (!ddl.empty()) spi_exec(ddl, SPI_OK_UTILITY);
+  spi_exec("DELETE FROM bitdex_sync.sources", SPI_OK_DELETE);
+  for (const Planned& p : planned) {
+    std::string raw;
+    json::write(raw, p.src->raw);
+    Oid types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID};
+    Datum values[5] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }), ObjectIdGetDatum(p.relid),
+                       pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(raw.c_str()); })};
+    int rc = spi_exec_args(
+        "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config) "
+        "VALUES ($1, $2, $3, $4, $5::jsonb)",
+        5, types, values, false);
+    if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
+  }
+  Oid types[2] = {TEXTOID, TEXTOID};
+  Datum values[2] = {pg_guard([&] { return CStringGetTextDatum(config_text); }),
+                     pg_guard([&] { return CStringGetTextDatum(cfg.index.c_str()); })};
+  spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name) VALUES ($1, $2)", 2, types, values, false);
+  return actions;
+}
+
+}  // namespace
+}  // namespace bitdex::pg
+
+// bitdex_sync.apply_config(config text, dry_run boolean) -> setof (source, action, trigger_name, table_name)
+Datum bitdex_sync_apply_config(PG_FUNCTION_ARGS) {
+  char* config_text = text_to_cstring(PG_GETARG_TEXT_PP(0));
+  bool dry_run = PG_GETARG_BOOL(1);
+  InitMaterializedSRF(fcinfo, 0);
+  ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
+  return bitdex::pg::cpp_call([&]() -> Datum {
+    using namespace bitdex::pg;
+    bitdex::config::Config cfg = bitdex::config::parse(config_text);
+    if (pg_guard([] { return SPI_connect(); }) != SPI_OK_CONNECT)
+      throw bitdex::Error(bitdex::ErrorKind::Internal, "bitdex_sync: SPI_connect failed");
+    std::vector<Planned> planned = plan(cfg);
+    std::vector<Action> actions = reconcile(cfg, planned, config_text, dry_run);
+    pg_guard([] { SPI_finish(); });
+    for (const Action& a : actions) {
+      pg_guard([&] {
+        Datum values[4] = {CStringGetTextDatum(a.source.c_str()), CStringGetTextDatum(a.action.c_str()),
+                           CStringGetTextDatum(a.trigger.c_str()), CStringGetTextDatum(a.table.c_str())};
+        bool nulls[4] = {false, false, false, false};
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+      });
+    }
+    return (Datum)0;
+  });
+}
+
+// bitdex_sync.trigger_sql(config text) -> text: the DDL apply_config would run
+// to create every source's trigger (after the same checks).
+Datum bitdex_sync_trigger_sql(PG_FUNCTION_ARGS) {
+  char* config_text = text_to_cstring(PG_GETARG_TEXT_PP(0));
+  return bitdex::pg::cpp_call([&]() -> Datum {
+    using namespace bitdex::pg;
+    bitdex::config::Config cfg = bitdex::config::parse(config_text);
+    std::string sql;
+    for (const Planned& p : plan(cfg)) sql += "-- source " + p.src->name + "\n" + p.create;
+    return pg_guard([&] { return PointerGetDatum(cstring_to_text(sql.c_str())); });
+  });
+}
