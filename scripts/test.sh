@@ -40,6 +40,9 @@ for t in build/fuzz/*; do
 done
 run "benchmark smoke" build/bench/bench_core --benchmark_min_time=0.01
 run "pg_regress (temporary instance)" bash scripts/pg_regress.sh
+run "capture vs BitDex V2 triggers: same DML, same ops" bash test/baseline_compare.sh
+run "capture benchmark smoke" env BENCH_IMAGES=20000 BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_DIR=/tmp/bitdex_bench_smoke \
+  bash bench/capture_bench.sh
 
 echo
 for f in "${failures[@]+"${failures[@]}"}"; do echo "FAILED: $f"; done

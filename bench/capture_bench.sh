@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Capture cost, side by side in one run: pgbench TPS of the single-row
+# workloads of ../shared/bench/pgbench under four variants, interleaved
+# round by round so machine noise hits them alike:
+#   none      no capture triggers
+#   noop      the BitDex triggers with an empty PL/pgSQL body (baseline_noop.sql)
+#   v2        BitDex Sync V2 PL/pgSQL triggers into "BitdexOps" (baseline_bitdex_v2.sql)
+#   bitdex    bitdex_sync.apply_config(../shared/bench/config.yaml) (C trigger, message sink)
+# Starts its own PostgreSQL (synchronous_commit = off, as the baseline).
+#
+#   BENCH_IMAGES (1000000)  BENCH_SECONDS (30)  BENCH_ROUNDS (3)  BENCH_CLIENTS (2)
+#   BENCH_WORKLOADS ("a b c")  BENCH_VARIANTS ("none noop v2 bitdex")
+#   BENCH_DIR (/tmp/bitdex_capture_bench)  BENCH_PORT (54331)  SHARED (../shared)
+# Prints one line per run and a summary table (median TPS, change vs none).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${SHARED:-../shared}
+[ -d "$shared/bench" ] || { echo "capture_bench: $shared/bench not found (set SHARED)" >&2; exit 2; }
+shared=$(cd "$shared" && pwd)
+images=${BENCH_IMAGES:-1000000}
+seconds=${BENCH_SECONDS:-30}
+rounds=${BENCH_ROUNDS:-3}
+clients=${BENCH_CLIENTS:-2}
+workloads=${BENCH_WORKLOADS:-a b c}
+variants=${BENCH_VARIANTS:-none noop v2 bitdex}
+dir=${BENCH_DIR:-/tmp/bitdex_capture_bench}
+port=${BENCH_PORT:-54331}
+bindir=$(pg_config --bindir)
+as_pg=()
+[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+
+if [ -f "$dir/data/postmaster.pid" ]; then "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop -m fast >/dev/null || true; fi
+rm -rf "$dir" && mkdir -p "$dir"
+cp -r "$shared/bench" "$dir/bench"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+cat >> "$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'bitdex_sync'
+wal_level = logical
+output_plugin_libraries = 'bitdex_sync, test_decoding, pgoutput'
+synchronous_commit = off
+shared_buffers = 1GB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+CONF
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+trap '"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop -m fast >/dev/null' EXIT
+export PGOPTIONS="-c client_min_messages=warning"
+psql=("${as_pg[@]}" "$bindir/psql" -h "$dir" -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1)
+posts=$((images / 5)); [ $posts -lt 1 ] && posts=1
+echo "loading schema: $images images, $posts posts, 3 tags per image"
+"${psql[@]}" -v images="$images" -v posts="$posts" -v tags_per_image=3 -f "$dir/bench/schema.sql" >/dev/null
+"${psql[@]}" -c "CREATE EXTENSION bitdex_sync"
+
+use_variant() {
+  "${psql[@]}" -f "$dir/bench/baseline_drop.sql" >/dev/null
+  "${psql[@]}" -c "SELECT count(*) FROM bitdex_sync.apply_config('{\"sources\":[]}')" >/dev/null
+  case $1 in
+    none) ;;
+    noop) "${psql[@]}" -f "$dir/bench/baseline_noop.sql" >/dev/null ;;
+    v2) "${psql[@]}" -f "$dir/bench/baseline_bitdex_v2.sql" >/dev/null ;;
+    bitdex)
+      echo "SELECT count(*) FROM bitdex_sync.apply_config(:'cfg')" |
+        "${psql[@]}" -v cfg="$(cat "$dir/bench/config.yaml")" >/dev/null ;;
+  esac
+  # Start every variant from the same state: no outbox backlog from the last
+  # one, no pending autovacuum work competing with the run, nothing dirty.
+  "${psql[@]}" -c "TRUNCATE \"BitdexOps\", bitdex_sync.ops" -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+}
+
+results=$dir/results.tsv
+: > "$results"
+for r in $(seq 1 "$rounds"); do
+  # A different order each round (seeded, so reruns repeat it): no variant
+  # always runs after the same other one.
+  read -r -a order <<<"$(python3 -c "import random,sys; v=sys.argv[2:]; random.Random(int(sys.argv[1])).shuffle(v); print(' '.join(v))" "$r" $variants)"
+  for v in "${order[@]}"; do
+    use_variant "$v"
+    for w in $workloads; do
+      f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
+      tps=$("${as_pg[@]}" "$bindir/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
+              -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
+      printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$w" "$tps" | tee -a "$results"
+    done
+  done
+done
+
+python3 - "$results" "$variants" "$workloads" <<'PY'
+import sys, statistics
+path, variants, workloads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+runs = {}
+for line in open(path):
+    r, v, w, tps = line.split('\t')
+    runs.setdefault((v, w), []).append(float(tps))
+print()
+print('| workload | ' + ' | '.join(variants) + ' |')
+print('|---' * (len(variants) + 1) + '|')
+for w in workloads:
+    base = statistics.median(runs[('none', w)]) if ('none', w) in runs else None
+    cells = []
+    for v in variants:
+        m = statistics.median(runs[(v, w)])
+        cell = f'{m/1000:.1f} k'
+        if base and v != 'none':
+            cell += f' ({(m/base - 1)*100:+.0f}%)'
+        cells.append(cell)
+    print(f'| ({w}) | ' + ' | '.join(cells) + ' |')
+PY
