@@ -67,8 +67,8 @@ use_variant() {
         "${psql[@]}" -v cfg="$(cat "$dir/bench/config.yaml")" >/dev/null ;;
   esac
   # Start every variant from the same state: no outbox backlog from the last
-  # one, no pending autovacuum work competing with the run, nothing dirty.
-  "${psql[@]}" -c "TRUNCATE \"BitdexOps\", bitdex_sync.ops" -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+  # one, nothing dirty.
+  "${psql[@]}" -c "TRUNCATE \"BitdexOps\", bitdex_sync.ops" -c "CHECKPOINT" >/dev/null
 }
 
 results=$dir/results.tsv

@@ -371,6 +371,23 @@ std::string Template::render(const std::string& prefix) const {
   return out;
 }
 
+std::string Template::render_params() const {
+  std::string out;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] != '{') {
+      out += text[i];
+      continue;
+    }
+    size_t end = text.find('}', i + 1);
+    std::string col = text.substr(i + 1, end - i - 1);
+    size_t k = 0;
+    while (columns[k] != col) k++;
+    out += "$" + std::to_string(k + 1);
+    i = end;
+  }
+  return out;
+}
+
 std::pair<std::string, std::string> split_table(const std::string& table) {
   size_t dot = table.find('.');
   if (dot == std::string::npos) return {"", table};

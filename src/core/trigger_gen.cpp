@@ -23,7 +23,18 @@ void str_member(std::string& out, const char* k, const std::string& v) {
 
 }  // namespace
 
-std::string capture_spec(const config::Source& s) {
+std::string rows_sql(const config::Source& s, const Resolved& r) {
+  return "SELECT " + config::quote_ident(s.rows_from->slot) + " FROM ONLY " + r.child_table + " WHERE " +
+         config::quote_ident(s.rows_from->fk) + " = $1";
+}
+
+std::string ids_sql(const config::Source& s) {
+  // to_jsonb of the result: a JSON array, a SQL array or a scalar all become
+  // JSON, whose elements fill {ids} (never a nested array, unlike BitDex).
+  return "SELECT pg_catalog.to_jsonb((" + s.expression->render_params() + "))";
+}
+
+std::string capture_spec(const config::Source& s, const Resolved& r) {
   using config::sink_name;
   std::string out = "{";
   key(out, "v");
@@ -80,11 +91,26 @@ std::string capture_spec(const config::Source& s) {
       if ((*s.query)[i] != '{') continue;
       size_t end = s.query->find('}', i);
       std::string col = s.query->substr(i + 1, end - i - 1);
+      i = end;
+      if (col == "ids") continue;  // filled from "expression", not a column
       if (n++) out += ",";
       json::write_string(out, col);
-      i = end;
     }
     out += "]";
+    if (s.expression) {
+      str_member(out, "ids_sql", ids_sql(s));
+      key(out, "ids_params");
+      out += "[";
+      for (size_t i = 0; i < s.expression->columns.size(); i++) {
+        if (i) out += ",";
+        json::write_string(out, config::quote_ident(s.expression->columns[i]));
+      }
+      out += "]";
+    }
+  }
+  if (s.kind == SourceKind::RowFanOut) {
+    str_member(out, "rows_sql", rows_sql(s, r));
+    str_member(out, "parent_key", config::quote_ident(s.rows_from->parent_key));
   }
   out += "}";
   return out;
@@ -92,14 +118,15 @@ std::string capture_spec(const config::Source& s) {
 
 std::string trigger_events(const config::Source& s) {
   switch (s.kind) {
-    case SourceKind::Join: return "AFTER INSERT OR UPDATE OR DELETE";         // join-table UPDATEs are captured too
-    case SourceKind::QueryFanOut: return "AFTER INSERT OR UPDATE OR DELETE";  // DELETE clears the fanned-out values
+    case SourceKind::Join: return "AFTER INSERT OR UPDATE OR DELETE";  // join-table UPDATEs are captured too
+    case SourceKind::QueryFanOut:
+    case SourceKind::RowFanOut: return "AFTER INSERT OR UPDATE OR DELETE";  // DELETE clears the fanned-out values
     default: return s.on_delete ? "AFTER INSERT OR UPDATE OR DELETE" : "AFTER INSERT OR UPDATE";
   }
 }
 
-std::string trigger_name(const std::string& qualified_table, const config::Source& s) {
-  std::string digest = sha256_hex(qualified_table + "\n" + trigger_events(s) + "\n" + capture_spec(s));
+std::string trigger_name(const std::string& qualified_table, const config::Source& s, const Resolved& r) {
+  std::string digest = sha256_hex(qualified_table + "\n" + trigger_events(s) + "\n" + capture_spec(s, r));
   std::string base;
   for (char c : config::split_table(s.table).second) {
     char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -116,18 +143,18 @@ std::string trigger_name(const std::string& qualified_table, const config::Sourc
   return "bitdex_" + base + "_" + digest.substr(0, 8);
 }
 
-std::string create_sql(const std::string& qualified_table, const config::Source& s) {
-  if (s.kind == SourceKind::RowFanOut)
-    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": type fan_out_per_row is not supported yet", {},
-                "Use a query fan-out (query: \"postId eq {id}\") for now.");
-  if (s.expression)
-    throw Error(ErrorKind::NotSupported,
-                "source \"" + s.name + "\": \"expression\" ({ids} fan-out) is not supported yet");
+std::string create_sql(const std::string& qualified_table, const config::Source& s, const Resolved& r) {
+  if (s.join)
+    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": \"join\" is not supported", {},
+                "Put the join inside \"expression\", which is a whole query: SELECT json_agg(c.id) FROM child c JOIN "
+                "other o ON ... WHERE c.parent = {id}.");
+  if (s.kind == SourceKind::RowFanOut && r.child_table.empty())
+    throw Error(ErrorKind::Internal, "source \"" + s.name + "\": child table not resolved");
   if (!s.shared_ops_fields.empty())
     throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": \"shared_ops_fields\" is not supported yet");
-  std::string name = config::quote_ident(trigger_name(qualified_table, s));
+  std::string name = config::quote_ident(trigger_name(qualified_table, s, r));
   return "CREATE TRIGGER " + name + " " + trigger_events(s) + " ON " + qualified_table +
-         " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s)) +
+         " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s, r)) +
          ");\nALTER TABLE " + qualified_table + " ENABLE ALWAYS TRIGGER " + name + ";\n";
 }
 

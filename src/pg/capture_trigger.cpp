@@ -125,7 +125,7 @@ struct Field {
   Compiled cond;  // join computed fields: the condition
 };
 
-enum class Kind : uint8_t { Direct, Join, QueryFanOut };
+enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
 
 struct Source {
   Oid tgoid;
@@ -141,7 +141,14 @@ struct Source {
   Compiled filter;
   const char* query;  // fan-out template
   int nqcols;
-  Compiled* qcols;  // one per placeholder, in order
+  Compiled* qcols;      // one per column placeholder, in order ({ids} excluded)
+  const char* ids_sql;  // fan-out with expression: the query computing {ids}
+  int nids;
+  Compiled* ids_params;  // its $1..$n
+  SPIPlanPtr ids_plan;
+  const char* rows_sql;  // fan_out_per_row: child slots for a parent key
+  Compiled parent_key;
+  SPIPlanPtr rows_plan;
   MemoryContext cxt;
   ExprContext* econtext;
   Source* next;
@@ -195,7 +202,8 @@ void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* wh
   c->conv = conv_for_type(c->type);
   if (want_bool && c->type != BOOLOID)
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: %s must be boolean", what)));
-  if (!want_bool && c->conv == Conv::Unsupported)
+  bool bound_only = strcmp(what, "an expression parameter") == 0 || strcmp(what, "the parent key") == 0;
+  if (!want_bool && !bound_only && c->conv == Conv::Unsupported)
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("bitdex_sync: %s has type %s, which cannot be captured", what, format_type_be(c->type)),
                     errhint("Cast it in the expression, e.g. \"{col}::text as field\".")));
@@ -218,7 +226,10 @@ void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* wh
 void compile(Source* s, Relation rel) {
   const bitdex::json::Value& spec = g_spec;
   const char* kind = spec_str(spec, "kind");
-  s->kind = strcmp(kind, "join") == 0 ? Kind::Join : strcmp(kind, "fan_out") == 0 ? Kind::QueryFanOut : Kind::Direct;
+  s->kind = strcmp(kind, "join") == 0              ? Kind::Join
+            : strcmp(kind, "fan_out") == 0         ? Kind::QueryFanOut
+            : strcmp(kind, "fan_out_per_row") == 0 ? Kind::RowFanOut
+                                                   : Kind::Direct;
   if (strcmp(kind, "direct") != 0 && s->kind == Kind::Direct)
     ereport(ERROR,
             (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("bitdex_sync: source kind \"%s\" is not supported", kind)));
@@ -261,9 +272,23 @@ void compile(Source* s, Relation rel) {
     s->nqcols = qcols ? static_cast<int>(qcols->items.size()) : 0;
     for (int i = 0; i < s->nqcols; i++) appendStringInfo(&list, ", %s", quote_identifier(qcols->items[i].text.c_str()));
   }
+  const bitdex::json::Value* ids_params = spec_get(spec, "ids_params");
+  if (spec_get(spec, "ids_sql")) {
+    s->ids_sql = MemoryContextStrdup(s->cxt, spec_str(spec, "ids_sql"));
+    s->nids = ids_params ? static_cast<int>(ids_params->items.size()) : 0;
+    for (int i = 0; i < s->nids; i++) appendStringInfo(&list, ", %s", ids_params->items[i].text.c_str());
+  }
+  if (s->kind == Kind::RowFanOut) {
+    s->rows_sql = MemoryContextStrdup(s->cxt, spec_str(spec, "rows_sql"));
+    appendStringInfo(&list, ", %s", spec_str(spec, "parent_key"));
+  }
+  const int expected =
+      1 + nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids + (s->kind == Kind::RowFanOut ? 1 : 0);
 
   MemoryContext old = MemoryContextSwitchTo(s->cxt);
   List* exprs = analyze_expressions(RelationGetRelid(rel), list.data);
+  if (list_length(exprs) != expected)
+    elog(ERROR, "bitdex_sync: capture spec compiled to %d expressions, expected %d", list_length(exprs), expected);
   int at = 0;
   compile_one(s, (Expr*)list_nth(exprs, at++), &s->slot, false, "the slot column");
   if (s->slot.conv != Conv::Int2 && s->slot.conv != Conv::Int4 && s->slot.conv != Conv::Int8)
@@ -298,6 +323,12 @@ void compile(Source* s, Relation rel) {
       fmgr_info_cxt(outfn, &s->qcols[i].out, s->cxt);
     }
   }
+  if (s->nids > 0) {
+    s->ids_params = (Compiled*)palloc0(sizeof(Compiled) * s->nids);
+    for (int i = 0; i < s->nids; i++)
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->ids_params[i], false, "an expression parameter");
+  }
+  if (s->kind == Kind::RowFanOut) compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, false, "the parent key");
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   pfree(list.data);
@@ -326,8 +357,13 @@ Source* get_source(TriggerData* td) {
     s->next = g_sources;
     g_sources = s;
   } else if (s->cxt) {
+    if (s->ids_plan) SPI_freeplan(s->ids_plan);
+    if (s->rows_plan) SPI_freeplan(s->rows_plan);
     MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
-    s->cxt = nullptr;
+    Source* next = s->next;
+    memset(s, 0, sizeof *s);
+    s->tgoid = tgoid;
+    s->next = next;
   }
   s->relid = RelationGetRelid(td->tg_relation);
   s->cxt = AllocSetContextCreate(CacheMemoryContext, "bitdex_sync capture", ALLOCSET_SMALL_SIZES);
@@ -473,11 +509,10 @@ bool payload_to_json(const char* data, int len) noexcept {
   return false;
 }
 
-// Inserts the record into bitdex_sync.ops as the extension's owner: writers of
-// captured tables need no rights on schema bitdex_sync and cannot forge rows.
-void emit_outbox(int64 entity_id) {
-  if (!payload_to_json(g_record.data, g_record.len))
-    ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("bitdex_sync: %s", g_json_error)));
+// The owner of bitdex_sync.ops (the extension's owner): capture's own reads
+// and writes run as this role, so writers of captured tables need no rights
+// on schema bitdex_sync or on the tables a fan-out reads.
+Oid capture_owner() {
   if (!OidIsValid(g_outbox_owner)) {
     Oid nsp = get_namespace_oid("bitdex_sync", false);
     Oid rel = get_relname_relid("ops", nsp);
@@ -488,11 +523,36 @@ void emit_outbox(int64 entity_id) {
     g_outbox_owner = ((Form_pg_class)GETSTRUCT(tup))->relowner;
     ReleaseSysCache(tup);
   }
-  Oid save_user;
-  int save_sec;
-  GetUserIdAndSecContext(&save_user, &save_sec);
-  SetUserIdAndSecContext(g_outbox_owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+  return g_outbox_owner;
+}
+
+struct AsOwner {
+  Oid user;
+  int sec;
+};
+
+// Switches to the capture owner and connects to SPI (restored by
+// as_owner_end; on error, transaction abort restores both).
+AsOwner as_owner_begin() {
+  AsOwner a;
+  Oid owner = capture_owner();
+  GetUserIdAndSecContext(&a.user, &a.sec);
+  SetUserIdAndSecContext(owner, a.sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  return a;
+}
+
+void as_owner_end(const AsOwner& a) {
+  SPI_finish();
+  SetUserIdAndSecContext(a.user, a.sec);
+}
+
+// Inserts the record into bitdex_sync.ops as the capture owner: writers of
+// captured tables need no rights on schema bitdex_sync and cannot forge rows.
+void emit_outbox(int64 entity_id) {
+  if (!payload_to_json(g_record.data, g_record.len))
+    ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("bitdex_sync: %s", g_json_error)));
+  AsOwner owner = as_owner_begin();
   if (!g_outbox_plan) {
     Oid types[2] = {INT8OID, TEXTOID};
     SPIPlanPtr p = SPI_prepare("INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES ($1, $2::jsonb)", 2, types);
@@ -503,13 +563,11 @@ void emit_outbox(int64 entity_id) {
   Datum values[2] = {Int64GetDatum(entity_id), CStringGetTextDatum(g_json->c_str())};
   if (SPI_execute_plan(g_outbox_plan, values, nullptr, false, 0) != SPI_OK_INSERT)
     elog(ERROR, "bitdex_sync: outbox insert failed");
-  SPI_finish();
-  SetUserIdAndSecContext(save_user, save_sec);
+  as_owner_end(owner);
 }
 
-// Emits g_ops (g_nops ops) as one record for entity_id, then clears it.
-void emit(Source* s, int64 entity_id) {
-  if (g_nops == 0) return;
+// Emits g_ops (g_nops ops) as one record for entity_id, keeping g_ops.
+void emit_keep(Source* s, int64 entity_id) {
   resetStringInfo(&g_record);
   InfoOut out{&g_record};
   bitdex::capture::write_header(out, entity_id);
@@ -519,6 +577,12 @@ void emit(Source* s, int64 entity_id) {
     emit_outbox(entity_id);
   else
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+}
+
+// Emits g_ops as one record for entity_id, then clears it.
+void emit(Source* s, int64 entity_id) {
+  if (g_nops == 0) return;
+  emit_keep(s, entity_id);
   resetStringInfo(&g_ops);
   g_nops = 0;
 }
@@ -633,7 +697,61 @@ void join_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot
   pfree(skip);
 }
 
-// The BitDex query with every {col} replaced by that column's text on `row`.
+std::string* g_ids = nullptr;  // static-lifetime scratch
+
+// "[1,2,"x"]" -> "1, 2, \"x\""; a scalar -> itself. False for null or [].
+bool ids_list(const char* json_text) noexcept {
+  try {
+    if (!g_ids) g_ids = new std::string();
+    g_ids->clear();
+    bitdex::json::Value v = bitdex::json::parse(json_text);
+    if (v.type == bitdex::json::Type::Null) return false;
+    if (v.type != bitdex::json::Type::Array) {
+      bitdex::json::write(*g_ids, v);
+      return true;
+    }
+    for (size_t i = 0; i < v.items.size(); i++) {
+      if (i) *g_ids += ", ";
+      bitdex::json::write(*g_ids, v.items[i]);
+    }
+    return !v.items.empty();
+  } catch (...) {
+    return false;
+  }
+}
+
+// Runs the fan-out's expression for `row` (as the capture owner) and leaves
+// the {ids} text in *g_ids. False when it yields NULL or nothing.
+bool compute_ids(Source* s, TupleTableSlot* row) {
+  Datum* values = (Datum*)palloc(sizeof(Datum) * (s->nids > 0 ? s->nids : 1));
+  char* nulls = (char*)palloc(s->nids > 0 ? s->nids : 1);
+  Oid* types = (Oid*)palloc(sizeof(Oid) * (s->nids > 0 ? s->nids : 1));
+  for (int i = 0; i < s->nids; i++) {
+    bool isnull;
+    values[i] = eval(s, &s->ids_params[i], row, &isnull);
+    nulls[i] = isnull ? 'n' : ' ';
+    types[i] = s->ids_params[i].type;
+  }
+  AsOwner owner = as_owner_begin();
+  if (!s->ids_plan) {
+    SPIPlanPtr p = SPI_prepare(s->ids_sql, s->nids, types);
+    if (!p) elog(ERROR, "bitdex_sync: could not prepare the fan-out expression");
+    SPI_keepplan(p);
+    s->ids_plan = p;
+  }
+  if (SPI_execute_plan(s->ids_plan, values, nulls, true, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: the fan-out expression failed");
+  bool ok = false;
+  if (SPI_processed > 0) {
+    char* text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    ok = text && ids_list(text);
+  }
+  as_owner_end(owner);
+  return ok;
+}
+
+// The BitDex query with every {col} replaced by that column's text on `row`
+// and {ids} by the expression's result (computed already into *g_ids).
 void render_query(Source* s, TupleTableSlot* row, StringInfo out) {
   int col = 0;
   for (const char* p = s->query; *p; p++) {
@@ -642,6 +760,11 @@ void render_query(Source* s, TupleTableSlot* row, StringInfo out) {
       continue;
     }
     const char* end = strchr(p, '}');
+    if (end - p == 4 && strncmp(p, "{ids}", 5) == 0) {
+      appendStringInfoString(out, g_ids->c_str());
+      p = end;
+      continue;
+    }
     bool isnull;
     Datum d = eval(s, &s->qcols[col++], row, &isnull);
     if (isnull) {
@@ -685,6 +808,8 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
       nested_op(OpKind::Set, f, n, nnull);
     }
   }
+  // With an expression, its result picks the slots; no result, nothing to do.
+  if (nested_ops > 0 && s->ids_sql && !compute_ids(s, row)) nested_ops = 0;
   if (nested_ops > 0) {
     StringInfoData query;
     initStringInfo(&query);
@@ -700,6 +825,59 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
     pfree(query.data);
   }
   pfree(nested.data);
+}
+
+// The child slots of parent key `key`, read as the capture owner inside the
+// writing transaction. Returns a palloc'd array of *n ids.
+int64* child_slots(Source* s, Datum key, int* n) {
+  AsOwner owner = as_owner_begin();
+  if (!s->rows_plan) {
+    SPIPlanPtr p = SPI_prepare(s->rows_sql, 1, &s->parent_key.type);
+    if (!p) elog(ERROR, "bitdex_sync: could not prepare the fan_out_per_row query");
+    SPI_keepplan(p);
+    s->rows_plan = p;
+  }
+  if (SPI_execute_plan(s->rows_plan, &key, nullptr, true, 0) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: the fan_out_per_row query failed");
+  *n = static_cast<int>(SPI_processed);
+  int64* ids = (int64*)SPI_palloc(sizeof(int64) * (*n > 0 ? *n : 1));  // survives SPI_finish
+  Oid type = SPI_gettypeid(SPI_tuptable->tupdesc, 1);
+  int kept = 0;
+  for (int i = 0; i < *n; i++) {
+    bool isnull;
+    Datum d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+    if (isnull) continue;  // a child without a slot id cannot be addressed
+    ids[kept++] = type == INT2OID ? DatumGetInt16(d) : type == INT4OID ? DatumGetInt32(d) : DatumGetInt64(d);
+  }
+  *n = kept;
+  as_owner_end(owner);
+  return ids;
+}
+
+// fan_out_per_row: the parent's field ops, once per child row that references it.
+void row_fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  bool isnull, onull, nnull;
+  for (int i = 0; i < s->nfields; i++) {
+    Field* f = &s->fields[i];
+    if (TRIGGER_FIRED_BY_INSERT(ev)) {
+      op_field(OpKind::Set, f->target, &f->value, eval(s, &f->value, newrow, &isnull), isnull);
+    } else if (TRIGGER_FIRED_BY_DELETE(ev)) {
+      op_field(OpKind::Remove, f->target, &f->value, eval(s, &f->value, oldrow, &isnull), isnull);
+    } else {
+      Datum o = eval(s, &f->value, oldrow, &onull);
+      Datum n = eval(s, &f->value, newrow, &nnull);
+      if (!distinct(&f->value, o, onull, n, nnull)) continue;
+      op_field(OpKind::Remove, f->target, &f->value, o, onull);
+      op_field(OpKind::Set, f->target, &f->value, n, nnull);
+    }
+  }
+  if (g_nops == 0) return;
+  Datum key = eval(s, &s->parent_key, newrow ? newrow : oldrow, &isnull);
+  if (isnull) return;  // no child can reference a NULL key
+  int n = 0;
+  int64* children = child_slots(s, key, &n);
+  for (int i = 0; i < n; i++) emit_keep(s, children[i]);
+  pfree(children);
 }
 
 }  // namespace
@@ -736,6 +914,7 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
     case Kind::Direct: direct_row(s, ev, oldrow, newrow); break;
     case Kind::Join: join_row(s, ev, oldrow, newrow); break;
     case Kind::QueryFanOut: fan_out_row(s, ev, oldrow, newrow); break;
+    case Kind::RowFanOut: row_fan_out_row(s, ev, oldrow, newrow); break;
   }
   ResetExprContext(s->econtext);
   return PointerGetDatum(nullptr);

@@ -41,6 +41,7 @@ struct Planned {
   const Source* src;
   Oid relid;
   std::string qualified;  // "schema"."table"
+  trigger_gen::Resolved resolved;
   std::string trigger;
   std::string create;
 };
@@ -73,24 +74,47 @@ void need_column(Oid relid, const std::string& where, const std::string& key, co
                 "Column names are case-sensitive and taken exactly as written.");
 }
 
-Planned plan_source(const Source& s, size_t index) {
-  const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
-  auto [schema, name] = config::split_table(s.table);
-  Planned p{&s, InvalidOid, {}, {}, {}};
-  p.relid = pg_guard([&] {
+Oid resolve_table(const std::string& table, const std::string& where, const std::string& key) {
+  auto [schema, name] = config::split_table(table);
+  Oid relid = pg_guard([&] {
     RangeVar* rv = makeRangeVar(schema.empty() ? nullptr : pstrdup(schema.c_str()), pstrdup(name.c_str()), -1);
     return RangeVarGetRelid(rv, NoLock, true);
   });
-  if (!OidIsValid(p.relid))
-    throw Error(ErrorKind::UndefinedTable, where + ": table \"" + s.table + "\" does not exist", {},
+  if (!OidIsValid(relid))
+    throw Error(ErrorKind::UndefinedTable, where + ", " + key + ": table \"" + table + "\" does not exist", {},
                 "Table names are case-sensitive and taken exactly as written; qualify them with the schema when it "
                 "is not on search_path.");
-  char kind = pg_guard([&] { return get_rel_relkind(p.relid); });
+  char kind = pg_guard([&] { return get_rel_relkind(relid); });
   if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-    throw Error(ErrorKind::InvalidInput, where + ": \"" + s.table + "\" is not a table");
-  std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(p.relid)); });
-  std::string rel = pg_guard([&] { return get_rel_name(p.relid); });
-  p.qualified = config::quote_ident(nsp) + "." + config::quote_ident(rel);
+    throw Error(ErrorKind::InvalidInput, where + ", " + key + ": \"" + table + "\" is not a table");
+  return relid;
+}
+
+std::string qualified_name(Oid relid) {
+  std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(relid)); });
+  std::string rel = pg_guard([&] { return get_rel_name(relid); });
+  return config::quote_ident(nsp) + "." + config::quote_ident(rel);
+}
+
+// Prepares `sql` with parameters of `types` to check it before any trigger exists.
+void check_query(const std::string& where, const std::string& key, const std::string& sql, std::vector<Oid> types) {
+  try {
+    pg_guard([&] {
+      SPIPlanPtr plan = SPI_prepare(sql.c_str(), static_cast<int>(types.size()), types.data());
+      if (!plan) elog(ERROR, "%s", SPI_result_code_string(SPI_result));
+      SPI_freeplan(plan);
+    });
+  } catch (const PgError& e) {
+    throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
+  }
+}
+
+Planned plan_source(const Source& s, size_t index) {
+  const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
+  auto [schema, name] = config::split_table(s.table);
+  Planned p{&s, InvalidOid, {}, {}, {}, {}};
+  p.relid = resolve_table(s.table, where, "table");
+  p.qualified = qualified_name(p.relid);
 
   // Columns first (the clearest message), then each expression's type.
   need_column(p.relid, where, "slot_field", s.slot_field, s.table);
@@ -152,8 +176,29 @@ Planned plan_source(const Source& s, size_t index) {
   if (s.kind == SourceKind::Join) capturable("value_field", config::quote_ident(s.value_field));
   if (s.filter) boolean("filter", s.filter->render());
 
-  p.trigger = trigger_gen::trigger_name(p.qualified, s);
-  p.create = trigger_gen::create_sql(p.qualified, s);  // rejects kinds not supported yet
+  if (s.expression) {
+    std::vector<Oid> types;
+    for (const auto& c : s.expression->columns) {
+      need_column(p.relid, where, "expression", c, s.table);
+      types.push_back(check_expression(p.relid, where, "expression", config::quote_ident(c)));
+    }
+    check_query(where, "expression", trigger_gen::ids_sql(s), types);
+  }
+  if (s.kind == SourceKind::RowFanOut) {
+    const config::RowsFrom& rf = *s.rows_from;
+    Oid child = resolve_table(rf.table, where, "rows_from.table");
+    need_column(child, where, "rows_from.fk", rf.fk, rf.table);
+    need_column(child, where, "rows_from.slot", rf.slot, rf.table);
+    need_column(p.relid, where, "rows_from.parent_key", rf.parent_key, s.table);
+    Conv cc = conv_for_type(check_expression(child, where, "rows_from.slot", config::quote_ident(rf.slot)));
+    if (cc != Conv::Int2 && cc != Conv::Int4 && cc != Conv::Int8)
+      throw Error(ErrorKind::InvalidInput, where + ", rows_from.slot: column \"" + rf.slot + "\" must be an integer");
+    p.resolved.child_table = qualified_name(child);
+    Oid key_type = check_expression(p.relid, where, "rows_from.parent_key", config::quote_ident(rf.parent_key));
+    check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type});
+  }
+  p.trigger = trigger_gen::trigger_name(p.qualified, s, p.resolved);
+  p.create = trigger_gen::create_sql(p.qualified, s, p.resolved);  // rejects what is not supported yet
   return p;
 }
 
@@ -298,8 +343,11 @@ Datum bitdex_sync_trigger_sql(PG_FUNCTION_ARGS) {
   return bitdex::pg::cpp_call([&]() -> Datum {
     using namespace bitdex::pg;
     bitdex::config::Config cfg = bitdex::config::parse(config_text);
+    if (pg_guard([] { return SPI_connect(); }) != SPI_OK_CONNECT)
+      throw bitdex::Error(bitdex::ErrorKind::Internal, "bitdex_sync: SPI_connect failed");
     std::string sql;
     for (const Planned& p : plan(cfg)) sql += "-- source " + p.src->name + "\n" + p.create;
+    pg_guard([] { SPI_finish(); });
     return pg_guard([&] { return PointerGetDatum(cstring_to_text(sql.c_str())); });
   });
 }

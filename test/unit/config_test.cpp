@@ -219,12 +219,40 @@ TEST(TriggerGen, SpecNamesAndDdl) {
   EXPECT_NE(evil_ddl.find("x''); DROP TABLE t; --"), std::string::npos);
 }
 
-TEST(TriggerGen, UnsupportedKindsAreRejectedNotIgnored) {
+TEST(TriggerGen, UnsupportedKeysAreRejectedNotIgnored) {
   Config c = parse(R"(
 sources:
-  - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
-  - {table: Model, query: "modelVersionIds in [{ids}]", expression: "SELECT 1", track_fields: [poi]}
+  - {table: Model, query: "modelVersionIds in [{ids}]", expression: "SELECT 1", join: "JOIN x", track_fields: [poi]}
   - {table: Image, track_fields: [sortAt], shared_ops_fields: [sortAt]}
+  - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
 )");
   for (const Source& s : c.sources) EXPECT_THROW(trigger_gen::create_sql("\"public\".\"T\"", s), Error) << s.name;
+}
+
+TEST(TriggerGen, FanOutPerRowAndExpressionSpecs) {
+  Config c = parse(R"x(
+sources:
+  - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
+  - table: Model
+    query: "modelVersionIds in [{ids}] AND nsfw eq {nsfw}"
+    expression: "SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = {id} AND kind = {kind}"
+    track_fields: [poi]
+)x");
+  trigger_gen::Resolved r{"\"public\".\"Image\""};
+  EXPECT_EQ(trigger_gen::rows_sql(c.sources[0], r),
+            "SELECT \"id\" FROM ONLY \"public\".\"Image\" WHERE \"postId\" = $1");
+  std::string spec = trigger_gen::capture_spec(c.sources[0], r);
+  EXPECT_NE(spec.find(R"x("kind":"fan_out_per_row")x"), std::string::npos) << spec;
+  EXPECT_NE(spec.find(R"x("parent_key":"\"id\"")x"), std::string::npos) << spec;
+  EXPECT_EQ(trigger_gen::trigger_events(c.sources[0]), "AFTER INSERT OR UPDATE OR DELETE");
+  // A different child table is a different definition, hence a different name.
+  EXPECT_NE(trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
+            trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\""}));
+  EXPECT_EQ(
+      trigger_gen::ids_sql(c.sources[1]),
+      "SELECT pg_catalog.to_jsonb((SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = $1 AND kind = $2))");
+  std::string mspec = trigger_gen::capture_spec(c.sources[1]);
+  EXPECT_NE(mspec.find(R"x("query_cols":["nsfw"])x"), std::string::npos) << mspec;
+  EXPECT_NE(mspec.find(R"x("ids_params":["\"id\"","\"kind\""])x"), std::string::npos) << mspec;
+  EXPECT_NO_THROW(trigger_gen::create_sql("\"public\".\"Model\"", c.sources[1]));
 }

@@ -31,6 +31,8 @@ struct Template {
   // The SQL with every {col} replaced by `prefix` + the quoted identifier
   // ("col", or NEW."col" with prefix "NEW.").
   std::string render(const std::string& prefix = "") const;
+  // The SQL with {col} replaced by $1, $2, ... in the order of `columns`.
+  std::string render_params() const;
 };
 
 struct TrackField {

@@ -10,14 +10,22 @@
 
 namespace bitdex::trigger_gen {
 
+// What the catalog resolved for a source: the qualified child table of a
+// fan_out_per_row source ("schema"."table").
+struct Resolved {
+  std::string child_table;
+};
+
 // The compact JSON the capture trigger compiles at first use:
 // {"v":1,"source":..,"kind":..,"sink":..,"slot":<sql>,"alive":b,"delete":b,
 //  "fields":[{"f":target,"sql":<sql>}],           direct, fan-outs
 //  "value":{"f":field,"sql":<sql>},"filter":<sql>, join
 //  "computed":[{"f":target,"cond":<sql>,"sql":<sql>}],  join (conditional)
-//  "query":<template>,"query_cols":[..]}           query fan-out
+//  "query":<template>,"query_cols":[..],            query fan-out
+//  "ids_sql":<SELECT to_jsonb((expr with $n))>,"ids_params":[<sql>],  ...with expression
+//  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>}  fan_out_per_row
 // SQL is rendered with quoted identifiers and no row prefix.
-std::string capture_spec(const config::Source& s);
+std::string capture_spec(const config::Source& s, const Resolved& r = {});
 
 // The events the trigger fires on, as the "AFTER ..." clause.
 std::string trigger_events(const config::Source& s);
@@ -25,12 +33,17 @@ std::string trigger_events(const config::Source& s);
 // bitdex_<table>_<first 8 hex of SHA-256 over the qualified table, the events
 // and the spec>: a changed definition gives a new name, an unchanged one the
 // same name on every run and every machine. At most 63 bytes.
-std::string trigger_name(const std::string& qualified_table, const config::Source& s);
+std::string trigger_name(const std::string& qualified_table, const config::Source& s, const Resolved& r = {});
 
 // CREATE TRIGGER ... EXECUTE FUNCTION bitdex_sync.capture('<spec>'); plus
 // ALTER TABLE ... ENABLE ALWAYS TRIGGER (fires under session_replication_role
 // = replica too).
-std::string create_sql(const std::string& qualified_table, const config::Source& s);
+std::string create_sql(const std::string& qualified_table, const config::Source& s, const Resolved& r = {});
+
+// The query that lists a fan_out_per_row source's child slots for a parent key ($1).
+std::string rows_sql(const config::Source& s, const Resolved& r);
+// The query that computes {ids} of a fan-out with "expression" ($n = its columns).
+std::string ids_sql(const config::Source& s);
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger);
 
 }  // namespace bitdex::trigger_gen

@@ -1,0 +1,50 @@
+-- Per-row fan-out (rows_from, resolved in the writing transaction) and
+-- query fan-out with an expression filling {ids}.
+SET client_min_messages = warning;
+CREATE TABLE fo_post (id int PRIMARY KEY, published_at timestamp, status text);
+CREATE TABLE fo_image (id int PRIMARY KEY, post_id int REFERENCES fo_post ON DELETE CASCADE);
+CREATE TABLE fo_model (id int PRIMARY KEY, poi boolean NOT NULL DEFAULT false, kind text);
+CREATE TABLE fo_version (id int PRIMARY KEY, model_id int, kind text);
+INSERT INTO fo_post VALUES (1, '2024-01-01', 'draft'), (2, NULL, 'draft');
+INSERT INTO fo_image VALUES (10, 1), (11, 1), (12, 2), (13, NULL);
+INSERT INTO fo_model VALUES (5, false, 'checkpoint'), (6, false, 'lora');
+INSERT INTO fo_version VALUES (50, 5, 'checkpoint'), (51, 5, 'checkpoint'), (52, 5, 'lora');
+
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: fo_post
+    type: fan_out_per_row
+    rows_from: {table: fo_image, fk: post_id}
+    track_fields: [{column: published_at, target: publishedAt}, status]
+  - table: fo_model
+    query: "modelVersionIds in [{ids}]"
+    expression: "SELECT array_agg(v.id ORDER BY v.id) FROM fo_version v WHERE v.model_id = {id} AND v.kind = {kind}"
+    track_fields: [poi]
+$$) ORDER BY source;
+SELECT 'slot' FROM pg_create_logical_replication_slot('fan_out_test', 'bitdex_sync');
+
+-- One record per child image, resolved now, in this transaction.
+UPDATE fo_post SET status = 'published' WHERE id = 1;
+-- Fields that did not change: nothing.
+UPDATE fo_post SET status = 'published' WHERE id = 1;
+-- A post with no images: nothing.
+INSERT INTO fo_post VALUES (3, '2024-05-01', 'draft');
+-- NULL to a value.
+UPDATE fo_post SET published_at = '2024-06-01' WHERE id = 2;
+-- The expression's result fills {ids} as list elements (never a nested array).
+UPDATE fo_model SET poi = true WHERE id = 5;
+-- An expression with no result captures nothing (no slot to update).
+UPDATE fo_model SET poi = true WHERE id = 6;
+-- Deleting a parent takes its values away from the children that still exist
+-- (here ON DELETE CASCADE removed them first, so nothing remains to update).
+DELETE FROM fo_post WHERE id = 3;
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+
+-- Errors are caught before any trigger exists.
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_post","type":"fan_out_per_row","rows_from":{"table":"fo_imagez","fk":"post_id"},"track_fields":["status"]}]}');
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_post","type":"fan_out_per_row","rows_from":{"table":"fo_image","fk":"postid"},"track_fields":["status"]}]}');
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT nope FROM fo_version WHERE model_id = {id}","track_fields":["poi"]}]}');
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT 1","join":"JOIN x ON true","track_fields":["poi"]}]}');
+
+SELECT pg_drop_replication_slot('fan_out_test');
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
