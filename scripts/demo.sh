@@ -2,10 +2,12 @@
 # The main job, end to end, on a fresh Debian 12 machine: installs what is
 # missing, builds and installs the extension, starts a private PostgreSQL
 # with it preloaded, and runs what exists today:
-#   1. a batch of BitDex ops as the capture triggers will emit them (made in SQL
-#      from a generated Image table),
-#   2. bitdex_sync.dedup() on it inside the server,
-#   3. the deduplicated batch appended durably to an ops WAL (bitdex-wal append),
+#   1. a capture config applied with bitdex_sync.apply_config (C triggers),
+#   2. changes made to the tables, captured as logical decoding messages and
+#      read from a slot with the bitdex_sync output plugin,
+#   3. that batch deduplicated and appended durably to an ops WAL
+#      (bitdex-wal append; the background worker of issue 5 will do this
+#      in-process), then the slot advanced,
 #   4. the WAL dumped, verified and summarised; an index consumer registered.
 # The server is stopped at the end unless --keep is given.
 #
@@ -50,57 +52,71 @@ psql=("${as_pg[@]}" "$bindir/psql" -h "$demo" -p "$port" -U postgres -d postgres
 say "CREATE EXTENSION bitdex_sync"
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -c "\dx bitdex_sync"
 
-say "one batch of captured changes: 2,000 images inserted, then updated, tagged, some deleted"
+say "the capture config: three sources (direct, join, fan-out) applied with bitdex_sync.apply_config"
 "${psql[@]}" <<'SQL'
-CREATE TABLE demo_batch AS
-WITH ins AS (   -- INSERT: alive + sets (BitDex V2 shape)
-  SELECT g AS seq, g AS id, jsonb_build_array(
-           jsonb_build_object('op','alive'),
-           jsonb_build_object('op','set','field','nsfwLevel','value',1),
-           jsonb_build_object('op','set','field','type','value','image'),
-           jsonb_build_object('op','set','field','postId','value',1 + g % 50)) AS ops
-  FROM generate_series(1, 2000) g),
-upd AS (        -- UPDATE nsfwLevel 1 -> 2 -> 4 on every other image
-  SELECT 2000 + g * 2 + k AS seq, g AS id, jsonb_build_array(
-           jsonb_build_object('op','remove','field','nsfwLevel','value', 1 << k),
-           jsonb_build_object('op','set','field','nsfwLevel','value', 2 << k)) AS ops
-  FROM generate_series(1, 2000, 2) g, generate_series(0, 1) k),
-tag AS (        -- tag added, and on every third image removed again
-  SELECT 10000 + g * 2 + k AS seq, g AS id, jsonb_build_array(
-           jsonb_build_object('op', CASE k WHEN 0 THEN 'add' ELSE 'remove' END, 'field','tagIds','value', 100 + g % 7)) AS ops
-  FROM generate_series(1, 2000) g, generate_series(0, 1) k WHERE k = 0 OR g % 3 = 0),
-del AS (        -- DELETE of every tenth image
-  SELECT 20000 + g AS seq, g AS id, '[{"op":"delete"}]'::jsonb AS ops
-  FROM generate_series(10, 2000, 10) g),
-post AS (       -- fan-out: Post.publishedAt changed twice for post 7 (the two merge)
-  SELECT 30000 + k AS seq, 7 AS id, jsonb_build_array(jsonb_build_object('op','queryOpSet','query','postId eq 7',
-           'ops', jsonb_build_array(jsonb_build_object('op','set','field','publishedAt','value', '2026-11-2' || k)))) AS ops
-  FROM generate_series(1, 2) k)
-SELECT jsonb_agg(jsonb_build_object('entity_id', id, 'ops', ops) ORDER BY seq) AS batch
-FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd UNION ALL SELECT * FROM tag
-      UNION ALL SELECT * FROM del UNION ALL SELECT * FROM post) s;
+CREATE TYPE "MediaType" AS ENUM ('image', 'video');
+CREATE TABLE "Post" (id int PRIMARY KEY, "publishedAt" timestamp(3));
+CREATE TABLE "Image" (id serial PRIMARY KEY, "nsfwLevel" int NOT NULL DEFAULT 1, type "MediaType" NOT NULL DEFAULT 'image',
+                      "postId" int, flags int NOT NULL DEFAULT 0, "scannedAt" timestamp(3), "createdAt" timestamp(3) NOT NULL DEFAULT now());
+CREATE TABLE "TagsOnImage" ("imageId" int NOT NULL, "tagId" int NOT NULL, PRIMARY KEY ("imageId", "tagId"));
+SELECT * FROM bitdex_sync.apply_config($$
+index: demo
+sources:
+  - table: Image
+    sets_alive: true
+    on_delete: true
+    track_fields:
+      - nsfwLevel
+      - type
+      - postId
+      - "GREATEST({scannedAt}, {createdAt}) as existedAt"
+      - "({flags} & (1 << 14)) != 0 as onSite"
+  - table: TagsOnImage
+    slot_field: imageId
+    field: tagIds
+    value_field: tagId
+  - table: Post
+    query: "postId eq {id}"
+    track_fields: [publishedAt]
+$$);
+SELECT 'created' AS capture_slot FROM pg_create_logical_replication_slot('demo', 'bitdex_sync');
+SQL
+
+say "changes: 2,000 images inserted, then updated, tagged and untagged, some deleted, a post published twice"
+"${psql[@]}" <<'SQL'
+INSERT INTO "Post" SELECT g, NULL FROM generate_series(1, 50) g;
+INSERT INTO "Image" ("nsfwLevel", "postId", "scannedAt")
+  SELECT 1, 1 + g % 50, timestamp '2026-11-01' + g * interval '1 minute' FROM generate_series(1, 2000) g;
+UPDATE "Image" SET "nsfwLevel" = 2 WHERE id % 2 = 1;
+UPDATE "Image" SET "nsfwLevel" = 4, flags = 1 << 14 WHERE id % 2 = 1;
+INSERT INTO "TagsOnImage" SELECT id, 100 + id % 7 FROM "Image";
+DELETE FROM "TagsOnImage" WHERE "imageId" % 3 = 0;
+DELETE FROM "Image" WHERE id % 10 = 0;
+UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 7;
+UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 7;
+SQL
+
+say "captured: the slot's messages, decoded by the bitdex_sync output plugin (first 3 of them)"
+"${psql[@]}" -At -c "SELECT data FROM pg_logical_slot_peek_changes('demo', NULL, NULL)" > "$demo/captured.jsonl"
+head -3 "$demo/captured.jsonl"
+echo "... $(wc -l < "$demo/captured.jsonl") records, $(grep -o '"op":' "$demo/captured.jsonl" | wc -l) ops"
+
+say "the same batch through bitdex_sync.dedup() in SQL: what dedup merged"
+"${psql[@]}" <<'SQL'
+CREATE TEMP TABLE captured AS SELECT jsonb_agg(data::jsonb) AS batch FROM pg_logical_slot_peek_changes('demo', NULL, NULL);
 SELECT jsonb_array_length(batch) AS records_captured,
-       (SELECT count(*) FROM jsonb_array_elements(batch) r, jsonb_array_elements(r->'ops')) AS ops_captured
-FROM demo_batch;
+       jsonb_array_length(bitdex_sync.dedup(batch)) AS records_after_dedup,
+       (SELECT count(*) FROM jsonb_array_elements(bitdex_sync.dedup(batch)) r, jsonb_array_elements(r->'ops')) AS ops_after_dedup
+FROM captured;
+\echo 'image 3: inserted, nsfwLevel 1 -> 2 -> 4, onSite set, tag added then removed: one record'
+SELECT r FROM captured, jsonb_array_elements(bitdex_sync.dedup(batch)) r WHERE r->>'entity_id' = '3';
+\echo 'image 10: inserted, tagged, deleted: only the delete'
+SELECT r FROM captured, jsonb_array_elements(bitdex_sync.dedup(batch)) r WHERE r->>'entity_id' = '10';
 SQL
 
-say "bitdex_sync.dedup() in the server (same index state, fewer ops)"
-"${psql[@]}" <<'SQL'
-CREATE TABLE demo_dedup AS SELECT bitdex_sync.dedup(batch) AS batch FROM demo_batch;
-SELECT jsonb_array_length(batch) AS records_after_dedup,
-       (SELECT count(*) FROM jsonb_array_elements(batch) r, jsonb_array_elements(r->'ops')) AS ops_after_dedup
-FROM demo_dedup;
-\echo 'image 2 (inserted, nsfwLevel 1, tag 102 added): one record'
-SELECT r FROM demo_dedup, jsonb_array_elements(batch) r WHERE r->>'entity_id' = '2';
-\echo 'image 3 (inserted, updated 1->2->4, tag 103 added then removed): the update chain folds into the insert, the tag cancels'
-SELECT r FROM demo_dedup, jsonb_array_elements(batch) r WHERE r->>'entity_id' = '3';
-\echo 'image 10 (inserted, updated, tagged, deleted): only the delete'
-SELECT r FROM demo_dedup, jsonb_array_elements(batch) r WHERE r->>'entity_id' = '10';
-SQL
-
-say "appending the batch durably to the ops WAL in $demo/ops_wal"
-"${psql[@]}" -At -c "SELECT batch FROM demo_batch" > "$demo/batch.json"
-"${as_pg[@]}" build/bin/bitdex-wal append "$demo/ops_wal" --dedup < "$demo/batch.json"
+say "deduplicated and appended durably to the ops WAL in $demo/ops_wal (peek, write, then advance the slot)"
+"${as_pg[@]}" bash -c "(printf '['; paste -sd, '$demo/captured.jsonl'; printf ']\n') | build/bin/bitdex-wal append '$demo/ops_wal' --dedup"
+"${psql[@]}" -At -c "SELECT count(*) || ' slot messages confirmed' FROM pg_logical_slot_get_changes('demo', NULL, NULL)"
 "${as_pg[@]}" build/bin/bitdex-wal register "$demo/ops_wal" reference-index
 
 say "the ops WAL: first records"

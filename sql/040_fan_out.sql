@@ -46,5 +46,27 @@ SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_post","type":"f
 SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT nope FROM fo_version WHERE model_id = {id}","track_fields":["poi"]}]}');
 SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT 1","join":"JOIN x ON true","track_fields":["poi"]}]}');
 
+-- A fan-out filter decides whether the parent contributes at all: entering
+-- it sets the values, leaving it removes them, outside it nothing happens.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: fo_post
+    type: fan_out_per_row
+    rows_from: {table: fo_image, fk: post_id}
+    filter: "{status} = 'published'"
+    track_fields: [{column: published_at, target: publishedAt}]
+  - table: fo_model
+    query: "modelId eq {id}"
+    filter: "{kind} = 'checkpoint'"
+    track_fields: [poi]
+$$) ORDER BY source;
+UPDATE fo_post SET published_at = '2024-07-01' WHERE id = 2;          -- draft: nothing
+UPDATE fo_post SET status = 'published' WHERE id = 2;                -- enters: set
+UPDATE fo_post SET published_at = '2024-07-02' WHERE id = 2;          -- inside: remove/set
+UPDATE fo_post SET status = 'hidden' WHERE id = 2;                   -- leaves: remove
+UPDATE fo_model SET poi = false WHERE id = 6;                        -- a lora: nothing
+UPDATE fo_model SET poi = false WHERE id = 5;                        -- a checkpoint: captured
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+
 SELECT pg_drop_replication_slot('fan_out_test');
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;

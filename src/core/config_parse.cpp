@@ -262,7 +262,6 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
     if (s.track_fields.empty()) bad(where, "a fan_out_per_row source needs \"track_fields\"");
     s.name = s.table;
     forbid(s.sets_alive, "sets_alive", "fan_out_per_row");
-    forbid(s.filter.has_value(), "filter", "fan_out_per_row");
     forbid(s.expression.has_value(), "expression", "fan_out_per_row");
     forbid(s.join.has_value(), "join", "fan_out_per_row");
   } else if (is_query_fan) {
@@ -273,7 +272,6 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
     forbid(s.sets_alive, "sets_alive", "query fan-out");
     forbid(!s.computed_fields.empty() || v.find("computed_fields"), "computed_fields", "query fan-out");
     forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "query fan-out");
-    forbid(s.filter.has_value(), "filter", "query fan-out");
     if (s.join && !s.expression) bad(where, "\"join\" is used with \"expression\" and needs it");
     bool has_ids = s.query->find("{ids}") != std::string::npos;
     if (s.expression && !has_ids) bad(where, "with \"expression\", \"query\" must contain {ids}");

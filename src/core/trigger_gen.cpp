@@ -108,6 +108,7 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       out += "]";
     }
   }
+  if (s.kind != SourceKind::Join && s.filter) str_member(out, "filter", s.filter->render());
   if (s.kind == SourceKind::RowFanOut) {
     str_member(out, "rows_sql", rows_sql(s, r));
     str_member(out, "parent_key", config::quote_ident(s.rows_from->parent_key));

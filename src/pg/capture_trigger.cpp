@@ -26,6 +26,8 @@ extern "C" {
 #include "executor/spi.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
+#include "access/sysattr.h"
+#include "nodes/bitmapset.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
 #include "replication/message.h"
@@ -116,7 +118,11 @@ struct Compiled {     // one expression
   ExprState* state;   // otherwise
   Oid type;
   Conv conv;
-  FmgrInfo out;  // output function (Output, Number)
+  int16 typlen;
+  bool typbyval;
+  Bitmapset* cols;  // columns it reads, offset by FirstLowInvalidHeapAttributeNumber
+  bool always;      // volatile or whole-row: may change whatever the UPDATE touched
+  FmgrInfo out;     // output function (Output, Number)
 };
 
 struct Field {
@@ -200,6 +206,11 @@ bool spec_bool(const bitdex::json::Value& obj, const char* key) {
 void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* what) {
   c->type = exprType((Node*)e);
   c->conv = conv_for_type(c->type);
+  get_typlenbyval(c->type, &c->typlen, &c->typbyval);
+  c->cols = nullptr;
+  pull_varattnos((Node*)e, 1, &c->cols);
+  c->always = contain_volatile_functions((Node*)e) ||
+              bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, c->cols);
   if (want_bool && c->type != BOOLOID)
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: %s must be boolean", what)));
   bool bound_only = strcmp(what, "an expression parameter") == 0 || strcmp(what, "the parent key") == 0;
@@ -282,6 +293,10 @@ void compile(Source* s, Relation rel) {
     s->rows_sql = MemoryContextStrdup(s->cxt, spec_str(spec, "rows_sql"));
     appendStringInfo(&list, ", %s", spec_str(spec, "parent_key"));
   }
+  if (s->kind != Kind::Join && spec_get(spec, "filter")) {  // fan-outs: last in the list
+    s->has_filter = true;
+    appendStringInfo(&list, ", %s", spec_str(spec, "filter"));
+  }
   const int expected =
       1 + nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids + (s->kind == Kind::RowFanOut ? 1 : 0);
 
@@ -329,6 +344,8 @@ void compile(Source* s, Relation rel) {
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->ids_params[i], false, "an expression parameter");
   }
   if (s->kind == Kind::RowFanOut) compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, false, "the parent key");
+  if (s->kind != Kind::Join && s->has_filter)
+    compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, true, "the filter");
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   pfree(list.data);
@@ -473,14 +490,21 @@ void op_plain(OpKind kind) {
   g_nops++;
 }
 
+// The columns the current UPDATE assigned, when that is all that can have
+// changed (no BEFORE UPDATE row trigger on the table); nullptr otherwise.
+const Bitmapset* g_updated = nullptr;
+
+// False only when an UPDATE certainly left every column `c` reads alone, so
+// its value is the same on OLD and NEW and need not be evaluated at all.
+bool may_change(const Compiled* c) {
+  return !g_updated || c->always || bms_overlap(c->cols, g_updated);
+}
+
 // True when the two values would be different op values (IS DISTINCT FROM
 // on what the index sees).
 bool distinct(Compiled* c, Datum a, bool anull, Datum b, bool bnull) {
   if (anull || bnull) return anull != bnull;
-  int16 typlen;
-  bool byval;
-  get_typlenbyval(c->type, &typlen, &byval);
-  if (datum_image_eq(a, b, byval, typlen)) return false;
+  if (datum_image_eq(a, b, c->typbyval, c->typlen)) return false;
   resetStringInfo(&g_a);
   resetStringInfo(&g_b);
   InfoOut oa{&g_a}, ob{&g_b};
@@ -616,6 +640,7 @@ void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSl
     if (old_id == new_id) {
       for (int i = 0; i < s->nfields; i++) {
         Field* f = &s->fields[i];
+        if (!may_change(&f->value)) continue;
         bool onull, nnull;
         Datum o = eval(s, &f->value, oldrow, &onull);
         Datum n = eval(s, &f->value, newrow, &nnull);
@@ -665,6 +690,12 @@ void join_side(Source* s, TupleTableSlot* row, JoinSide* out) {
 }
 
 void join_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  if (oldrow && newrow && g_updated) {  // an UPDATE that touched nothing this source reads
+    bool any = may_change(&s->slot) || (s->has_filter && may_change(&s->filter));
+    for (int i = 0; i < s->nfields && !any; i++)
+      any = may_change(&s->fields[i].value) || (i > 0 && may_change(&s->fields[i].cond));
+    if (!any) return;
+  }
   JoinSide* olds = (JoinSide*)palloc0(sizeof(JoinSide) * s->nfields);
   JoinSide* news = (JoinSide*)palloc0(sizeof(JoinSide) * s->nfields);
   int64 old_id = 0, new_id = 0;
@@ -778,7 +809,26 @@ void render_query(Source* s, TupleTableSlot* row, StringInfo out) {
   }
 }
 
+// Applies a fan-out's filter to the event: a row entering the filter counts
+// as an INSERT, one leaving it as a DELETE; false when the row is outside the
+// filter on every side (nothing to capture).
+bool filtered_event(Source* s, TriggerEvent* ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  if (!s->has_filter) return true;
+  bool was = oldrow && cond_true(s, &s->filter, oldrow);
+  bool is = newrow && cond_true(s, &s->filter, newrow);
+  if (was && is) return true;
+  if (is) *ev = (*ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_INSERT;
+  if (was) *ev = (*ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_DELETE;
+  return was || is;
+}
+
+// The row whose values address the children: OLD when they are being taken away.
+TupleTableSlot* addressing_row(TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  return TRIGGER_FIRED_BY_DELETE(ev) || !newrow ? oldrow : newrow;
+}
+
 void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  if (!filtered_event(s, &ev, oldrow, newrow)) return;
   // Nested ops go to g_a first: the queryOpSet's op count is known only after.
   StringInfoData nested;
   initStringInfo(&nested);
@@ -790,7 +840,7 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
     put_value(nout, &f->value, d, dnull);
     nested_ops++;
   };
-  TupleTableSlot* row = newrow ? newrow : oldrow;
+  TupleTableSlot* row = addressing_row(ev, oldrow, newrow);
   for (int i = 0; i < s->nfields; i++) {
     Field* f = &s->fields[i];
     if (TRIGGER_FIRED_BY_INSERT(ev)) {
@@ -801,6 +851,7 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
       Datum o = eval(s, &f->value, oldrow, &isnull);
       nested_op(OpKind::Remove, f, o, isnull);
     } else {
+      if (!may_change(&f->value)) continue;
       Datum o = eval(s, &f->value, oldrow, &onull);
       Datum n = eval(s, &f->value, newrow, &nnull);
       if (!distinct(&f->value, o, onull, n, nnull)) continue;
@@ -856,14 +907,18 @@ int64* child_slots(Source* s, Datum key, int* n) {
 
 // fan_out_per_row: the parent's field ops, once per child row that references it.
 void row_fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  if (!filtered_event(s, &ev, oldrow, newrow)) return;
   bool isnull, onull, nnull;
   for (int i = 0; i < s->nfields; i++) {
     Field* f = &s->fields[i];
     if (TRIGGER_FIRED_BY_INSERT(ev)) {
-      op_field(OpKind::Set, f->target, &f->value, eval(s, &f->value, newrow, &isnull), isnull);
+      Datum n = eval(s, &f->value, newrow, &isnull);  // before reading isnull
+      op_field(OpKind::Set, f->target, &f->value, n, isnull);
     } else if (TRIGGER_FIRED_BY_DELETE(ev)) {
-      op_field(OpKind::Remove, f->target, &f->value, eval(s, &f->value, oldrow, &isnull), isnull);
+      Datum o = eval(s, &f->value, oldrow, &isnull);  // before reading isnull
+      op_field(OpKind::Remove, f->target, &f->value, o, isnull);
     } else {
+      if (!may_change(&f->value)) continue;
       Datum o = eval(s, &f->value, oldrow, &onull);
       Datum n = eval(s, &f->value, newrow, &nnull);
       if (!distinct(&f->value, o, onull, n, nnull)) continue;
@@ -872,7 +927,7 @@ void row_fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTa
     }
   }
   if (g_nops == 0) return;
-  Datum key = eval(s, &s->parent_key, newrow ? newrow : oldrow, &isnull);
+  Datum key = eval(s, &s->parent_key, addressing_row(ev, oldrow, newrow), &isnull);
   if (isnull) return;  // no child can reference a NULL key
   int n = 0;
   int64* children = child_slots(s, key, &n);
@@ -910,6 +965,11 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
   } else {
     return PointerGetDatum(nullptr);  // TRUNCATE is not captured here
   }
+  // A BEFORE UPDATE row trigger may change columns the statement did not
+  // assign; then every field has to be compared.
+  TriggerDesc* trigdesc = td->tg_relation->trigdesc;
+  g_updated =
+      TRIGGER_FIRED_BY_UPDATE(ev) && !(trigdesc && trigdesc->trig_update_before_row) ? td->tg_updatedcols : nullptr;
   switch (s->kind) {
     case Kind::Direct: direct_row(s, ev, oldrow, newrow); break;
     case Kind::Join: join_row(s, ev, oldrow, newrow); break;
