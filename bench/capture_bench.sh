@@ -25,31 +25,13 @@ workloads=${BENCH_WORKLOADS:-a b c}
 variants=${BENCH_VARIANTS:-none noop v2 bitdex}
 dir=${BENCH_DIR:-/tmp/bitdex_capture_bench}
 port=${BENCH_PORT:-54331}
-bindir=$(pg_config --bindir)
-as_pg=()
-[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
-
-if [ -f "$dir/data/postmaster.pid" ]; then "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop -m fast >/dev/null || true; fi
 rm -rf "$dir" && mkdir -p "$dir"
 cp -r "$shared/bench" "$dir/bench"
-[ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
-"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-cat >> "$dir/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = ''
-unix_socket_directories = '$dir'
-shared_preload_libraries = 'bitdex_sync'
-wal_level = logical
-output_plugin_libraries = 'bitdex_sync, test_decoding, pgoutput'
-synchronous_commit = off
-shared_buffers = 1GB
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-CONF
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
-trap '"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop -m fast >/dev/null' EXIT
-export PGOPTIONS="-c client_min_messages=warning"
-psql=("${as_pg[@]}" "$bindir/psql" -h "$dir" -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1)
+. scripts/lib/private_pg.sh
+private_pg_start "$dir" "$port" "synchronous_commit = off" "shared_buffers = 1GB" "max_wal_size = 8GB" \
+  "checkpoint_timeout = 30min"
+trap private_pg_stop EXIT
+psql=("${PSQL[@]}")
 posts=$((images / 5)); [ $posts -lt 1 ] && posts=1
 echo "loading schema: $images images, $posts posts, 3 tags per image"
 "${psql[@]}" -v images="$images" -v posts="$posts" -v tags_per_image=3 -f "$dir/bench/schema.sql" >/dev/null
@@ -81,7 +63,7 @@ for r in $(seq 1 "$rounds"); do
     use_variant "$v"
     for w in $workloads; do
       f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
-      tps=$("${as_pg[@]}" "$bindir/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
+      tps=$("${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
               -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
       printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$w" "$tps" | tee -a "$results"
     done

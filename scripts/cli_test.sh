@@ -20,6 +20,11 @@ grep -q '"entity_id":1,"creates_slot":true,"ops":\[{"op":"set","field":"a","valu
 $bin verify "$dir/wal" | grep -q '^ok: 1 segments, 2 batches, 2 records' || fail "verify of a sound WAL"
 $bin stats "$dir/wal" --json | grep -q '"records":2,"ops":2' || fail "stats"
 
+# --records: one record per line (what a slot peek prints), all one batch.
+printf '%s\n' '{"entity_id":7,"ops":[{"op":"add","field":"t","value":1}]}' '{"entity_id":7,"ops":[{"op":"remove","field":"t","value":1}]}' \
+  '{"entity_id":8,"ops":[{"op":"delete"}]}' | $bin append "$dir/wal_records" --records --dedup > "$dir/records.out"
+grep -q '"batch":1,"records":1,"ops":1' "$dir/records.out" || fail "--records did not make one deduplicated batch: $(cat "$dir/records.out")"
+
 # Bad input is refused with the line number and nothing is written.
 if echo '[{"entity_id":1,"ops":[{"op":"nope"}]}]' | $bin append "$dir/wal" 2> "$dir/err"; then fail "bad op accepted"; fi
 grep -q 'line 1: record 1, op 1: unknown op "nope"' "$dir/err" || fail "error message: $(cat "$dir/err")"

@@ -19,35 +19,23 @@ keep=0
 [ "${1:-}" = "--keep" ] && keep=1
 demo=${BITDEX_DEMO_DIR:-/tmp/bitdex_demo}
 port=${BITDEX_DEMO_PORT:-54329}
-bindir=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "installing missing packages, building, installing the extension"
 bash scripts/install-deps.sh
-bindir=$(pg_config --bindir)
 make -s -j"$(nproc)" all tools >/dev/null
 make -s install >/dev/null
 
 say "starting a private PostgreSQL in $demo (port $port)"
-as_pg=()
-[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
-if [ -f "$demo/data/postmaster.pid" ]; then "${as_pg[@]}" "$bindir/pg_ctl" -D "$demo/data" stop -m fast >/dev/null || true; fi
-rm -rf "$demo" && mkdir -p "$demo"
-[ "$(id -u)" = 0 ] && chown postgres: "$demo"
-"${as_pg[@]}" "$bindir/initdb" -D "$demo/data" -A trust -U postgres >/dev/null
-cat >> "$demo/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = ''
-unix_socket_directories = '$demo'
-shared_preload_libraries = 'bitdex_sync'
-wal_level = logical
-output_plugin_libraries = 'bitdex_sync, test_decoding, pgoutput'
-CONF
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$demo/data" -l "$demo/server.log" -w start >/dev/null
-stop() { [ $keep = 1 ] || "${as_pg[@]}" "$bindir/pg_ctl" -D "$demo/data" stop -m fast >/dev/null; }
+rm -rf "$demo"
+. scripts/lib/private_pg.sh
+private_pg_start "$demo" "$port"
+stop() { [ $keep = 1 ] || private_pg_stop; }
 trap stop EXIT
-psql=("${as_pg[@]}" "$bindir/psql" -h "$demo" -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1)
+as_pg=("${AS_PG[@]}")
+psql=("${PSQL[@]}")
+bindir=$PG_BINDIR
 
 say "CREATE EXTENSION bitdex_sync"
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -c "\dx bitdex_sync"
@@ -84,16 +72,16 @@ SQL
 
 say "changes: 2,000 images inserted, then updated, tagged and untagged, some deleted, a post published twice"
 "${psql[@]}" <<'SQL'
-INSERT INTO "Post" SELECT g, NULL FROM generate_series(1, 50) g;
-INSERT INTO "Image" ("nsfwLevel", "postId", "scannedAt")
-  SELECT 1, 1 + g % 50, timestamp '2026-11-01' + g * interval '1 minute' FROM generate_series(1, 2000) g;
+INSERT INTO "Post" SELECT 1000 + g, NULL FROM generate_series(1, 50) g;
+INSERT INTO "Image" ("nsfwLevel", "postId", "scannedAt", "createdAt")
+  SELECT 1, 1001 + g % 50, timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01' FROM generate_series(1, 2000) g;
 UPDATE "Image" SET "nsfwLevel" = 2 WHERE id % 2 = 1;
 UPDATE "Image" SET "nsfwLevel" = 4, flags = 1 << 14 WHERE id % 2 = 1;
 INSERT INTO "TagsOnImage" SELECT id, 100 + id % 7 FROM "Image";
 DELETE FROM "TagsOnImage" WHERE "imageId" % 3 = 0;
 DELETE FROM "Image" WHERE id % 10 = 0;
-UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 7;
-UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 7;
+UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 1007;
+UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 1007;
 SQL
 
 say "captured: the slot's messages, decoded by the bitdex_sync output plugin (first 3 of them)"
@@ -115,7 +103,7 @@ SELECT r FROM captured, jsonb_array_elements(bitdex_sync.dedup(batch)) r WHERE r
 SQL
 
 say "deduplicated and appended durably to the ops WAL in $demo/ops_wal (peek, write, then advance the slot)"
-"${as_pg[@]}" bash -c "(printf '['; paste -sd, '$demo/captured.jsonl'; printf ']\n') | build/bin/bitdex-wal append '$demo/ops_wal' --dedup"
+"${as_pg[@]}" build/bin/bitdex-wal append "$demo/ops_wal" --records --dedup < "$demo/captured.jsonl"
 "${psql[@]}" -At -c "SELECT count(*) || ' slot messages confirmed' FROM pg_logical_slot_get_changes('demo', NULL, NULL)"
 "${as_pg[@]}" build/bin/bitdex-wal register "$demo/ops_wal" reference-index
 

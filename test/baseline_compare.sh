@@ -13,24 +13,15 @@ shared=$(cd "${SHARED:-../shared}" && pwd)
 changes=${CMP_CHANGES:-3000}
 port=${CMP_PORT:-54333}
 dir=$(mktemp -d /tmp/bitdex_cmp.XXXXXX)
-bindir=$(pg_config --bindir)
-as_pg=()
 cp -r "$shared/bench" "$dir/bench"
-if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; as_pg=(runuser -u postgres --); fi
-"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-cat >> "$dir/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = ''
-unix_socket_directories = '$dir'
-shared_preload_libraries = 'bitdex_sync'
-wal_level = logical
-output_plugin_libraries = 'bitdex_sync'
-CONF
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
-cleanup() { "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop -m fast >/dev/null; rm -rf "$dir"; }
+. scripts/lib/private_pg.sh
+private_pg_start "$dir" "$port"
+cleanup() {
+  private_pg_stop
+  rm -rf "$dir"
+}
 trap cleanup EXIT
-export PGOPTIONS="-c client_min_messages=warning"
-psql=("${as_pg[@]}" "$bindir/psql" -h "$dir" -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1)
+psql=("${PSQL[@]}")
 
 "${psql[@]}" -v images=2000 -v posts=400 -v tags_per_image=3 -f "$dir/bench/schema.sql" >/dev/null
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync"

@@ -3,8 +3,9 @@
 //   bitdex-wal dump DIR [--from GEN:OFFSET]     records as JSON lines
 //   bitdex-wal verify DIR [--json]              CRCs, batch completeness, position order
 //   bitdex-wal stats DIR [--json]               segments, batches, records, ops, marks, consumers
-//   bitdex-wal append DIR [--dedup] [--segment-size BYTES] < batches.jsonl
-//                                               one batch per input line (a JSON array of records)
+//   bitdex-wal append DIR [--dedup] [--records] [--segment-size BYTES] < input
+//                                               one batch per input line (a JSON array of records);
+//                                               --records: one record per line, all one batch
 //   bitdex-wal consumers DIR                    registered consumers and their cursors
 //   bitdex-wal register DIR NAME | unregister DIR NAME
 //   bitdex-wal retain DIR [--max-bytes N]       delete segments every consumer is past; past N
@@ -37,8 +38,9 @@ const char* kUsage =
     "  dump DIR [--from GEN:OFFSET]      print records and batch ends as JSON lines\n"
     "  verify DIR [--json]               check CRCs, batches and position order\n"
     "  stats DIR [--json]                segments, batches, records, ops, marks, consumers\n"
-    "  append DIR [--dedup] [--segment-size BYTES]\n"
-    "                                    append one batch per stdin line (JSON array of records)\n"
+    "  append DIR [--dedup] [--records] [--segment-size BYTES]\n"
+    "                                    append one batch per stdin line (JSON array of records);\n"
+    "                                    --records: one record per line, all one batch\n"
     "  consumers DIR                     list consumers and cursors\n"
     "  register DIR NAME | unregister DIR NAME\n"
     "  retain DIR [--max-bytes N]        delete segments every consumer is past; with N, keep at most\n"
@@ -251,7 +253,18 @@ int cmd_stats(const std::string& dir, bool as_json) {
   return problems.empty() ? 0 : 1;
 }
 
-int cmd_append(const std::string& dir, bool do_dedup, uint64_t segment_size) {
+// Appends one batch to the WAL: positions in stream "none", numbered on from its mark.
+void append_batch(WalWriter& w, Batch b, bool do_dedup) {
+  uint64_t next = w.mark(Stream::None).major;
+  for (EntityRecord& r : b) r.pos = SourcePos{Stream::None, ++next, 0};
+  SourcePos covered{Stream::None, next, 0};
+  if (do_dedup) b = dedup(std::move(b));
+  AppendResult res = w.append(b, {covered});
+  std::printf("{\"batch\":%" PRIu64 ",\"records\":%zu,\"ops\":%zu,\"bytes\":%" PRIu64 ",\"end\":%s}\n", res.batch_seq,
+              b.size(), count_ops(b), res.bytes, cursor_json(res.end).c_str());
+}
+
+int cmd_append(const std::string& dir, bool do_dedup, bool records, uint64_t segment_size) {
   WriterOptions opts{dir};
   if (segment_size) opts.segment_size = segment_size;
   OpenReport rep;
@@ -261,25 +274,22 @@ int cmd_append(const std::string& dir, bool do_dedup, uint64_t segment_size) {
                  rep.truncated_reason.c_str());
   std::string line;
   uint64_t lineno = 0;
+  Batch all;  // --records: every line is one record of a single batch
   while (std::getline(std::cin, line)) {
     lineno++;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Batch b;
     try {
-      b = parse_batch(line);
+      if (records) {
+        all.push_back(parse_record(json::parse(line), "record"));
+      } else {
+        append_batch(*w, parse_batch(line), do_dedup);
+      }
     } catch (const Error& e) {
+      if (e.kind() != ErrorKind::InvalidInput) throw;
       throw Error(ErrorKind::InvalidInput, "line " + std::to_string(lineno) + ": " + e.what(), e.detail(), e.hint());
     }
-    // Records written by this tool get positions in stream "none", numbered on from its mark.
-    uint64_t next = w->mark(Stream::None).major;
-    for (EntityRecord& r : b) r.pos = SourcePos{Stream::None, ++next, 0};
-    SourcePos covered{Stream::None, next, 0};
-    DedupStats st;
-    if (do_dedup) b = dedup(std::move(b), &st);
-    AppendResult res = w->append(b, {covered});
-    std::printf("{\"batch\":%" PRIu64 ",\"records\":%zu,\"ops\":%zu,\"bytes\":%" PRIu64 ",\"end\":%s}\n", res.batch_seq,
-                b.size(), count_ops(b), res.bytes, cursor_json(res.end).c_str());
   }
+  if (records && !all.empty()) append_batch(*w, std::move(all), do_dedup);
   return 0;
 }
 
@@ -296,7 +306,7 @@ int run(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1], dir = argv[2];
-  bool as_json = false, do_dedup = false;
+  bool as_json = false, do_dedup = false, records = false;
   uint64_t segment_size = 0, max_bytes = 0;
   Cursor from{};
   std::vector<std::string> rest;
@@ -306,6 +316,8 @@ int run(int argc, char** argv) {
       as_json = true;
     } else if (a == "--dedup") {
       do_dedup = true;
+    } else if (a == "--records") {
+      records = true;
     } else if (a == "--segment-size" && i + 1 < argc) {
       segment_size = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--max-bytes" && i + 1 < argc) {
@@ -324,7 +336,7 @@ int run(int argc, char** argv) {
   if (cmd == "dump") return cmd_dump(dir, from);
   if (cmd == "verify") return cmd_verify(dir, as_json);
   if (cmd == "stats") return cmd_stats(dir, as_json);
-  if (cmd == "append") return cmd_append(dir, do_dedup, segment_size);
+  if (cmd == "append") return cmd_append(dir, do_dedup, records, segment_size);
   if (cmd == "consumers") {
     for (const ConsumerInfo& c : list_consumers(dir))
       std::printf("%s %s%s\n", c.name.c_str(), cursor_json(c.cursor).c_str(), c.lagging ? " lagging" : "");
