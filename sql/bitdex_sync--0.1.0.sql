@@ -31,6 +31,7 @@ CREATE TABLE bitdex_sync.sources (
   table_name   text NOT NULL,
   trigger_name text NOT NULL,
   config       jsonb NOT NULL,
+  helpers      text[] NOT NULL DEFAULT '{}',  -- shared_ops_fields functions, schema-qualified
   applied_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE bitdex_sync.config_history (
@@ -68,3 +69,14 @@ CREATE FUNCTION bitdex_sync.trigger_sql(config jsonb) RETURNS text
 
 REVOKE ALL ON FUNCTION bitdex_sync.apply_config(text, boolean), bitdex_sync.apply_config(jsonb, boolean),
   bitdex_sync.trigger_sql(text), bitdex_sync.trigger_sql(jsonb) FROM PUBLIC;
+
+-- The op value of any capturable value, exactly as the capture trigger
+-- encodes it (shared_ops_fields helpers call it, so both agree by construction).
+CREATE FUNCTION bitdex_sync.op_value(value anyelement) RETURNS jsonb
+  AS 'MODULE_PATHNAME', 'bitdex_sync_op_value'
+  LANGUAGE C STABLE PARALLEL SAFE;
+-- Helpers run as their caller: PUBLIC may reach op_value (it reads nothing),
+-- and nothing else in the schema.
+GRANT USAGE ON SCHEMA bitdex_sync TO PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA bitdex_sync FROM PUBLIC;
+REVOKE ALL ON FUNCTION bitdex_sync.dedup(jsonb) FROM PUBLIC;

@@ -109,6 +109,15 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
     }
   }
   if (s.kind != SourceKind::Join && s.filter) str_member(out, "filter", s.filter->render());
+  if (!s.shared_ops_fields.empty()) {  // not read by the trigger: makes helpers part of the definition
+    key(out, "shared");
+    out += "[";
+    for (size_t i = 0; i < s.shared_ops_fields.size(); i++) {
+      if (i) out += ",";
+      json::write_string(out, s.shared_ops_fields[i]);
+    }
+    out += "]";
+  }
   if (s.kind == SourceKind::RowFanOut) {
     str_member(out, "rows_sql", rows_sql(s, r));
     str_member(out, "parent_key", config::quote_ident(s.rows_from->parent_key));
@@ -151,12 +160,44 @@ std::string create_sql(const std::string& qualified_table, const config::Source&
                 "other o ON ... WHERE c.parent = {id}.");
   if (s.kind == SourceKind::RowFanOut && r.child_table.empty())
     throw Error(ErrorKind::Internal, "source \"" + s.name + "\": child table not resolved");
-  if (!s.shared_ops_fields.empty())
-    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": \"shared_ops_fields\" is not supported yet");
   std::string name = config::quote_ident(trigger_name(qualified_table, s, r));
   return "CREATE TRIGGER " + name + " " + trigger_events(s) + " ON " + qualified_table +
          " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s, r)) +
          ");\nALTER TABLE " + qualified_table + " ENABLE ALWAYS TRIGGER " + name + ";\n";
+}
+
+std::string helper_name(const config::Source& s, const std::string& field) {
+  std::string out = "bitdex_";
+  for (const std::string& part : {config::split_table(s.table).second, field}) {
+    for (char c : part) {
+      char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      out += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
+    }
+    out += "_";
+  }
+  out += "ops";
+  if (out.size() > 63) out.resize(63);
+  return out;
+}
+
+std::string helper_sql(const std::string& qualified_table, const std::string& schema, const config::Source& s,
+                       const std::string& field) {
+  const config::Template* expr = nullptr;
+  for (const auto& tf : s.track_fields)
+    if (tf.target == field) expr = &tf.expr;
+  for (const auto& cf : s.computed_fields)
+    if (cf.target == field) expr = &cf.expr;
+  if (!expr)
+    throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": shared_ops_fields names \"" + field + "\"");
+  return "CREATE OR REPLACE FUNCTION " + config::quote_ident(schema) + "." +
+         config::quote_ident(helper_name(s, field)) + "(_row " + qualified_table +
+         ") RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $bitdex$ "
+         "SELECT pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('op', 'set', 'field', " +
+         config::quote_literal(field) + ", 'value', bitdex_sync.op_value(" + expr->render("_row.") + "))) $bitdex$;\n";
+}
+
+std::string drop_helper_sql(const std::string& qualified_helper, const std::string& qualified_table) {
+  return "DROP FUNCTION IF EXISTS " + qualified_helper + "(" + qualified_table + ");\n";
 }
 
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger) {

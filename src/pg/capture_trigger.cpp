@@ -44,7 +44,9 @@ extern "C" {
 
 extern "C" {
 PG_FUNCTION_INFO_V1(bitdex_sync_capture);
+PG_FUNCTION_INFO_V1(bitdex_sync_op_value);
 Datum bitdex_sync_capture(PG_FUNCTION_ARGS);
+Datum bitdex_sync_op_value(PG_FUNCTION_ARGS);
 }
 
 namespace bitdex::pg {
@@ -978,4 +980,57 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
   }
   ResetExprContext(s->econtext);
   return PointerGetDatum(nullptr);
+}
+
+namespace bitdex::pg {
+namespace {
+
+std::string* g_value_json = nullptr;  // static-lifetime scratch
+
+// The JSON of the one value in an encoded single-op payload.
+bool value_json(const char* data, int len) noexcept {
+  try {
+    if (!g_value_json) g_value_json = new std::string();
+    g_value_json->clear();
+    std::vector<bitdex::Op> ops = bitdex::codec::decode_ops(reinterpret_cast<const uint8_t*>(data), len);
+    ops.at(0).value.write_json(*g_value_json);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
+}  // namespace bitdex::pg
+
+// bitdex_sync.op_value(anyelement) -> jsonb: the value as the capture trigger
+// encodes it (same conversion code), for shared_ops_fields helpers.
+Datum bitdex_sync_op_value(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  Oid type = get_fn_expr_argtype(fcinfo->flinfo, 0);
+  if (!OidIsValid(type))
+    ereport(ERROR,
+            (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bitdex_sync.op_value: cannot tell the argument type")));
+  Compiled c;
+  memset(&c, 0, sizeof c);
+  c.type = type;
+  c.conv = conv_for_type(type);
+  if (c.conv == Conv::Unsupported)
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("values of type %s cannot be captured", format_type_be(type))));
+  get_typlenbyval(type, &c.typlen, &c.typbyval);
+  if (c.conv == Conv::Output || c.conv == Conv::Number) {
+    Oid outfn;
+    bool varlena;
+    getTypeOutputInfo(type, &outfn, &varlena);
+    fmgr_info(outfn, &c.out);
+  }
+  StringInfoData buf;
+  initStringInfo(&buf);
+  InfoOut out{&buf};
+  bitdex::codec::write_varint(out, 1);
+  bitdex::codec::write_field_op(out, OpKind::Set, "v", 1);
+  put_value(out, &c, PG_ARGISNULL(0) ? (Datum)0 : PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+  if (!value_json(buf.data, buf.len)) elog(ERROR, "bitdex_sync.op_value: could not encode the value");
+  PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(g_value_json->c_str())));
 }

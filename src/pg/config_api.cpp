@@ -44,6 +44,7 @@ struct Planned {
   trigger_gen::Resolved resolved;
   std::string trigger;
   std::string create;
+  std::vector<std::string> helpers;  // qualified names of the shared_ops_fields functions
 };
 
 // The message of a caught PostgreSQL error.
@@ -112,7 +113,7 @@ void check_query(const std::string& where, const std::string& key, const std::st
 Planned plan_source(const Source& s, size_t index) {
   const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
   auto [schema, name] = config::split_table(s.table);
-  Planned p{&s, InvalidOid, {}, {}, {}, {}};
+  Planned p{&s, InvalidOid, {}, {}, {}, {}, {}};
   p.relid = resolve_table(s.table, where, "table");
   p.qualified = qualified_name(p.relid);
 
@@ -198,7 +199,12 @@ Planned plan_source(const Source& s, size_t index) {
     check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type});
   }
   p.trigger = trigger_gen::trigger_name(p.qualified, s, p.resolved);
-  p.create = trigger_gen::create_sql(p.qualified, s, p.resolved);  // rejects what is not supported yet
+  std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(p.relid)); });
+  for (const std::string& f : s.shared_ops_fields) {
+    p.create += trigger_gen::helper_sql(p.qualified, nsp, s, f);
+    p.helpers.push_back(config::quote_ident(nsp) + "." + config::quote_ident(trigger_gen::helper_name(s, f)));
+  }
+  p.create += trigger_gen::create_sql(p.qualified, s, p.resolved);  // rejects what is not supported yet
   return p;
 }
 
@@ -227,6 +233,7 @@ std::string spi_text(int row, int col) {
 struct Recorded {
   Oid relid;
   std::string table, trigger;
+  std::vector<std::string> helpers;
 };
 
 bool trigger_exists(Oid relid, const std::string& name) {
@@ -245,12 +252,25 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   std::vector<Action> actions;
   // One apply_config at a time; readers of bitdex_sync.sources are not blocked.
   spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
-  spi_exec("SELECT name, table_oid, table_name, trigger_name FROM bitdex_sync.sources", SPI_OK_SELECT);
+  spi_exec(
+      "SELECT name, table_oid, table_name, trigger_name, h FROM bitdex_sync.sources LEFT JOIN LATERAL "
+      "unnest(helpers) h ON true ORDER BY name",
+      SPI_OK_SELECT);
   std::map<std::string, Recorded> recorded;
-  for (uint64 i = 0; i < SPI_processed; i++)
-    recorded[spi_text(static_cast<int>(i), 1)] =
-        Recorded{static_cast<Oid>(std::stoul(spi_text(static_cast<int>(i), 2))), spi_text(static_cast<int>(i), 3),
-                 spi_text(static_cast<int>(i), 4)};
+  for (uint64 i = 0; i < SPI_processed; i++) {
+    int r = static_cast<int>(i);
+    Recorded& rec = recorded[spi_text(r, 1)];
+    rec.relid = static_cast<Oid>(std::stoul(spi_text(r, 2)));
+    rec.table = spi_text(r, 3);
+    rec.trigger = spi_text(r, 4);
+    std::string h = spi_text(r, 5);
+    if (!h.empty()) rec.helpers.push_back(h);
+  }
+  auto drop_helpers = [](const Recorded& rec) {
+    std::string sql;
+    for (const std::string& h : rec.helpers) sql += trigger_gen::drop_helper_sql(h, rec.table);
+    return sql;
+  };
 
   std::string ddl;
   for (const Planned& p : planned) {
@@ -270,6 +290,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     if (rec != recorded.end()) {
       if (trigger_exists(rec->second.relid, rec->second.trigger))
         ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      if (trigger_exists(rec->second.relid, rec->second.trigger) || rec->second.relid == p.relid)
+        ddl += drop_helpers(rec->second);
       actions.push_back({name, "replace", p.trigger, p.qualified});
     } else {
       actions.push_back({name, "create", p.trigger, p.qualified});
@@ -280,7 +302,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     bool still = false;
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
-    if (trigger_exists(rec.relid, rec.trigger)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger);
+    if (trigger_exists(rec.relid, rec.trigger))
+      ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
   if (dry_run) return actions;
@@ -289,15 +312,28 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   for (const Planned& p : planned) {
     std::string raw;
     json::write(raw, p.src->raw);
-    Oid types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID};
-    Datum values[5] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }), ObjectIdGetDatum(p.relid),
+    std::string helpers = "{";
+    for (size_t i = 0; i < p.helpers.size(); i++) {
+      if (i) helpers += ",";
+      helpers += "\"";
+      for (char c : p.helpers[i]) {
+        if (c == '"' || c == '\\') helpers += '\\';
+        helpers += c;
+      }
+      helpers += "\"";
+    }
+    helpers += "}";
+    Oid types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+    Datum values[6] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
+                       ObjectIdGetDatum(p.relid),
                        pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
                        pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(raw.c_str()); })};
+                       pg_guard([&] { return CStringGetTextDatum(raw.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(helpers.c_str()); })};
     int rc = spi_exec_args(
-        "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config) "
-        "VALUES ($1, $2, $3, $4, $5::jsonb)",
-        5, types, values, false);
+        "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers) "
+        "VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[])",
+        6, types, values, false);
     if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
   }
   Oid types[2] = {TEXTOID, TEXTOID};

@@ -223,10 +223,29 @@ TEST(TriggerGen, UnsupportedKeysAreRejectedNotIgnored) {
   Config c = parse(R"(
 sources:
   - {table: Model, query: "modelVersionIds in [{ids}]", expression: "SELECT 1", join: "JOIN x", track_fields: [poi]}
-  - {table: Image, track_fields: [sortAt], shared_ops_fields: [sortAt]}
   - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
 )");
   for (const Source& s : c.sources) EXPECT_THROW(trigger_gen::create_sql("\"public\".\"T\"", s), Error) << s.name;
+}
+
+TEST(TriggerGen, SharedOpsFieldHelpers) {
+  Config c = parse(R"x(
+sources:
+  - {table: Image, track_fields: ["extract(epoch from {sortAt})::bigint as sortAtUnix", level], shared_ops_fields: [sortAtUnix]}
+)x");
+  const Source& s = c.sources[0];
+  EXPECT_EQ(trigger_gen::helper_name(s, "sortAtUnix"), "bitdex_image_sortatunix_ops");
+  EXPECT_EQ(
+      trigger_gen::helper_sql("\"public\".\"Image\"", "public", s, "sortAtUnix"),
+      "CREATE OR REPLACE FUNCTION \"public\".\"bitdex_image_sortatunix_ops\"(_row \"public\".\"Image\") RETURNS jsonb "
+      "LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $bitdex$ SELECT pg_catalog.jsonb_build_array("
+      "pg_catalog.jsonb_build_object('op', 'set', 'field', 'sortAtUnix', 'value', bitdex_sync.op_value("
+      "extract(epoch from _row.\"sortAt\")::bigint))) $bitdex$;\n");
+  // Adding a shared field changes the definition, hence the trigger name.
+  Source without = s;
+  without.shared_ops_fields.clear();
+  EXPECT_NE(trigger_gen::trigger_name("\"public\".\"Image\"", s),
+            trigger_gen::trigger_name("\"public\".\"Image\"", without));
 }
 
 TEST(TriggerGen, FanOutPerRowAndExpressionSpecs) {

@@ -46,4 +46,13 @@ std::string rows_sql(const config::Source& s, const Resolved& r);
 std::string ids_sql(const config::Source& s);
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger);
 
+// shared_ops_fields: one callable helper per field, "<schema>"."bitdex_<table>_<field>_ops"(row)
+// RETURNS jsonb, giving the field's set op for a row exactly as the trigger
+// builds it (both go through bitdex_sync.op_value). Stable, unhashed names so
+// re-emitters can call them; CREATE OR REPLACE keeps them current.
+std::string helper_name(const config::Source& s, const std::string& field);  // unquoted
+std::string helper_sql(const std::string& qualified_table, const std::string& schema, const config::Source& s,
+                       const std::string& field);
+std::string drop_helper_sql(const std::string& qualified_helper, const std::string& qualified_table);
+
 }  // namespace bitdex::trigger_gen

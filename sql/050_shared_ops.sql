@@ -1,0 +1,33 @@
+-- shared_ops_fields: a callable helper per field that gives the same set op
+-- the trigger emits, recorded and reconciled like the trigger itself.
+SET client_min_messages = warning;
+CREATE TABLE so_image (id int PRIMARY KEY, sort_at timestamptz, level int);
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: so_image
+    sets_alive: true
+    track_fields: ["extract(epoch from {sort_at})::bigint as sortAtUnix", level, {column: sort_at, target: sortAt}]
+    shared_ops_fields: [sortAtUnix, sortAt]
+$$);
+SELECT helpers FROM bitdex_sync.sources WHERE name = 'so_image';
+SELECT 'slot' FROM pg_create_logical_replication_slot('shared_test', 'bitdex_sync');
+INSERT INTO so_image VALUES (1, '2026-11-22 10:00:00+00', 3);
+SELECT data FROM pg_logical_slot_get_changes('shared_test', NULL, NULL);
+-- The helpers give exactly the trigger's ops for those fields (timestamptz in UTC whatever TimeZone).
+SET TimeZone = 'America/New_York';
+SELECT public.bitdex_so_image_sortatunix_ops(i) || public.bitdex_so_image_sortat_ops(i) AS helper_ops FROM so_image i;
+RESET TimeZone;
+SELECT bitdex_sync.op_value(NULL::int) AS null_value, bitdex_sync.op_value(1.50::numeric) AS numeric_value;
+SELECT bitdex_sync.op_value(ARRAY[1]);
+-- Removing a field from shared_ops_fields drops its helper; removing the source drops all.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: so_image
+    sets_alive: true
+    track_fields: ["extract(epoch from {sort_at})::bigint as sortAtUnix", level, {column: sort_at, target: sortAt}]
+    shared_ops_fields: [sortAtUnix]
+$$);
+SELECT proname FROM pg_proc WHERE proname LIKE 'bitdex_so_image_%' ORDER BY 1;
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+SELECT count(*) AS helpers_left FROM pg_proc WHERE proname LIKE 'bitdex_so_image_%';
+SELECT pg_drop_replication_slot('shared_test');
