@@ -206,7 +206,7 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
   if (const Value* f = v.find("field")) s.field = str(*f, where, "field");
   if (const Value* vf = v.find("value_field")) s.value_field = str(*vf, where, "value_field");
   if (const Value* f = v.find("filter")) s.filter = parse_template(str(*f, where, "filter"), where + ", filter");
-  if (const Value* q = v.find("query")) s.query = str(*q, where, "query");
+  if (const Value* q = v.find("query")) s.query = parse_template(str(*q, where, "query"), where + ", query");
   if (const Value* e = v.find("expression")) s.expression = parse_template(str(*e, where, "expression"), where);
   if (const Value* j = v.find("join")) s.join = str(*j, where, "join");
   if (const Value* sh = v.find("shared_ops_fields")) s.shared_ops_fields = string_list(*sh, where, "shared_ops_fields");
@@ -273,10 +273,9 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
     forbid(!s.computed_fields.empty() || v.find("computed_fields"), "computed_fields", "query fan-out");
     forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "query fan-out");
     if (s.join && !s.expression) bad(where, "\"join\" is used with \"expression\" and needs it");
-    bool has_ids = s.query->find("{ids}") != std::string::npos;
+    bool has_ids = std::find(s.query->columns.begin(), s.query->columns.end(), "ids") != s.query->columns.end();
     if (s.expression && !has_ids) bad(where, "with \"expression\", \"query\" must contain {ids}");
     if (!s.expression && has_ids) bad(where, "\"query\" uses {ids}, which needs \"expression\"");
-    parse_template(*s.query, where + ", query");
   } else {
     s.kind = SourceKind::Direct;
     s.name = s.table;
@@ -355,7 +354,9 @@ std::string quote_literal(const std::string& text) {
   return out + "'";
 }
 
-std::string Template::render(const std::string& prefix) const {
+// The template's text with each {col} replaced by replace(col).
+template <class Fn>
+std::string substitute(const std::string& text, Fn replace) {
   std::string out;
   for (size_t i = 0; i < text.size(); i++) {
     if (text[i] != '{') {
@@ -363,27 +364,21 @@ std::string Template::render(const std::string& prefix) const {
       continue;
     }
     size_t end = text.find('}', i + 1);
-    out += prefix + quote_ident(text.substr(i + 1, end - i - 1));
+    out += replace(text.substr(i + 1, end - i - 1));
     i = end;
   }
   return out;
 }
 
+std::string Template::render(const std::string& prefix) const {
+  return substitute(text, [&](const std::string& col) { return prefix + quote_ident(col); });
+}
+
 std::string Template::render_params() const {
-  std::string out;
-  for (size_t i = 0; i < text.size(); i++) {
-    if (text[i] != '{') {
-      out += text[i];
-      continue;
-    }
-    size_t end = text.find('}', i + 1);
-    std::string col = text.substr(i + 1, end - i - 1);
-    size_t k = 0;
-    while (columns[k] != col) k++;
-    out += "$" + std::to_string(k + 1);
-    i = end;
-  }
-  return out;
+  return substitute(text, [&](const std::string& col) {
+    size_t k = std::find(columns.begin(), columns.end(), col) - columns.begin();
+    return "$" + std::to_string(k + 1);
+  });
 }
 
 std::pair<std::string, std::string> split_table(const std::string& table) {

@@ -16,6 +16,16 @@ void key(std::string& out, const char* k) {
   out += ':';
 }
 
+// A name part for generated identifiers: lowercase [a-z0-9], anything else '_'.
+std::string slug(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    out += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
+  }
+  return out;
+}
+
 void str_member(std::string& out, const char* k, const std::string& v) {
   key(out, k);
   json::write_string(out, v);
@@ -83,14 +93,16 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
     out += "]";
   }
   if (s.kind == SourceKind::QueryFanOut) {
-    str_member(out, "query", *s.query);
+    const std::string& q = s.query->text;
+    str_member(out, "query", q);
     key(out, "query_cols");
     out += "[";
-    // Placeholders of the BitDex query are columns of this table.
-    for (size_t i = 0, n = 0; i < s.query->size(); i++) {
-      if ((*s.query)[i] != '{') continue;
-      size_t end = s.query->find('}', i);
-      std::string col = s.query->substr(i + 1, end - i - 1);
+    // One entry per placeholder occurrence, in order: the trigger fills them
+    // in sequence (Template::columns is distinct, so it cannot serve here).
+    for (size_t i = 0, n = 0; i < q.size(); i++) {
+      if (q[i] != '{') continue;
+      size_t end = q.find('}', i);
+      std::string col = q.substr(i + 1, end - i - 1);
       i = end;
       if (col == "ids") continue;  // filled from "expression", not a column
       if (n++) out += ",";
@@ -137,18 +149,8 @@ std::string trigger_events(const config::Source& s) {
 
 std::string trigger_name(const std::string& qualified_table, const config::Source& s, const Resolved& r) {
   std::string digest = sha256_hex(qualified_table + "\n" + trigger_events(s) + "\n" + capture_spec(s, r));
-  std::string base;
-  for (char c : config::split_table(s.table).second) {
-    char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    base += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
-  }
-  if (s.kind == SourceKind::Join) {
-    base += "_";
-    for (char c : s.field) {
-      char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      base += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
-    }
-  }
+  std::string base = slug(config::split_table(s.table).second);
+  if (s.kind == SourceKind::Join) base += "_" + slug(s.field);
   if (base.size() > 44) base.resize(44);  // "bitdex_" + base + "_" + 8 hex <= 63 bytes
   return "bitdex_" + base + "_" + digest.substr(0, 8);
 }
@@ -167,15 +169,7 @@ std::string create_sql(const std::string& qualified_table, const config::Source&
 }
 
 std::string helper_name(const config::Source& s, const std::string& field) {
-  std::string out = "bitdex_";
-  for (const std::string& part : {config::split_table(s.table).second, field}) {
-    for (char c : part) {
-      char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      out += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
-    }
-    out += "_";
-  }
-  out += "ops";
+  std::string out = "bitdex_" + slug(config::split_table(s.table).second) + "_" + slug(field) + "_ops";
   if (out.size() > 63) out.resize(63);
   return out;
 }

@@ -16,6 +16,7 @@
 #include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/core/ops_codec.hpp"
 #include "bitdex_sync/pg/capture.hpp"
+#include "bitdex_sync/pg/wall.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -177,15 +178,12 @@ bitdex::json::Value g_spec;
 char g_spec_error[512];
 
 bool load_spec(const char* text) noexcept {
-  try {
-    g_spec = bitdex::json::parse(text);
-    return g_spec.type == bitdex::json::Type::Object;
-  } catch (const std::exception& e) {
-    strlcpy(g_spec_error, e.what(), sizeof g_spec_error);
-  } catch (...) {
-    strlcpy(g_spec_error, "unknown error", sizeof g_spec_error);
-  }
-  return false;
+  return run_cpp(
+      [&] {
+        g_spec = bitdex::json::parse(text);
+        return g_spec.type == bitdex::json::Type::Object;
+      },
+      g_spec_error, sizeof g_spec_error);
 }
 
 const bitdex::json::Value* spec_get(const bitdex::json::Value& obj, const char* key) noexcept {
@@ -205,7 +203,11 @@ bool spec_bool(const bitdex::json::Value& obj, const char* key) {
   return v && v->type == bitdex::json::Type::Bool && v->boolean;
 }
 
-void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* what) {
+// What an expression is for: a captured value (must be capturable), a
+// condition (must be boolean), or a bound query parameter (any type).
+enum class Use { Value, Condition, Bound };
+
+void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
   c->type = exprType((Node*)e);
   c->conv = conv_for_type(c->type);
   get_typlenbyval(c->type, &c->typlen, &c->typbyval);
@@ -213,10 +215,9 @@ void compile_one(Source* s, Expr* e, Compiled* c, bool want_bool, const char* wh
   pull_varattnos((Node*)e, 1, &c->cols);
   c->always = contain_volatile_functions((Node*)e) ||
               bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, c->cols);
-  if (want_bool && c->type != BOOLOID)
+  if (use == Use::Condition && c->type != BOOLOID)
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: %s must be boolean", what)));
-  bool bound_only = strcmp(what, "an expression parameter") == 0 || strcmp(what, "the parent key") == 0;
-  if (!want_bool && !bound_only && c->conv == Conv::Unsupported)
+  if (use == Use::Value && c->conv == Conv::Unsupported)
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("bitdex_sync: %s has type %s, which cannot be captured", what, format_type_be(c->type)),
                     errhint("Cast it in the expression, e.g. \"{col}::text as field\".")));
@@ -307,7 +308,7 @@ void compile(Source* s, Relation rel) {
   if (list_length(exprs) != expected)
     elog(ERROR, "bitdex_sync: capture spec compiled to %d expressions, expected %d", list_length(exprs), expected);
   int at = 0;
-  compile_one(s, (Expr*)list_nth(exprs, at++), &s->slot, false, "the slot column");
+  compile_one(s, (Expr*)list_nth(exprs, at++), &s->slot, Use::Value, "the slot column");
   if (s->slot.conv != Conv::Int2 && s->slot.conv != Conv::Int4 && s->slot.conv != Conv::Int8)
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: the slot column must be an integer")));
   s->nfields = nfields;
@@ -315,24 +316,24 @@ void compile(Source* s, Relation rel) {
   if (s->kind == Kind::Join) {
     const bitdex::json::Value* value = spec_get(spec, "value");
     s->fields[0].target = pstrdup(spec_str(*value, "f"));
-    compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[0].value, false, "the join value");
+    compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[0].value, Use::Value, "the join value");
     for (int i = 0; i < nconds; i++) {
       Field* f = &s->fields[1 + i];
       f->target = pstrdup(spec_str(computed->items[i], "f"));
-      compile_one(s, (Expr*)list_nth(exprs, at++), &f->value, false, "a computed value");
-      compile_one(s, (Expr*)list_nth(exprs, at++), &f->cond, true, "a computed condition");
+      compile_one(s, (Expr*)list_nth(exprs, at++), &f->value, Use::Value, "a computed value");
+      compile_one(s, (Expr*)list_nth(exprs, at++), &f->cond, Use::Condition, "a computed condition");
     }
-    if (s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, true, "the filter");
+    if (s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   } else {
     for (int i = 0; i < nfields; i++) {
       s->fields[i].target = pstrdup(spec_str(fields->items[i], "f"));
-      compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[i].value, false, s->fields[i].target);
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[i].value, Use::Value, s->fields[i].target);
     }
   }
   if (s->nqcols > 0) {
     s->qcols = (Compiled*)palloc0(sizeof(Compiled) * s->nqcols);
     for (int i = 0; i < s->nqcols; i++) {
-      compile_one(s, (Expr*)list_nth(exprs, at++), &s->qcols[i], false, "a query column");
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->qcols[i], Use::Value, "a query column");
       // Query placeholders are rendered as text whatever their type.
       Oid outfn;
       bool varlena;
@@ -343,11 +344,12 @@ void compile(Source* s, Relation rel) {
   if (s->nids > 0) {
     s->ids_params = (Compiled*)palloc0(sizeof(Compiled) * s->nids);
     for (int i = 0; i < s->nids; i++)
-      compile_one(s, (Expr*)list_nth(exprs, at++), &s->ids_params[i], false, "an expression parameter");
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->ids_params[i], Use::Bound, "an expression parameter");
   }
-  if (s->kind == Kind::RowFanOut) compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, false, "the parent key");
+  if (s->kind == Kind::RowFanOut)
+    compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, Use::Bound, "the parent key");
   if (s->kind != Kind::Join && s->has_filter)
-    compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, true, "the filter");
+    compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   pfree(list.data);
@@ -521,18 +523,16 @@ std::string* g_json = nullptr;  // static-lifetime scratch for the outbox JSON
 char g_json_error[256];
 
 bool payload_to_json(const char* data, int len) noexcept {
-  try {
-    if (!g_json) g_json = new std::string();
-    bitdex::EntityRecord r = bitdex::capture::decode(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len));
-    g_json->clear();
-    bitdex::write_ops_json(*g_json, r.ops);
-    return true;
-  } catch (const std::exception& e) {
-    strlcpy(g_json_error, e.what(), sizeof g_json_error);
-  } catch (...) {
-    strlcpy(g_json_error, "unknown error", sizeof g_json_error);
-  }
-  return false;
+  return run_cpp(
+      [&] {
+        if (!g_json) g_json = new std::string();
+        bitdex::EntityRecord r =
+            bitdex::capture::decode(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len));
+        g_json->clear();
+        bitdex::write_ops_json(*g_json, r.ops);
+        return true;
+      },
+      g_json_error, sizeof g_json_error);
 }
 
 // The owner of bitdex_sync.ops (the extension's owner): capture's own reads
@@ -988,16 +988,18 @@ namespace {
 std::string* g_value_json = nullptr;  // static-lifetime scratch
 
 // The JSON of the one value in an encoded single-op payload.
+char g_value_error[256];
+
 bool value_json(const char* data, int len) noexcept {
-  try {
-    if (!g_value_json) g_value_json = new std::string();
-    g_value_json->clear();
-    std::vector<bitdex::Op> ops = bitdex::codec::decode_ops(reinterpret_cast<const uint8_t*>(data), len);
-    ops.at(0).value.write_json(*g_value_json);
-    return true;
-  } catch (...) {
-    return false;
-  }
+  return run_cpp(
+      [&] {
+        if (!g_value_json) g_value_json = new std::string();
+        g_value_json->clear();
+        std::vector<bitdex::Op> ops = bitdex::codec::decode_ops(reinterpret_cast<const uint8_t*>(data), len);
+        ops.at(0).value.write_json(*g_value_json);
+        return true;
+      },
+      g_value_error, sizeof g_value_error);
 }
 
 }  // namespace
@@ -1031,6 +1033,7 @@ Datum bitdex_sync_op_value(PG_FUNCTION_ARGS) {
   bitdex::codec::write_varint(out, 1);
   bitdex::codec::write_field_op(out, OpKind::Set, "v", 1);
   put_value(out, &c, PG_ARGISNULL(0) ? (Datum)0 : PG_GETARG_DATUM(0), PG_ARGISNULL(0));
-  if (!value_json(buf.data, buf.len)) elog(ERROR, "bitdex_sync.op_value: could not encode the value");
+  if (!value_json(buf.data, buf.len))
+    elog(ERROR, "bitdex_sync.op_value: could not encode the value: %s", g_value_error);
   PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(g_value_json->c_str())));
 }

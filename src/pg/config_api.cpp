@@ -132,15 +132,9 @@ Planned plan_source(const Source& s, size_t index) {
   if (s.kind == SourceKind::Join) need_column(p.relid, where, "value_field", s.value_field, s.table);
   if (s.filter)
     for (const auto& c : s.filter->columns) need_column(p.relid, where, "filter", c, s.table);
-  if (s.query) {
-    for (size_t i = 0; i < s.query->size(); i++) {
-      if ((*s.query)[i] != '{') continue;
-      size_t end = s.query->find('}', i);
-      std::string col = s.query->substr(i + 1, end - i - 1);
-      if (col != "ids") need_column(p.relid, where, "query", col, s.table);
-      i = end;
-    }
-  }
+  if (s.query)
+    for (const auto& c : s.query->columns)
+      if (c != "ids") need_column(p.relid, where, "query", c, s.table);
 
   auto capturable = [&](const std::string& key, const std::string& sql) {
     Oid t = check_expression(p.relid, where, key, sql);

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "bitdex_sync/core/capture_format.hpp"
-#include "bitdex_sync/pg/postgres.hpp"
+#include "bitdex_sync/pg/wall.hpp"
 
 extern "C" {
 #include "replication/logical.h"
@@ -24,16 +24,13 @@ std::string* g_line = nullptr;  // static-lifetime scratch: no destructor skippe
 char g_error[256];
 
 bool to_json(const char* data, Size len) noexcept {
-  try {
-    if (!g_line) g_line = new std::string();
-    *g_line = bitdex::capture::to_json(reinterpret_cast<const uint8_t*>(data), len);
-    return true;
-  } catch (const std::exception& e) {
-    strlcpy(g_error, e.what(), sizeof g_error);
-  } catch (...) {
-    strlcpy(g_error, "unknown error", sizeof g_error);
-  }
-  return false;
+  return bitdex::pg::run_cpp(
+      [&] {
+        if (!g_line) g_line = new std::string();
+        *g_line = bitdex::capture::to_json(reinterpret_cast<const uint8_t*>(data), len);
+        return true;
+      },
+      g_error, sizeof g_error);
 }
 
 void startup(LogicalDecodingContext*, OutputPluginOptions* opt, bool) {

@@ -70,7 +70,8 @@ TEST(Config, ParsesTheBenchConfig) {
   EXPECT_EQ(tags.value_field, "tagId");
   const Source& post = c.sources[2];
   EXPECT_EQ(post.kind, SourceKind::QueryFanOut);
-  EXPECT_EQ(*post.query, "postId eq {id}");
+  EXPECT_EQ(post.query->text, "postId eq {id}");
+  EXPECT_EQ(post.query->columns, std::vector<std::string>{"id"});
   EXPECT_EQ(post.slot_field, "id");
 }
 

@@ -61,7 +61,7 @@ struct Source {
   bool on_delete = false;
   std::string field, value_field;      // join
   std::optional<Template> filter;      // join
-  std::optional<std::string> query;    // fan-out: BitDex query with {col} placeholders
+  std::optional<Template> query;       // fan-out: BitDex query with {col} (and {ids}) placeholders
   std::optional<Template> expression;  // fan-out: SQL whose result fills {ids}
   std::optional<std::string> join;     // fan-out: SQL JOIN clause used with expression
   std::optional<RowsFrom> rows_from;   // fan_out_per_row

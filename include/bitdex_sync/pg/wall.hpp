@@ -42,22 +42,16 @@ class PgError : public std::exception {
 template <typename Fn>
 auto pg_guard(Fn&& fn) -> decltype(fn()) {
   using R = decltype(fn());
-  MemoryContext ctx = CurrentMemoryContext;
-  // Written after the longjmp back into this frame: volatile, as setjmp asks.
-  ErrorData* volatile edata = nullptr;
   if constexpr (std::is_void_v<R>) {
-    PG_TRY();
-    { fn(); }
-    PG_CATCH();
-    {
-      MemoryContextSwitchTo(ctx);
-      edata = CopyErrorData();
-      FlushErrorState();
-    }
-    PG_END_TRY();
-    if (edata) throw PgError(edata);
+    pg_guard([&] {
+      fn();
+      return 0;
+    });
   } else {
     static_assert(std::is_trivially_copyable_v<R>, "pg_guard returns plain values (Datum, pointers)");
+    MemoryContext ctx = CurrentMemoryContext;
+    // Written after the longjmp back into this frame: volatile, as setjmp asks.
+    ErrorData* volatile edata = nullptr;
     volatile R result{};
     PG_TRY();
     { result = fn(); }
@@ -71,6 +65,22 @@ auto pg_guard(Fn&& fn) -> decltype(fn()) {
     if (edata) throw PgError(edata);
     return result;
   }
+}
+
+// Runs fn — C++ that calls no PostgreSQL function and returns bool — from a
+// frame PostgreSQL may longjmp out of (triggers, output plugin callbacks):
+// any exception becomes false with its message in err, for the caller to
+// ereport. Results must live in static storage, never on this stack.
+template <typename Fn>
+bool run_cpp(Fn&& fn, char* err, size_t errlen) noexcept {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    strlcpy(err, e.what(), errlen);
+  } catch (...) {
+    strlcpy(err, "unknown C++ exception", errlen);
+  }
+  return false;
 }
 
 // What cpp_call copied out of a C++ exception; static storage so nothing
