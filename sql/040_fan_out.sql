@@ -44,7 +44,8 @@ SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
 SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_post","type":"fan_out_per_row","rows_from":{"table":"fo_imagez","fk":"post_id"},"track_fields":["status"]}]}');
 SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_post","type":"fan_out_per_row","rows_from":{"table":"fo_image","fk":"postid"},"track_fields":["status"]}]}');
 SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT nope FROM fo_version WHERE model_id = {id}","track_fields":["poi"]}]}');
-SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT 1","join":"JOIN x ON true","track_fields":["poi"]}]}');
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"SELECT 1","join":"fo_version v","track_fields":["poi"]}]}');
+SELECT * FROM bitdex_sync.apply_config('{"sources":[{"table":"fo_model","query":"m in [{ids}]","expression":"array_agg(v.id)","join":"fo_version v WHERE v.nope = {id}","track_fields":["poi"]}]}');
 
 -- A fan-out filter decides whether the parent contributes at all: entering
 -- it sets the values, leaving it removes them, outside it nothing happens.
@@ -66,6 +67,28 @@ UPDATE fo_post SET published_at = '2024-07-02' WHERE id = 2;          -- inside:
 UPDATE fo_post SET status = 'hidden' WHERE id = 2;                   -- leaves: remove
 UPDATE fo_model SET poi = false WHERE id = 6;                        -- a lora: nothing
 UPDATE fo_model SET poi = false WHERE id = 5;                        -- a checkpoint: captured
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+
+-- "join": the expression is the selected value, the join its FROM clause,
+-- both filled from the row (the posts of the model's versions here).
+ALTER TABLE fo_post ADD COLUMN version_id int;
+UPDATE fo_post SET version_id = 50 WHERE id = 1;
+UPDATE fo_post SET version_id = 52 WHERE id = 2;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: fo_model
+    query: "postId in [{ids}]"
+    expression: "array_agg(DISTINCT p.id ORDER BY p.id)"
+    join: "fo_post p JOIN fo_version v ON v.id = p.version_id WHERE v.model_id = {id}"
+    track_fields: [poi]
+$$) ORDER BY source;
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+UPDATE fo_model SET poi = true WHERE id = 5;                         -- posts 1 (v50) and 2 (v52)
+UPDATE fo_version SET model_id = 6 WHERE id = 52;
+UPDATE fo_model SET poi = false WHERE id = 5;                        -- post 1 only
+UPDATE fo_model SET poi = true WHERE id = 6;                         -- post 2 now
+DELETE FROM fo_post WHERE id = 2;
+UPDATE fo_model SET poi = false WHERE id = 6;                        -- no posts: nothing
 SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
 
 SELECT pg_drop_replication_slot('fan_out_test');

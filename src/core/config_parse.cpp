@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <set>
 
 #include "bitdex_sync/core/config.hpp"
@@ -89,6 +90,17 @@ void only_keys(const Value& obj, const std::string& where, const std::set<std::s
     for (const auto& name : known) list += (list.empty() ? "" : ", ") + name;
     bad(where, "unknown key \"" + k + "\"", "Known keys here: " + list + ".");
   }
+}
+
+// Whether `text`, after leading blanks, starts with the keyword `lower_word`
+// (any letter case).
+bool starts_with_word(const std::string& text, const std::string& lower_word) {
+  size_t i = text.find_first_not_of(" \t\r\n");
+  if (i == std::string::npos || text.size() - i < lower_word.size()) return false;
+  for (size_t k = 0; k < lower_word.size(); k++)
+    if (std::tolower(static_cast<unsigned char>(text[i + k])) != lower_word[k]) return false;
+  size_t after = i + lower_word.size();
+  return after == text.size() || !(std::isalnum(static_cast<unsigned char>(text[after])) || text[after] == '_');
 }
 
 Template parse_template(const std::string& text, const std::string& where) {
@@ -273,6 +285,15 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
     forbid(!s.computed_fields.empty() || v.find("computed_fields"), "computed_fields", "query fan-out");
     forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "query fan-out");
     if (s.join && !s.expression) bad(where, "\"join\" is used with \"expression\" and needs it");
+    if (s.join) {
+      // With "join", "expression" is the select-list value and "join" the FROM
+      // clause (tables, JOINs, WHERE) of one query; both may use {col}.
+      if (starts_with_word(s.expression->text, "select"))
+        bad(where, "with \"join\", \"expression\" is the value to select, not a whole query",
+            "Write e.g. expression: \"array_agg(i.id)\" and join: \"Image i JOIN Post p ON p.id = i.postId WHERE "
+            "p.modelId = {id}\", or drop \"join\" and write the whole query in \"expression\".");
+      s.expression = parse_template("SELECT " + s.expression->text + " FROM " + *s.join, where + ", join");
+    }
     bool has_ids = std::find(s.query->columns.begin(), s.query->columns.end(), "ids") != s.query->columns.end();
     if (s.expression && !has_ids) bad(where, "with \"expression\", \"query\" must contain {ids}");
     if (!s.expression && has_ids) bad(where, "\"query\" uses {ids}, which needs \"expression\"");

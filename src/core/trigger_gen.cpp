@@ -156,10 +156,6 @@ std::string trigger_name(const std::string& qualified_table, const config::Sourc
 }
 
 std::string create_sql(const std::string& qualified_table, const config::Source& s, const Resolved& r) {
-  if (s.join)
-    throw Error(ErrorKind::NotSupported, "source \"" + s.name + "\": \"join\" is not supported", {},
-                "Put the join inside \"expression\", which is a whole query: SELECT json_agg(c.id) FROM child c JOIN "
-                "other o ON ... WHERE c.parent = {id}.");
   if (s.kind == SourceKind::RowFanOut && r.child_table.empty())
     throw Error(ErrorKind::Internal, "source \"" + s.name + "\": child table not resolved");
   std::string name = config::quote_ident(trigger_name(qualified_table, s, r));

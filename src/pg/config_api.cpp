@@ -172,12 +172,13 @@ Planned plan_source(const Source& s, size_t index) {
   if (s.filter) boolean("filter", s.filter->render());
 
   if (s.expression) {
+    const std::string key = s.join ? "expression + join" : "expression";
     std::vector<Oid> types;
     for (const auto& c : s.expression->columns) {
-      need_column(p.relid, where, "expression", c, s.table);
-      types.push_back(check_expression(p.relid, where, "expression", config::quote_ident(c)));
+      need_column(p.relid, where, key, c, s.table);
+      types.push_back(check_expression(p.relid, where, key, config::quote_ident(c)));
     }
-    check_query(where, "expression", trigger_gen::ids_sql(s), types);
+    check_query(where, key, trigger_gen::ids_sql(s), types);
   }
   if (s.kind == SourceKind::RowFanOut) {
     const config::RowsFrom& rf = *s.rows_from;

@@ -223,10 +223,67 @@ TEST(TriggerGen, SpecNamesAndDdl) {
 TEST(TriggerGen, UnsupportedKeysAreRejectedNotIgnored) {
   Config c = parse(R"(
 sources:
-  - {table: Model, query: "modelVersionIds in [{ids}]", expression: "SELECT 1", join: "JOIN x", track_fields: [poi]}
   - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId}, track_fields: [publishedAt]}
 )");
   for (const Source& s : c.sources) EXPECT_THROW(trigger_gen::create_sql("\"public\".\"T\"", s), Error) << s.name;
+}
+
+TEST(Config, JoinIsTheFromClauseOfTheExpression) {
+  Config c = parse(R"y(
+sources:
+  - table: Model
+    query: "postId in [{ids}]"
+    expression: "array_agg(p.id)"
+    join: "Post p JOIN ModelVersion v ON v.id = p.versionId WHERE v.modelId = {id} AND p.kind = {kind}"
+    track_fields: [poi]
+)y");
+  const Source& s = c.sources.at(0);
+  ASSERT_TRUE(s.expression.has_value());
+  EXPECT_EQ(s.expression->text,
+            "SELECT array_agg(p.id) FROM Post p JOIN ModelVersion v ON v.id = p.versionId WHERE v.modelId = {id} AND "
+            "p.kind = {kind}");
+  EXPECT_EQ(s.expression->columns, (std::vector<std::string>{"id", "kind"}));
+
+  for (const char* whole : {"SELECT 1", "  select 1", "Select\n1"})
+    EXPECT_THROW(parse(std::string("sources: [{table: M, query: \"a in [{ids}]\", expression: \"") + whole +
+                       "\", join: \"x\", track_fields: [poi]}]"),
+                 Error)
+        << whole;
+  // A value that merely starts with the letters is fine.
+  EXPECT_NO_THROW(parse(
+      R"y(sources: [{table: M, query: "a in [{ids}]", expression: "selected_ids(x.id)", join: "x", track_fields: [poi]}])y"));
+  EXPECT_THROW(parse(R"(sources: [{table: M, query: "a eq {id}", join: "x", track_fields: [poi]}])"), Error);
+}
+
+// Every source example in docs/config.md ("Every key by example") parses and
+// generates a trigger.
+TEST(Config, DocumentedExamplesParse) {
+  std::ifstream in("docs/config.md");
+  ASSERT_TRUE(in) << "run from the repository root";
+  std::stringstream all;
+  all << in.rdbuf();
+  const std::string doc = all.str();
+  size_t section = doc.find("### Every key by example");
+  ASSERT_NE(section, std::string::npos);
+  size_t open = doc.find("```yaml\n# table", section);
+  ASSERT_NE(open, std::string::npos);
+  open += 8;
+  const std::string block = doc.substr(open, doc.find("```", open) - open);
+  std::vector<std::string> items;
+  std::istringstream lines(block);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("- ", 0) == 0) items.emplace_back();
+    if (!items.empty() && line.rfind("#", 0) != 0) items.back() += line + "\n";
+  }
+  ASSERT_GE(items.size(), 6u);
+  for (const std::string& item : items) {
+    SCOPED_TRACE(item);
+    Config c = parse("sources:\n" + item);
+    ASSERT_EQ(c.sources.size(), 1u);
+    trigger_gen::Resolved r;
+    if (c.sources[0].rows_from) r.child_table = "\"public\".\"Image\"";
+    EXPECT_NO_THROW(trigger_gen::create_sql("\"public\".\"T\"", c.sources[0], r));
+  }
 }
 
 TEST(TriggerGen, SharedOpsFieldHelpers) {
