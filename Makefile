@@ -3,7 +3,7 @@
 #
 #   make            extension (bitdex_sync.so) and build/libbitdex_core.a
 #   make install    into the PostgreSQL found by pg_config
-#   make tools      build/bin/bitdex-wal
+#   make tools      build/bin/bitdex-wal, build/bin/bitdex-index
 #   make unit       build/test/unit_tests (GoogleTest)
 #   make fuzz       build/fuzz/* (clang libFuzzer + ASan/UBSan)
 #   make bench      build/bench/bench_core (Google Benchmark)
@@ -62,21 +62,43 @@ $(OBJS): $(wildcard include/bitdex_sync/*/*.hpp)
 
 -include $(CORE_OBJS:.o=.d)
 
-# ---- tools -----------------------------------------------------------------
-TOOLS = build/bin/bitdex-wal
+# ---- reference index (CRoaring; libpq for verify) -------------------------
+INDEX_SRCS  = $(sort $(wildcard src/index/*.cpp))
+INDEX_OBJS  = $(patsubst src/index/%.cpp,build/index/%.o,$(INDEX_SRCS))
+INDEX_LIB   = build/libbitdex_index.a
+PQ_INCLUDE  = -I$(shell $(PG_CONFIG) --includedir)
+INDEX_LIBS  = $(INDEX_LIB) $(CORE_LIB) -lroaring -lpq -lyaml-cpp
 
-build/bin/%: tools/%.cpp $(CORE_LIB)
+build/index/%.o: src/index/%.cpp
+	@mkdir -p $(dir $@)
+	$(CORE_CXX) $(CORE_CXXFLAGS) $(PQ_INCLUDE) -c $< -o $@
+
+$(INDEX_LIB): $(INDEX_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+-include $(INDEX_OBJS:.o=.d)
+
+# ---- tools -----------------------------------------------------------------
+TOOLS = build/bin/bitdex-wal build/bin/bitdex-index
+
+build/bin/bitdex-wal: tools/bitdex-wal.cpp $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(CORE_LIB) -lyaml-cpp -o $@
+
+build/bin/bitdex-index: tools/bitdex-index.cpp $(INDEX_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(INDEX_LIBS) -o $@
 
 tools: $(TOOLS)
 
 # ---- unit and property tests ----------------------------------------------
 TEST_SRCS = $(sort $(wildcard test/unit/*.cpp test/support/*.cpp))
 
-build/test/unit_tests: $(TEST_SRCS) $(wildcard test/support/*.hpp) $(CORE_LIB)
+build/test/unit_tests: $(TEST_SRCS) $(wildcard test/support/*.hpp) $(INDEX_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CORE_CXX) $(CORE_CXXFLAGS) -Itest $(TEST_SRCS) $(CORE_LIB) -lyaml-cpp -lgtest -lgtest_main -pthread -o $@
+	$(CORE_CXX) $(CORE_CXXFLAGS) -Itest $(TEST_SRCS) $(INDEX_LIBS) -lgtest -lgtest_main -pthread -o $@
 
 unit: build/test/unit_tests
 
@@ -92,9 +114,9 @@ build/fuzz/%: test/fuzz/%.cpp $(CORE_SRCS) $(wildcard include/bitdex_sync/core/*
 fuzz: $(FUZZ_TARGETS)
 
 # ---- benchmarks ------------------------------------------------------------
-build/bench/bench_core: bench/bench_core.cpp $(CORE_LIB)
+build/bench/bench_core: bench/bench_core.cpp $(INDEX_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG -Itest $< $(CORE_LIB) -lyaml-cpp -lbenchmark -pthread -o $@
+	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG -Itest $< $(INDEX_LIBS) -lbenchmark -pthread -o $@
 
 bench: build/bench/bench_core
 

@@ -10,6 +10,7 @@ pkgs=(
   clang-format                              # formatting check
   libipc-run-perl                           # TAP tests (PostgreSQL::Test::Cluster)
   libyaml-cpp-dev                           # YAML configs
+  libroaring-dev libpq-dev                  # the reference index and its verify tool
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -9,47 +9,104 @@ namespace {
 
 class QueryParser {
  public:
-  explicit QueryParser(std::string_view s) : s_(s) {}
+  // `filter`: the index's filter syntax (parentheses, OR, NOT) rather than
+  // queryOpSet's AND-only queries.
+  QueryParser(std::string_view s, bool filter) : s_(s), filter_(filter) {}
 
   Query parse() {
     Query q;
     for (;;) {
-      skip_ws();
-      QueryClause c;
-      c.field = word();
-      if (c.field.empty()) fail("expected a field name");
-      skip_ws();
-      std::string op = word();
-      skip_ws();
-      if (op == "eq") {
-        c.values.push_back(value());
-      } else if (op == "in") {
-        if (!eat('[')) fail("expected '[' after in");
-        skip_ws();
-        if (!eat(']')) {
-          for (;;) {
-            skip_ws();
-            c.values.push_back(value());
-            skip_ws();
-            if (eat(']')) break;
-            if (!eat(',')) fail("expected ',' or ']' in list");
-          }
-        }
-      } else {
-        fail("expected eq or in after field \"" + c.field + "\"");
-      }
-      q.clauses.push_back(std::move(c));
+      q.clauses.push_back(clause());
       skip_ws();
       if (pos_ == s_.size()) return q;
       if (word() != "AND") fail("expected AND between clauses");
     }
   }
 
+  Filter parse_filter() {
+    skip_ws();
+    if (pos_ == s_.size() || (s_.substr(pos_) == "*")) return Filter{};
+    Filter f = any_of();
+    skip_ws();
+    if (pos_ != s_.size()) fail("expected AND, OR or the end");
+    return f;
+  }
+
  private:
+  // or := and ("OR" and)*;  and := unary ("AND" unary)*;
+  // unary := "NOT" unary | "(" or ")" | clause
+  Filter any_of() { return chain(Filter::Kind::Or, "OR", &QueryParser::all_of); }
+  Filter all_of() { return chain(Filter::Kind::And, "AND", &QueryParser::unary); }
+
+  Filter chain(Filter::Kind kind, const char* keyword, Filter (QueryParser::*operand)()) {
+    Filter first = (this->*operand)();
+    Filter out{kind, {}, {}};
+    out.children.push_back(std::move(first));
+    for (;;) {
+      skip_ws();
+      size_t mark = pos_;
+      if (word() != keyword) {
+        pos_ = mark;
+        break;
+      }
+      out.children.push_back((this->*operand)());
+    }
+    return out.children.size() == 1 ? std::move(out.children[0]) : out;
+  }
+
+  Filter unary() {
+    skip_ws();
+    if (eat('(')) {
+      Filter f = any_of();
+      skip_ws();
+      if (!eat(')')) fail("expected ')'");
+      return f;
+    }
+    size_t mark = pos_;
+    if (word() == "NOT") {
+      Filter f{Filter::Kind::Not, {}, {}};
+      f.children.push_back(unary());
+      return f;
+    }
+    pos_ = mark;
+    return Filter{Filter::Kind::Clause, clause(), {}};
+  }
+
+  QueryClause clause() {
+    skip_ws();
+    QueryClause c;
+    c.field = word();
+    if (c.field.empty()) fail("expected a field name");
+    skip_ws();
+    std::string op = word();
+    skip_ws();
+    if (op == "eq") {
+      c.values.push_back(value());
+    } else if (op == "in") {
+      if (!eat('[')) fail("expected '[' after in");
+      skip_ws();
+      if (!eat(']')) {
+        for (;;) {
+          skip_ws();
+          c.values.push_back(value());
+          skip_ws();
+          if (eat(']')) break;
+          if (!eat(',')) fail("expected ',' or ']' in list");
+        }
+      }
+    } else {
+      fail("expected eq or in after field \"" + c.field + "\"");
+    }
+    return c;
+  }
+
   [[noreturn]] void fail(const std::string& what) {
     throw Error(ErrorKind::InvalidInput,
-                "invalid query \"" + std::string(s_) + "\": " + what + " at offset " + std::to_string(pos_), {},
-                "Queries are clauses joined by AND, each `field eq value` or `field in [v1, v2]`.");
+                std::string(filter_ ? "invalid filter \"" : "invalid query \"") + std::string(s_) + "\": " + what +
+                    " at offset " + std::to_string(pos_),
+                {},
+                filter_ ? "Filters combine `field eq value` and `field in [v1, v2]` with AND, OR, NOT and parentheses."
+                        : "Queries are clauses joined by AND, each `field eq value` or `field in [v1, v2]`.");
   }
 
   void skip_ws() {
@@ -64,7 +121,8 @@ class QueryParser {
     return false;
   }
 
-  static bool word_char(char c) {
+  bool word_char(char c) const {
+    if (filter_ && (c == '(' || c == ')')) return false;
     return !(c == ' ' || c == '\t' || c == '\n' || c == '[' || c == ']' || c == ',' || c == '"' || c == '\'');
   }
 
@@ -105,13 +163,18 @@ class QueryParser {
   }
 
   std::string_view s_;
+  bool filter_;
   size_t pos_ = 0;
 };
 
 }  // namespace
 
 Query parse_query(std::string_view text) {
-  return QueryParser(text).parse();
+  return QueryParser(text, false).parse();
+}
+
+Filter parse_filter(std::string_view text) {
+  return QueryParser(text, true).parse_filter();
 }
 
 }  // namespace bitdex

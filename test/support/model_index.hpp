@@ -28,8 +28,11 @@ class ModelIndex {
   bool has(int64_t slot, const std::string& field, const OpValue& v) const;
   size_t skipped_queries() const { return skipped_; }
 
- private:
   using Key = std::pair<std::string, OpValue>;
+  const std::set<int64_t>& alive_slots() const { return alive_; }
+  const std::map<Key, std::set<int64_t>>& bitmaps() const { return bitmaps_; }
+
+ private:
   void field_op(int64_t slot, const Op& op);
   void query_op_set(const Op& op);
 

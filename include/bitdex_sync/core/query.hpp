@@ -24,4 +24,17 @@ struct Query {
 // other numbers (kept as JSON text), or a bare word (a string).
 Query parse_query(std::string_view text);
 
+// A filter for index queries: clauses (`eq`, `in`) combined with AND, OR,
+// NOT and parentheses; NOT binds tightest, then AND, then OR. An empty
+// filter or `*` matches every alive slot.
+struct Filter {
+  enum class Kind { All, Clause, And, Or, Not };
+  Kind kind = Kind::All;
+  QueryClause clause;            // Clause
+  std::vector<Filter> children;  // And, Or: two or more; Not: one
+};
+
+// Throws Error(InvalidInput) naming the offending text and offset.
+Filter parse_filter(std::string_view text);
+
 }  // namespace bitdex
