@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what is
 # missing, builds everything with warnings as errors, installs the extension,
 # then runs unit/property tests, the CLI tests, a fuzz smoke, a benchmark
-# smoke and pg_regress on a temporary instance. .ci/run calls this.
+# smoke, pg_regress on a temporary instance and the end-to-end index test. .ci/run calls this.
 #
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 30)
 set -uo pipefail
@@ -41,6 +41,7 @@ done
 run "benchmark smoke" build/bench/bench_core --benchmark_min_time=0.01
 run "pg_regress (temporary instance)" bash scripts/pg_regress.sh
 run "capture vs BitDex V2 triggers: same DML, same ops" bash test/baseline_compare.sh
+run "end to end: random DML -> ops WAL -> index (killed mid-run) -> verify 0 differences" bash test/index_e2e.sh
 run "capture benchmark smoke" env BENCH_IMAGES=20000 BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_DIR=/tmp/bitdex_bench_smoke \
   bash bench/capture_bench.sh
 

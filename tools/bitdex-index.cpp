@@ -131,7 +131,9 @@ void print_problems(const Index& ix, size_t from) {
 }
 
 volatile std::sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+  g_stop = 1;
+}
 
 // apply and follow: the same loop; follow keeps waiting for more.
 int run_follow(const Args& a, bool follow) {
@@ -180,7 +182,8 @@ int run_follow(const Args& a, bool follow) {
   const Counters& c = f.index().counters();
   uint64_t ops = c.ops - ops0;
   if (json) {
-    std::printf("{\"applied_batches\":%" PRIu64 ",\"applied_ops\":%" PRIu64 ",\"seconds\":%.3f,\"ops_per_second\":%.0f,"
+    std::printf("{\"applied_batches\":%" PRIu64 ",\"applied_ops\":%" PRIu64
+                ",\"seconds\":%.3f,\"ops_per_second\":%.0f,"
                 "\"alive\":%" PRIu64 ",\"cursor\":%s,%s}\n",
                 c.batches - batches0, ops, secs, secs > 0 ? double(ops) / secs : 0.0, f.index().alive().cardinality(),
                 cursor_json(f.cursor()).c_str(), counters_json(c).c_str());
@@ -232,8 +235,8 @@ int run_stats(const Args& a) {
     }
     std::printf("{\"alive\":%" PRIu64 ",\"values\":%" PRIu64 ",\"bitmap_bytes\":%" PRIu64
                 ",\"fields\":{%s},\"cursor\":%s,%s}\n",
-                ix.alive().cardinality(), ix.value_count(), ix.bitmap_bytes(), fields.c_str(),
-                cursor_json(cur).c_str(), counters_json(ix.counters()).c_str());
+                ix.alive().cardinality(), ix.value_count(), ix.bitmap_bytes(), fields.c_str(), cursor_json(cur).c_str(),
+                counters_json(ix.counters()).c_str());
     return 0;
   }
   std::printf("alive slots   %" PRIu64 "\nvalues        %" PRIu64 "\nbitmap bytes  %" PRIu64
@@ -253,16 +256,16 @@ int run_verify(const Args& a) {
   o.progress = [](const VerifyProgress& p) {
     double rate = p.seconds > 0 ? double(p.rows) / p.seconds : 0;
     double eta = rate > 0 && p.estimate > p.rows ? double(p.estimate - p.rows) / rate : 0;
-    std::fprintf(stderr, "bitdex-index verify: %s: %" PRIu64 " rows (%.0f rows/s, ETA %.0f s)\n", p.scan.c_str(), p.rows,
-                 rate, eta);
+    std::fprintf(stderr, "bitdex-index verify: %s: %" PRIu64 " rows (%.0f rows/s, ETA %.0f s)\n", p.scan.c_str(),
+                 p.rows, rate, eta);
   };
   VerifyReport r = verify(ix, o);
   const double rate = r.seconds > 0 ? double(r.rows) / r.seconds : 0;
   if (a.flag("json")) {
     std::string out = "{\"rows\":" + std::to_string(r.rows) + ",\"slots\":" + std::to_string(r.slots) +
-                      ",\"seconds\":" + std::to_string(r.seconds) + ",\"rows_per_second\":" +
-                      std::to_string(uint64_t(rate)) + ",\"differences\":" + std::to_string(r.differences) +
-                      ",\"shown\":[";
+                      ",\"seconds\":" + std::to_string(r.seconds) +
+                      ",\"rows_per_second\":" + std::to_string(uint64_t(rate)) +
+                      ",\"differences\":" + std::to_string(r.differences) + ",\"shown\":[";
     for (size_t i = 0; i < r.shown.size(); i++) {
       const Difference& d = r.shown[i];
       out += std::string(i ? "," : "") + "{\"slot\":" + std::to_string(d.slot) + ",\"field\":";
@@ -289,8 +292,7 @@ int run_verify(const Args& a) {
                   ixv.c_str());
     }
     for (const std::string& u : r.unverified) std::printf("not verified: %s\n", u.c_str());
-    std::printf("verified %" PRIu64 " rows, %" PRIu64 " slot groups in %.2f s (%.0f rows/s): %" PRIu64
-                " differences\n",
+    std::printf("verified %" PRIu64 " rows, %" PRIu64 " slot groups in %.2f s (%.0f rows/s): %" PRIu64 " differences\n",
                 r.rows, r.slots, r.seconds, rate, r.differences);
   }
   return r.differences == 0 ? 0 : 1;

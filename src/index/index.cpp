@@ -13,9 +13,9 @@ namespace bitdex::index {
 
 uint32_t slot_of(int64_t entity_id, const std::string& where) {
   if (entity_id < 0 || entity_id > int64_t(UINT32_MAX))
-    throw Error(ErrorKind::InvalidInput,
-                "entity id " + std::to_string(entity_id) + " is not an index slot (0..4294967295)" +
-                    (where.empty() ? "" : " at " + where));
+    throw Error(ErrorKind::InvalidInput, "entity id " + std::to_string(entity_id) +
+                                             " is not an index slot (0..4294967295)" +
+                                             (where.empty() ? "" : " at " + where));
   return static_cast<uint32_t>(entity_id);
 }
 
@@ -199,7 +199,9 @@ namespace {
 constexpr char kMagic[8] = {'B', 'D', 'X', 'I', 'N', 'D', 'E', 'X'};
 constexpr uint32_t kVersion = 1;
 
-void put_u8(std::string& out, uint8_t v) { out.push_back(static_cast<char>(v)); }
+void put_u8(std::string& out, uint8_t v) {
+  out.push_back(static_cast<char>(v));
+}
 void put_u32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; i++) out.push_back(static_cast<char>(v >> (8 * i)));
 }
@@ -253,8 +255,8 @@ class Reader {
   }
   bool done() const { return at_ == end_; }
   [[noreturn]] void bad(const std::string& why) const {
-    throw Error(ErrorKind::Corrupt, "index snapshot " + path_ + " is damaged: " + why + " at byte " +
-                                        std::to_string(at_));
+    throw Error(ErrorKind::Corrupt,
+                "index snapshot " + path_ + " is damaged: " + why + " at byte " + std::to_string(at_));
   }
 
  private:
@@ -306,8 +308,8 @@ void Index::save(const std::string& path, const wal::Cursor& cursor) const {
   put_u64(out, cursor.wal_id);
   put_u64(out, cursor.generation);
   put_u64(out, cursor.offset);
-  for (uint64_t c : {counters_.records, counters_.ops, counters_.null_queries, counters_.bad_queries,
-                     counters_.batches, counters_.last_batch_seq})
+  for (uint64_t c : {counters_.records, counters_.ops, counters_.null_queries, counters_.bad_queries, counters_.batches,
+                     counters_.last_batch_seq})
     put_u64(out, c);
   put_bitmap(out, alive_);
   put_u32(out, static_cast<uint32_t>(fields_.size()));

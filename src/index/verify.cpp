@@ -28,8 +28,8 @@ struct Scan {
   std::string slot_sql;
   std::vector<std::string> fields;
   std::vector<std::vector<std::string>> values;  // per field: one SELECT per contribution (UNION ALL)
-  bool alive = false;      // its slots are the alive set (direct source with sets_alive)
-  bool fan_out = false;    // NULL from the database may be absent in the index
+  bool alive = false;                            // its slots are the alive set (direct source with sets_alive)
+  bool fan_out = false;                          // NULL from the database may be absent in the index
 };
 
 std::string qualified(const std::string& table) {
@@ -76,8 +76,8 @@ Plan make_plan(const config::Config& cfg) {
         scan.alive = s.sets_alive;
         auto add = [&](const std::string& target, const config::Template& expr) {
           if (direct_uses[target] > 1) {
-            by_field[target].push_back({"SELECT " + slot + ", " + op_value(expr.render()) + " FROM ONLY " + table,
-                                        table, false});
+            by_field[target].push_back(
+                {"SELECT " + slot + ", " + op_value(expr.render()) + " FROM ONLY " + table, table, false});
             return;
           }
           scan.fields.push_back(target);
@@ -90,14 +90,14 @@ Plan make_plan(const config::Config& cfg) {
       }
       case SourceKind::Join: {
         std::string where = s.filter ? " WHERE (" + s.filter->render() + ")" : "";
-        by_field[s.field].push_back({"SELECT " + slot + ", " + op_value(config::quote_ident(s.value_field)) +
-                                         " FROM ONLY " + table + where,
-                                     table, false});
+        by_field[s.field].push_back(
+            {"SELECT " + slot + ", " + op_value(config::quote_ident(s.value_field)) + " FROM ONLY " + table + where,
+             table, false});
         for (const auto& cf : s.computed_fields) {
           std::string value = cf.value ? cf.value->render() : config::quote_ident(s.value_field);
-          by_field[cf.target].push_back({"SELECT " + slot + ", " + op_value(value) + " FROM ONLY " + table +
-                                             " WHERE (" + cf.expr.render() + ")",
-                                         table, false});
+          by_field[cf.target].push_back(
+              {"SELECT " + slot + ", " + op_value(value) + " FROM ONLY " + table + " WHERE (" + cf.expr.render() + ")",
+               table, false});
         }
         break;
       }
@@ -206,7 +206,7 @@ class Verifier {
 
   VerifyReport run() {
     auto t0 = std::chrono::steady_clock::now();
-    start_ = t0;
+    start_ = last_tick_ = t0;
     Connection db(opts_.conninfo);
     // One snapshot for every scan, and nothing written.
     db.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");

@@ -85,14 +85,15 @@ TEST(Index, EveryOpAgreesWithTheModel) {
   ModelIndex m;
   const OpValue one = OpValue::int64(1), two = OpValue::int64(2);
   both(ix, m, rec(1, {Op::alive(), Op::set("a", one), Op::add("tags", two)}));
-  both(ix, m, rec(2, {Op::set("a", one)}, true));      // creates_slot: alive after its ops
+  both(ix, m, rec(2, {Op::set("a", one)}, true));  // creates_slot: alive after its ops
   both(ix, m, rec(1, {Op::remove("a", one), Op::set("a", two)}));
-  both(ix, m, rec(3, {Op::remove("a", one)}));         // remove of something absent: nothing
+  both(ix, m, rec(3, {Op::remove("a", one)}));  // remove of something absent: nothing
   both(ix, m, rec(2, {Op::add("tags", two), Op::add("tags", OpValue::string("x"))}));
   both(ix, m, rec(9, {Op::query_op_set("a eq 1", {Op::set("poi", OpValue::boolean(true))})}));
-  both(ix, m, rec(9, {Op::query_op_set("tags in [2, 7] AND a eq 2", {Op::remove("a", two), Op::set("a", OpValue::null())})}));
-  both(ix, m, rec(1, {Op::del()}));                     // out of every bitmap and of alive
-  both(ix, m, rec(4, {Op::set("a", one)}));             // values without alive: not matched by queries
+  both(ix, m,
+       rec(9, {Op::query_op_set("tags in [2, 7] AND a eq 2", {Op::remove("a", two), Op::set("a", OpValue::null())})}));
+  both(ix, m, rec(1, {Op::del()}));          // out of every bitmap and of alive
+  both(ix, m, rec(4, {Op::set("a", one)}));  // values without alive: not matched by queries
   both(ix, m, rec(9, {Op::query_op_set("a eq 1", {Op::set("hit", OpValue::boolean(true))})}));
   EXPECT_FALSE(ix.has(4, "hit", OpValue::boolean(true)));
   EXPECT_TRUE(ix.has(2, "hit", OpValue::boolean(true)));

@@ -38,11 +38,11 @@ struct Problem {
 
 struct Counters {
   uint64_t records = 0;
-  uint64_t ops = 0;              // top-level ops applied
-  uint64_t null_queries = 0;     // queryOpSet with "query": null, skipped
-  uint64_t bad_queries = 0;      // queryOpSet whose query does not parse, skipped and reported
-  uint64_t batches = 0;          // WAL batches applied (set by the follower)
-  uint64_t last_batch_seq = 0;   // seq of the last WAL batch applied
+  uint64_t ops = 0;             // top-level ops applied
+  uint64_t null_queries = 0;    // queryOpSet with "query": null, skipped
+  uint64_t bad_queries = 0;     // queryOpSet whose query does not parse, skipped and reported
+  uint64_t batches = 0;         // WAL batches applied (set by the follower)
+  uint64_t last_batch_seq = 0;  // seq of the last WAL batch applied
 };
 
 class Index {

@@ -15,14 +15,14 @@ namespace bitdex::index {
 
 struct Difference {
   int64_t slot = 0;
-  std::string field;                // "(alive)" for the alive bitmap
-  std::vector<OpValue> database;    // what the tables say (sorted)
-  std::vector<OpValue> index;       // what the index holds (sorted)
+  std::string field;              // "(alive)" for the alive bitmap
+  std::vector<OpValue> database;  // what the tables say (sorted)
+  std::vector<OpValue> index;     // what the index holds (sorted)
 };
 
 struct VerifyProgress {
-  std::string scan;    // e.g. "Image", "TagsOnImage.tagIds"
-  uint64_t rows = 0;   // rows read so far, all scans
+  std::string scan;       // e.g. "Image", "TagsOnImage.tagIds"
+  uint64_t rows = 0;      // rows read so far, all scans
   uint64_t estimate = 0;  // rows expected in all scans (planner estimate)
   double seconds = 0;
 };
@@ -31,13 +31,13 @@ struct VerifyOptions {
   std::string conninfo;     // libpq connection string
   std::string config_text;  // YAML/JSON; empty: the last config applied in the database
   size_t fetch_rows = 20000;
-  size_t max_shown = 100;   // differences kept in the report (all are counted)
+  size_t max_shown = 100;                               // differences kept in the report (all are counted)
   std::function<void(const VerifyProgress&)> progress;  // called about once a second
 };
 
 struct VerifyReport {
-  uint64_t rows = 0;         // rows read from the database
-  uint64_t slots = 0;        // distinct (scan, slot) groups compared
+  uint64_t rows = 0;   // rows read from the database
+  uint64_t slots = 0;  // distinct (scan, slot) groups compared
   uint64_t differences = 0;
   std::vector<Difference> shown;
   std::vector<std::string> unverified;  // fields verify cannot recompute, and why
