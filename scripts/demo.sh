@@ -8,7 +8,9 @@
 #   3. that batch deduplicated and appended durably to an ops WAL
 #      (bitdex-wal append; the background worker of issue 5 will do this
 #      in-process), then the slot advanced,
-#   4. the WAL dumped, verified and summarised; an index consumer registered.
+#   4. the WAL dumped, verified and summarised,
+#   5. the reference index built from the WAL, queried, and verified against
+#      the tables (0 differences).
 # The server is stopped at the end unless --keep is given.
 #
 #   BITDEX_DEMO_DIR   where the private cluster and WAL live (default /tmp/bitdex_demo)
@@ -116,6 +118,19 @@ say "verify"
 say "stats"
 "${as_pg[@]}" build/bin/bitdex-wal stats "$demo/ops_wal"
 ls -l "$demo/ops_wal"
+
+say "the reference index: built from the ops WAL as consumer reference-index (roaring bitmaps, snapshot + cursor)"
+"${as_pg[@]}" build/bin/bitdex-index apply --wal "$demo/ops_wal" --index "$demo/index.bdx" --consumer reference-index
+"${as_pg[@]}" build/bin/bitdex-index stats --index "$demo/index.bdx"
+echo "query 'nsfwLevel eq 4 AND tagIds in [101, 102]':"
+"${as_pg[@]}" build/bin/bitdex-index query --index "$demo/index.bdx" 'nsfwLevel eq 4 AND tagIds in [101, 102]'
+echo "the same in SQL:"
+"${psql[@]}" -At -c "SELECT count(*) FROM \"Image\" i WHERE \"nsfwLevel\" = 4 AND EXISTS (SELECT 1 FROM \"TagsOnImage\" t WHERE t.\"imageId\" = i.id AND t.\"tagId\" IN (101, 102))"
+echo "published posts' images ('publishedAt eq \"2026-11-22T09:00:00\"', set by the Post fan-out):"
+"${as_pg[@]}" build/bin/bitdex-index query --index "$demo/index.bdx" 'publishedAt eq "2026-11-22T09:00:00"'
+
+say "verify: every configured field of every slot recomputed from the tables and compared with the index"
+"${as_pg[@]}" build/bin/bitdex-index verify --index "$demo/index.bdx" --dsn "host=$demo port=$port user=postgres dbname=postgres"
 if [ $keep = 1 ]; then
   say "server left running: psql -h $demo -p $port -U postgres; stop with: ${as_pg[*]} $bindir/pg_ctl -D $demo/data stop"
 else
