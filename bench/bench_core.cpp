@@ -1,5 +1,6 @@
 // Core benchmarks (single thread): dedup, ops WAL append (one fdatasync per
-// batch), ops WAL read, op JSON parse. The op mix follows
+// batch), ops WAL read, op JSON parse, index apply from the WAL and index
+// memory. The op mix follows
 // ../shared/bench/workload.sql on the Civitai-like schema: per 4 row changes
 // 2 UPDATEs of Image.nsfwLevel, 1 INSERT of an Image (alive + 10 sets), 1
 // INSERT into TagsOnImage; plus 1% Post updates (queryOpSet). Updates hit a
@@ -10,6 +11,7 @@
 //                           use a real disk, not tmpfs, for honest fdatasync figures)
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -19,6 +21,7 @@
 #include "bitdex_sync/core/ops.hpp"
 #include "bitdex_sync/core/wal_reader.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
+#include "bitdex_sync/index/index.hpp"
 
 using namespace bitdex;
 
@@ -56,8 +59,9 @@ EntityRecord insert_image(int64_t id, std::mt19937_64& rng) {
   return r;
 }
 
-// A batch of about `target_ops` ops in the mix described at the top.
-Batch make_batch(size_t target_ops, uint64_t seed) {
+// A batch of about `target_ops` ops in the mix described at the top; tag
+// ids come from `tags` distinct values.
+Batch make_batch(size_t target_ops, uint64_t seed, uint64_t tags = 900000000) {
   std::mt19937_64 rng(seed);
   Batch b;
   size_t ops = 0;
@@ -74,7 +78,7 @@ Batch make_batch(size_t target_ops, uint64_t seed) {
       case 2: r = insert_image(next_image++, rng); break;
       default:
         r.entity_id = 1 + static_cast<int64_t>(rng() % 1000000);
-        r.ops = {Op::add("tagIds", OpValue::int64(100000 + static_cast<int64_t>(rng() % 900000000)))};
+        r.ops = {Op::add("tagIds", OpValue::int64(100000 + static_cast<int64_t>(rng() % tags)))};
     }
     if (rng() % 100 == 0) {
       int64_t post = 1 + static_cast<int64_t>(rng() % 200000);
@@ -176,6 +180,80 @@ void BM_ParseJson(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(text.size() * state.iterations()) / 1e6, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_ParseJson)->Unit(benchmark::kMillisecond);
+
+// ---- reference index ------------------------------------------------------
+long rss_bytes() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return resident * 4096;
+}
+
+// 1M alive images with the fields of insert_image and 3 tags each out of
+// 50,000: the index the apply benchmark starts from.
+const index::Index& base_index() {
+  static const index::Index ix = [] {
+    index::Index out;
+    std::mt19937_64 rng(1);
+    for (int64_t id = 1; id <= 1000000; id++) {
+      EntityRecord r = insert_image(id, rng);
+      for (int t = 0; t < 3; t++) r.ops.push_back(Op::add("tagIds", OpValue::int64(100000 + int64_t(rng() % 50000))));
+      out.apply(r);
+    }
+    return out;
+  }();
+  return ix;
+}
+
+// Memory of the 1M-image index: serialized bitmap bytes and the process's
+// resident growth while building it.
+void BM_IndexMemoryPer1MSlots(benchmark::State& state) {
+  long before = rss_bytes();
+  const index::Index& ix = base_index();
+  long after = rss_bytes();
+  for (auto _ : state) benchmark::DoNotOptimize(ix.alive().cardinality());
+  state.counters["slots"] = static_cast<double>(ix.alive().cardinality());
+  state.counters["values"] = static_cast<double>(ix.value_count());
+  state.counters["bitmap_MB"] = static_cast<double>(ix.bitmap_bytes()) / 1e6;
+  // 0 when another benchmark built the index first.
+  state.counters["rss_growth_MB"] = static_cast<double>(after - before) / 1e6;
+}
+BENCHMARK(BM_IndexMemoryPer1MSlots)->Iterations(1);
+
+// Reads and applies a WAL of 200 batches of 10,000 ops (the mix at the top,
+// tags from 50,000) to a copy of the 1M-image index: the follower's work.
+void BM_IndexApplyFromWal(benchmark::State& state) {
+  const std::string dir = bench_dir("index");
+  uint64_t pos = 1, ops_total = 0;
+  {
+    auto w = wal::WalWriter::open({dir});
+    for (uint64_t s = 0; s < 200; s++) {
+      Batch b = dedup(make_batch(10000, s + 300, 50000));
+      number(b, pos);
+      ops_total += count_ops(b);
+      w->append(b, {SourcePos{Stream::Slot, pos - 1, 0}});
+    }
+  }
+  const index::Index& base = base_index();
+  uint64_t ops = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    index::Index ix = base;
+    state.ResumeTiming();
+    wal::WalReader rd(dir, wal::Cursor{});
+    wal::WalBatch b;
+    while (rd.next(&b) == wal::ReadStatus::Batch) {
+      ix.apply(b.records);
+      ops += count_ops(b.records);
+    }
+    benchmark::DoNotOptimize(ix);
+  }
+  if (ops != ops_total * state.iterations()) state.SkipWithError("apply lost ops");
+  state.counters["ops/s"] = benchmark::Counter(static_cast<double>(ops), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_IndexApplyFromWal)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

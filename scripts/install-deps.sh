@@ -11,6 +11,7 @@ pkgs=(
   libipc-run-perl                           # TAP tests (PostgreSQL::Test::Cluster)
   libyaml-cpp-dev                           # YAML configs
   libroaring-dev libpq-dev                  # the reference index and its verify tool
+  time                                      # peak RSS in benchmarks (/usr/bin/time)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -52,7 +52,16 @@ void Index::field_op(uint32_t slot, const Op& op) {
     if (v->second.isEmpty()) f->second.values.erase(v);
     return;
   }
-  fields_[op.field].values[op.value].add(slot);
+  field(op.field).values[op.value].add(slot);
+}
+
+Field& Index::field(const std::string& name) {
+  auto it = fields_.find(name);
+  if (it != fields_.end()) return it->second;
+  Field& f = fields_[name];
+  // Short chains: each node visited is a likely cache miss.
+  f.values.max_load_factor(0.25f);
+  return f;
 }
 
 void Index::remove_slot(uint32_t slot) {
@@ -104,8 +113,10 @@ void Index::query_op_set(const Op& op, const EntityRecord& r, const std::string&
     problems_.push_back({describe(r, where), e.what()});
     return;
   }
-  Roaring slots = alive_;
-  for (const QueryClause& c : q.clauses) slots &= match(c);
+  // The clauses first (usually a few slots), then alive: never copy alive.
+  Roaring slots = match(q.clauses.at(0));
+  for (size_t i = 1; i < q.clauses.size() && !slots.isEmpty(); i++) slots &= match(q.clauses[i]);
+  slots &= alive_;
   if (slots.isEmpty()) return;
   for (const Op& n : op.ops) {
     if (!n.is_field_op()) continue;  // the parser admits only field ops here
@@ -117,7 +128,7 @@ void Index::query_op_set(const Op& op, const EntityRecord& r, const std::string&
       v->second -= slots;
       if (v->second.isEmpty()) f->second.values.erase(v);
     } else {
-      fields_[n.field].values[n.value] |= slots;
+      field(n.field).values[n.value] |= slots;
     }
   }
 }
@@ -159,12 +170,12 @@ std::vector<OpValue> Index::values_of(uint32_t slot, const std::string& field) c
 }
 
 void Index::toggle(uint32_t slot, const std::string& field, const OpValue& value) {
-  Roaring& b = fields_[field].values[value];
+  Roaring& b = this->field(field).values[value];
   if (b.contains(slot))
     b.remove(slot);
   else
     b.add(slot);
-  if (b.isEmpty()) fields_[field].values.erase(value);
+  if (b.isEmpty()) this->field(field).values.erase(value);
 }
 
 uint64_t Index::bitmap_bytes() const {
@@ -354,7 +365,7 @@ Index Index::load(const std::string& path, wal::Cursor* cursor) {
   ix.alive_ = r.bitmap();
   uint32_t nfields = static_cast<uint32_t>(r.uint(4));
   for (uint32_t i = 0; i < nfields; i++) {
-    Field& f = ix.fields_[r.bytes()];
+    Field& f = ix.field(r.bytes());
     uint32_t nvalues = static_cast<uint32_t>(r.uint(4));
     for (uint32_t k = 0; k < nvalues; k++) {
       OpValue v = get_value(r);

@@ -89,6 +89,7 @@ class Index {
   bool operator==(const Index& o) const;
 
  private:
+  Field& field(const std::string& name);  // created on first use
   Roaring match(const QueryClause& c) const;
   void field_op(uint32_t slot, const Op& op);
   void query_op_set(const Op& op, const EntityRecord& r, const std::string& where);
