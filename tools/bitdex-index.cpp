@@ -11,6 +11,7 @@
 // Exit status: 0 ok, 1 verify found differences (or the snapshot is
 // damaged), 2 usage or other error.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -27,6 +28,7 @@
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/file_io.hpp"
 #include "bitdex_sync/core/json.hpp"
+#include "bitdex_sync/core/wal_dir.hpp"
 #include "bitdex_sync/index/follower.hpp"
 #include "bitdex_sync/index/index.hpp"
 #include "bitdex_sync/index/verify.hpp"
@@ -130,6 +132,19 @@ void print_problems(const Index& ix, size_t from) {
                  ix.problems()[i].what.c_str());
 }
 
+// WAL bytes after the cursor (for the ETA of progress lines).
+uint64_t bytes_left(const std::string& wal_dir, const wal::Cursor& c) {
+  uint64_t left = 0;
+  for (uint64_t gen : wal::list_segments(wal_dir)) {
+    if (gen < c.generation) continue;
+    struct stat st;
+    if (::stat(wal::segment_path(wal_dir, gen).c_str(), &st) != 0) continue;
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    left += gen == c.generation ? (size > c.offset ? size - c.offset : 0) : size;
+  }
+  return left;
+}
+
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) {
   g_stop = 1;
@@ -148,6 +163,7 @@ int run_follow(const Args& a, bool follow) {
   size_t problems = f.index().problems().size();
   auto start = Clock::now(), last_save = start, last_report = start;
   uint64_t ops_at_report = ops0;
+  uint64_t left_at_report = bytes_left(a.need("wal"), f.cursor());
   while (!g_stop) {
     bool got = f.step();
     if (f.index().problems().size() != problems) {
@@ -157,11 +173,17 @@ int run_follow(const Args& a, bool follow) {
     auto now = Clock::now();
     if (now - last_report >= std::chrono::seconds(5)) {
       double dt = std::chrono::duration<double>(now - last_report).count();
-      std::fprintf(stderr, "bitdex-index: batch %" PRIu64 ", %" PRIu64 " ops applied (%.0f ops/s)\n",
+      uint64_t left = bytes_left(a.need("wal"), f.cursor());
+      double byte_rate = left_at_report > left ? double(left_at_report - left) / dt : 0;
+      std::string eta = byte_rate > 0 ? std::to_string(uint64_t(double(left) / byte_rate)) + " s" : "unknown";
+      std::fprintf(stderr,
+                   "bitdex-index: batch %" PRIu64 ", %" PRIu64 " ops applied (%.0f ops/s), %" PRIu64
+                   " WAL bytes behind, ETA %s\n",
                    f.index().counters().last_batch_seq, f.index().counters().ops - ops0,
-                   double(f.index().counters().ops - ops_at_report) / dt);
+                   double(f.index().counters().ops - ops_at_report) / dt, left, eta.c_str());
       last_report = now;
       ops_at_report = f.index().counters().ops;
+      left_at_report = left;
     }
     if (got) {
       if (follow && f.unsaved() > 0 && std::chrono::duration<double>(now - last_save).count() >= every) {
