@@ -83,11 +83,11 @@ $(INDEX_LIB): $(INDEX_OBJS)
 # ---- tools -----------------------------------------------------------------
 TOOLS = build/bin/bitdex-wal build/bin/bitdex-index
 
-build/bin/bitdex-wal: tools/bitdex-wal.cpp $(CORE_LIB)
+build/bin/bitdex-wal: tools/bitdex-wal.cpp tools/tool_common.hpp $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(CORE_LIB) -lyaml-cpp -o $@
 
-build/bin/bitdex-index: tools/bitdex-index.cpp $(INDEX_LIB) $(CORE_LIB)
+build/bin/bitdex-index: tools/bitdex-index.cpp tools/tool_common.hpp $(INDEX_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CORE_CXX) $(CORE_CXXFLAGS) $< $(INDEX_LIBS) -o $@
 

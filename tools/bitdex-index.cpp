@@ -32,12 +32,15 @@
 #include "bitdex_sync/index/follower.hpp"
 #include "bitdex_sync/index/index.hpp"
 #include "bitdex_sync/index/verify.hpp"
+#include "tool_common.hpp"
 
 using namespace bitdex;
 using namespace bitdex::index;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using tool::cursor_json;
 
 const char* kUsage =
     "usage: bitdex-index COMMAND [options]\n"
@@ -115,11 +118,6 @@ std::string value_json(const OpValue& v) {
   return out;
 }
 
-std::string cursor_json(const wal::Cursor& c) {
-  return "{\"wal_id\":\"" + std::to_string(c.wal_id) + "\",\"segment\":" + std::to_string(c.generation) +
-         ",\"offset\":" + std::to_string(c.offset) + "}";
-}
-
 std::string counters_json(const Counters& c) {
   return "\"batches\":" + std::to_string(c.batches) + ",\"last_batch_seq\":" + std::to_string(c.last_batch_seq) +
          ",\"records\":" + std::to_string(c.records) + ",\"ops\":" + std::to_string(c.ops) +
@@ -185,19 +183,12 @@ int run_follow(const Args& a, bool follow) {
       ops_at_report = f.index().counters().ops;
       left_at_report = left;
     }
-    if (got) {
-      if (follow && f.unsaved() > 0 && std::chrono::duration<double>(now - last_save).count() >= every) {
-        f.checkpoint();
-        last_save = now;
-      }
-      continue;
-    }
-    if (!follow) break;
-    if (f.unsaved() > 0 && std::chrono::duration<double>(now - last_save).count() >= every) {
+    if (!got && !follow) break;
+    if (follow && f.unsaved() > 0 && std::chrono::duration<double>(now - last_save).count() >= every) {
       f.checkpoint();
       last_save = now;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (!got) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   f.checkpoint();
   double secs = std::chrono::duration<double>(Clock::now() - start).count();
@@ -353,15 +344,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "bitdex-index: %s\n", e.what());
-    if (!e.detail().empty()) std::fprintf(stderr, "detail: %s\n", e.detail().c_str());
-    if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
-    return e.kind() == ErrorKind::Corrupt ? 1 : 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bitdex-index: %s\n", e.what());
-    return 2;
-  }
+  return tool::main_guard("bitdex-index", [&] { return run(argc, argv); });
 }

@@ -27,11 +27,14 @@
 #include "bitdex_sync/core/wal_dir.hpp"
 #include "bitdex_sync/core/wal_reader.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
+#include "tool_common.hpp"
 
 using namespace bitdex;
 using namespace bitdex::wal;
 
 namespace {
+
+using tool::cursor_json;
 
 const char* kUsage =
     "usage: bitdex-wal COMMAND DIR [options]\n"
@@ -72,11 +75,6 @@ void write_marks(std::string& out, const std::vector<SourcePos>& marks) {
     write_pos(out, marks[i]);
   }
   out += ']';
-}
-
-std::string cursor_json(const Cursor& c) {
-  return "{\"wal_id\":\"" + std::to_string(c.wal_id) + "\",\"segment\":" + std::to_string(c.generation) +
-         ",\"offset\":" + std::to_string(c.offset) + "}";
 }
 
 int cmd_dump(const std::string& dir, const Cursor& from) {
@@ -363,15 +361,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "bitdex-wal: %s\n", e.what());
-    if (!e.detail().empty()) std::fprintf(stderr, "detail: %s\n", e.detail().c_str());
-    if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
-    return e.kind() == ErrorKind::Corrupt ? 1 : 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bitdex-wal: %s\n", e.what());
-    return 2;
-  }
+  return tool::main_guard("bitdex-wal", [&] { return run(argc, argv); });
 }

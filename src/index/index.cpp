@@ -43,16 +43,27 @@ void Index::apply(const EntityRecord& r, const std::string& where) {
 }
 
 void Index::field_op(uint32_t slot, const Op& op) {
-  if (op.kind == OpKind::Remove) {
-    auto f = fields_.find(op.field);
-    if (f == fields_.end()) return;
-    auto v = f->second.values.find(op.value);
-    if (v == f->second.values.end()) return;
-    v->second.remove(slot);
-    if (v->second.isEmpty()) f->second.values.erase(v);
-    return;
-  }
-  field(op.field).values[op.value].add(slot);
+  if (op.kind == OpKind::Remove)
+    shrink(op.field, op.value, [slot](Roaring& b) { b.remove(slot); });
+  else
+    field(op.field).values[op.value].add(slot);
+}
+
+template <typename Edit>
+void Index::shrink(const std::string& field, const OpValue& value, Edit edit) {
+  auto f = fields_.find(field);
+  if (f == fields_.end()) return;
+  auto v = f->second.values.find(value);
+  if (v == f->second.values.end()) return;
+  edit(v->second);
+  if (v->second.isEmpty()) f->second.values.erase(v);
+}
+
+const Roaring* Index::bitmap(const std::string& field, const OpValue& value) const {
+  auto f = fields_.find(field);
+  if (f == fields_.end()) return nullptr;
+  auto v = f->second.values.find(value);
+  return v == f->second.values.end() ? nullptr : &v->second;
 }
 
 Field& Index::field(const std::string& name) {
@@ -82,12 +93,8 @@ void Index::remove_slot(uint32_t slot) {
 
 Roaring Index::match(const QueryClause& c) const {
   Roaring out;
-  auto f = fields_.find(c.field);
-  if (f == fields_.end()) return out;
-  for (const OpValue& value : c.values) {
-    auto v = f->second.values.find(value);
-    if (v != f->second.values.end()) out |= v->second;
-  }
+  for (const OpValue& value : c.values)
+    if (const Roaring* b = bitmap(c.field, value)) out |= *b;
   return out;
 }
 
@@ -120,16 +127,10 @@ void Index::query_op_set(const Op& op, const EntityRecord& r, const std::string&
   if (slots.isEmpty()) return;
   for (const Op& n : op.ops) {
     if (!n.is_field_op()) continue;  // the parser admits only field ops here
-    if (n.kind == OpKind::Remove) {
-      auto f = fields_.find(n.field);
-      if (f == fields_.end()) continue;
-      auto v = f->second.values.find(n.value);
-      if (v == f->second.values.end()) continue;
-      v->second -= slots;
-      if (v->second.isEmpty()) f->second.values.erase(v);
-    } else {
+    if (n.kind == OpKind::Remove)
+      shrink(n.field, n.value, [&slots](Roaring& b) { b -= slots; });
+    else
       field(n.field).values[n.value] |= slots;
-    }
   }
 }
 
@@ -153,10 +154,8 @@ Roaring Index::evaluate(const Filter& f) const {
 }
 
 bool Index::has(uint32_t slot, const std::string& field, const OpValue& value) const {
-  auto f = fields_.find(field);
-  if (f == fields_.end()) return false;
-  auto v = f->second.values.find(value);
-  return v != f->second.values.end() && v->second.contains(slot);
+  const Roaring* b = bitmap(field, value);
+  return b && b->contains(slot);
 }
 
 std::vector<OpValue> Index::values_of(uint32_t slot, const std::string& field) const {
@@ -170,12 +169,10 @@ std::vector<OpValue> Index::values_of(uint32_t slot, const std::string& field) c
 }
 
 void Index::toggle(uint32_t slot, const std::string& field, const OpValue& value) {
-  Roaring& b = this->field(field).values[value];
-  if (b.contains(slot))
-    b.remove(slot);
+  if (has(slot, field, value))
+    shrink(field, value, [slot](Roaring& b) { b.remove(slot); });
   else
-    b.add(slot);
-  if (b.isEmpty()) this->field(field).values.erase(value);
+    this->field(field).values[value].add(slot);
 }
 
 uint64_t Index::bitmap_bytes() const {

@@ -12,6 +12,7 @@
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/index/follower.hpp"
 #include "bitdex_sync/index/index.hpp"
+#include "support/temp_dir.hpp"
 #include "support/history_gen.hpp"
 #include "support/model_index.hpp"
 
@@ -23,18 +24,7 @@ using bitdex::test::ModelIndex;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/bitdex_index_test_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // Empty string when the index and the model hold the same state.
 std::string compare(const Index& ix, const ModelIndex& m) {

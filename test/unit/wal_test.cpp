@@ -17,24 +17,14 @@
 #include "bitdex_sync/core/wal_dir.hpp"
 #include "bitdex_sync/core/wal_reader.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace bitdex;
 using namespace bitdex::wal;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/bitdex_wal_test_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // A batch of n records at outbox positions from, from+1, ...
 Batch make_batch(uint64_t from, size_t n) {

@@ -90,6 +90,11 @@ class Index {
 
  private:
   Field& field(const std::string& name);  // created on first use
+  // The bitmap of field = value, or nullptr.
+  const Roaring* bitmap(const std::string& field, const OpValue& value) const;
+  // Applies `edit` to an existing bitmap, dropping it if it becomes empty.
+  template <typename Edit>
+  void shrink(const std::string& field, const OpValue& value, Edit edit);
   Roaring match(const QueryClause& c) const;
   void field_op(uint32_t slot, const Op& op);
   void query_op_set(const Op& op, const EntityRecord& r, const std::string& where);
