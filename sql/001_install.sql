@@ -10,7 +10,7 @@ SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_resu
 SHOW wal_level;
 -- Settings under the reserved prefix that the extension does not define are refused.
 SET bitdex_sync.no_such_setting = 1;
--- A role without explicit grants cannot call the functions (only op_value is public).
+-- A role without explicit grants cannot call the functions (only op_value and op_value_text are public).
 CREATE ROLE bitdex_sync_nobody;
 SET ROLE bitdex_sync_nobody;
 SELECT bitdex_sync.dedup('[]');

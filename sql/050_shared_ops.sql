@@ -19,6 +19,16 @@ SELECT public.bitdex_so_image_sortatunix_ops(i) || public.bitdex_so_image_sortat
 RESET TimeZone;
 SELECT bitdex_sync.op_value(NULL::int) AS null_value, bitdex_sync.op_value(1.50::numeric) AS numeric_value;
 SELECT bitdex_sync.op_value(ARRAY[1]);
+-- op_value_text (verify's variant) is the same value as JSON text, row after
+-- row through one call site, for every kind of value.
+SELECT v.label, bitdex_sync.op_value_text(v.x) AS text, bitdex_sync.op_value_text(v.x)::jsonb = bitdex_sync.op_value(v.x) AS same
+  FROM (VALUES ('digits', 42::text), ('quote', 'say "hi"\\'), ('control', E'tab\there\nline'), ('unicode', 'ünï €'), ('null', NULL)) v(label, x);
+SELECT bitdex_sync.op_value_text(n) AS text, bitdex_sync.op_value_text(n)::jsonb = bitdex_sync.op_value(n) AS same
+  FROM unnest(ARRAY[1.50, -2, 'NaN', 1e30]::numeric[]) n;
+SELECT bitdex_sync.op_value_text(b) AS bool_text, bitdex_sync.op_value_text(t) AS ts_text,
+       bitdex_sync.op_value_text(i) AS int8_text
+  FROM (VALUES (true, '2026-11-22 10:00:00.123'::timestamp, 9007199254740993::int8), (false, NULL, -1)) v(b, t, i);
+SELECT bitdex_sync.op_value_text(ARRAY[1]);
 -- Removing a field from shared_ops_fields drops its helper; removing the source drops all.
 SELECT source, action FROM bitdex_sync.apply_config($$
 sources:

@@ -75,6 +75,11 @@ REVOKE ALL ON FUNCTION bitdex_sync.apply_config(text, boolean), bitdex_sync.appl
 CREATE FUNCTION bitdex_sync.op_value(value anyelement) RETURNS jsonb
   AS 'MODULE_PATHNAME', 'bitdex_sync_op_value'
   LANGUAGE C STABLE PARALLEL SAFE;
+-- The same value as compact JSON text, without the jsonb round trip
+-- (bitdex-index verify computes one per row and field).
+CREATE FUNCTION bitdex_sync.op_value_text(value anyelement) RETURNS text
+  AS 'MODULE_PATHNAME', 'bitdex_sync_op_value_text'
+  LANGUAGE C STABLE PARALLEL SAFE;
 -- Helpers run as their caller: PUBLIC may reach op_value (it reads nothing),
 -- and nothing else in the schema.
 GRANT USAGE ON SCHEMA bitdex_sync TO PUBLIC;

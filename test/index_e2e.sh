@@ -58,6 +58,9 @@ sources:
       - type
       - {column: model_id, target: modelId}
       - score
+      - "round({score}) as scoreWhole"
+      # A string needing JSON and COPY escapes (quote, backslash, tab) on its way to verify.
+      - 'format(''%s"\%s'', {nsfw}, chr(9)) as label'
       - "GREATEST({scanned_at}, {created_at}) as existedAt"
       - "({flags} & 4) != 0 as onSite"
   - table: tag_on_image
@@ -205,6 +208,11 @@ got=$(build/bin/bitdex-index query --index "$index" 'nsfw in [1, 2] AND NOT type
 want=$("${psql[@]}" -At -c "SELECT count(DISTINCT image_id) FROM tag_on_image WHERE NOT disabled AND tag_id IN (3, 4)")
 got=$(build/bin/bitdex-index query --index "$index" 'tagIds in [3, 4]')
 [ "$got" = "$want" ] || fail "query tagIds: index $got, database $want"
+# A whole numeric is the same key as an integer: a query for 50 finds it.
+want=$("${psql[@]}" -At -c "SELECT count(*) FROM image WHERE round(score) IN (49, 50)")
+got=$(build/bin/bitdex-index query --index "$index" 'scoreWhole in [49, 50]')
+[ "$got" = "$want" ] || fail "query scoreWhole: index $got, database $want"
+[ "$want" -gt 0 ] || fail "no image has a score of about 50: the check above proves nothing"
 
 # One flipped bit: verify must fail and name the slot and the field.
 slot=$("${psql[@]}" -At -c "SELECT min(id) FROM image")

@@ -3,6 +3,7 @@
 #include "bitdex_sync/core/ops.hpp"
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -17,20 +18,23 @@ namespace {
   throw Error(ErrorKind::InvalidInput, where + ": " + what, {}, hint);
 }
 
-// True when `t` is a canonical JSON integer that fits in int64.
-bool canonical_int(const std::string& t, int64_t& out) {
+}  // namespace
+
+bool canonical_int(std::string_view t, int64_t& out) {
+  if (t.empty()) return false;
   size_t i = (t[0] == '-') ? 1 : 0;
   if (i >= t.size() || t.size() - i > 19) return false;
   if (t[i] == '0' && (t.size() - i > 1 || i == 1)) return false;  // leading zero, "-0"
   for (size_t k = i; k < t.size(); k++)
     if (t[k] < '0' || t[k] > '9') return false;
-  errno = 0;
-  char* end = nullptr;
-  long long v = std::strtoll(t.c_str(), &end, 10);
-  if (errno == ERANGE || *end != '\0') return false;
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (ec != std::errc() || end != t.data() + t.size()) return false;
   out = v;
   return true;
 }
+
+namespace {
 
 const json::Value& member(const json::Value& obj, const char* key, const std::string& where) {
   const json::Value* m = obj.find(key);

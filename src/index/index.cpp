@@ -53,40 +53,32 @@ template <typename Edit>
 void Index::shrink(const std::string& field, const OpValue& value, Edit edit) {
   auto f = fields_.find(field);
   if (f == fields_.end()) return;
-  auto v = f->second.values.find(value);
-  if (v == f->second.values.end()) return;
-  edit(v->second);
-  if (v->second.isEmpty()) f->second.values.erase(v);
+  Roaring* b = f->second.values.find(value);
+  if (!b) return;
+  edit(*b);
+  if (b->isEmpty()) f->second.values.erase(value);
 }
 
 const Roaring* Index::bitmap(const std::string& field, const OpValue& value) const {
   auto f = fields_.find(field);
   if (f == fields_.end()) return nullptr;
-  auto v = f->second.values.find(value);
-  return v == f->second.values.end() ? nullptr : &v->second;
+  return f->second.values.find(value);
 }
 
 Field& Index::field(const std::string& name) {
   auto it = fields_.find(name);
-  if (it != fields_.end()) return it->second;
-  Field& f = fields_[name];
-  // Short chains: each node visited is a likely cache miss.
-  f.values.max_load_factor(0.25f);
-  return f;
+  return it != fields_.end() ? it->second : fields_[name];
 }
 
 void Index::remove_slot(uint32_t slot) {
   alive_.remove(slot);
   for (auto& [name, field] : fields_) {
-    for (auto v = field.values.begin(); v != field.values.end();) {
-      if (v->second.contains(slot)) {
-        v->second.remove(slot);
-        if (v->second.isEmpty()) {
-          v = field.values.erase(v);
-          continue;
-        }
-      }
-      ++v;
+    for (size_t i = 0; i < field.values.size();) {
+      Roaring& b = field.values.at(i).bitmap;
+      if (b.removeChecked(slot) && b.isEmpty())
+        field.values.erase_at(i);  // the last entry moves to i
+      else
+        i++;
     }
   }
 }
@@ -162,8 +154,8 @@ std::vector<OpValue> Index::values_of(uint32_t slot, const std::string& field) c
   std::vector<OpValue> out;
   auto f = fields_.find(field);
   if (f == fields_.end()) return out;
-  for (const auto& [value, bitmap] : f->second.values)
-    if (bitmap.contains(slot)) out.push_back(value);
+  for (const ValueMap::Entry& e : f->second.values)
+    if (e.bitmap.contains(slot)) out.push_back(e.value);
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -178,7 +170,7 @@ void Index::toggle(uint32_t slot, const std::string& field, const OpValue& value
 uint64_t Index::bitmap_bytes() const {
   uint64_t n = alive_.getSizeInBytes();
   for (const auto& [name, field] : fields_)
-    for (const auto& [value, bitmap] : field.values) n += bitmap.getSizeInBytes();
+    for (const ValueMap::Entry& e : field.values) n += e.bitmap.getSizeInBytes();
   return n;
 }
 
@@ -193,9 +185,9 @@ bool Index::operator==(const Index& o) const {
   for (const auto& [name, field] : fields_) {
     auto other = o.fields_.find(name);
     if (other == o.fields_.end() || other->second.values.size() != field.values.size()) return false;
-    for (const auto& [value, bitmap] : field.values) {
-      auto ov = other->second.values.find(value);
-      if (ov == other->second.values.end() || !(ov->second == bitmap)) return false;
+    for (const ValueMap::Entry& e : field.values) {
+      const Roaring* ob = other->second.values.find(e.value);
+      if (!ob || !(*ob == e.bitmap)) return false;
     }
   }
   return true;
@@ -324,9 +316,9 @@ void Index::save(const std::string& path, const wal::Cursor& cursor) const {
   for (const auto& [name, field] : fields_) {
     put_bytes(out, name);
     put_u32(out, static_cast<uint32_t>(field.values.size()));
-    for (const auto& [value, bitmap] : field.values) {
-      put_value(out, value);
-      put_bitmap(out, bitmap);
+    for (const ValueMap::Entry& e : field.values) {
+      put_value(out, e.value);
+      put_bitmap(out, e.bitmap);
     }
   }
   put_u32(out, crc32c(out.data(), out.size()));
@@ -364,6 +356,7 @@ Index Index::load(const std::string& path, wal::Cursor* cursor) {
   for (uint32_t i = 0; i < nfields; i++) {
     Field& f = ix.field(r.bytes());
     uint32_t nvalues = static_cast<uint32_t>(r.uint(4));
+    f.values.reserve(std::min<uint32_t>(nvalues, static_cast<uint32_t>(data.size() / 2)));  // not beyond the file
     for (uint32_t k = 0; k < nvalues; k++) {
       OpValue v = get_value(r);
       f.values[v] = r.bitmap();

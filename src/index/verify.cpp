@@ -1,11 +1,14 @@
 // verify: one scan per direct source (all its fields at once) and one per
-// other field, each `ORDER BY slot` through a server-side cursor, merged
-// against the index's (slot, value) pairs sorted the same way.
+// other field, each `ORDER BY slot` streamed with COPY ... TO STDOUT (the
+// server computes the next rows while we compare), merged against the
+// index's (slot, value) pairs sorted the same way.
 #include "bitdex_sync/index/verify.hpp"
 
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -38,7 +41,7 @@ std::string qualified(const std::string& table) {
 }
 
 std::string op_value(const std::string& sql) {
-  return "bitdex_sync.op_value(" + sql + ")::text";
+  return "bitdex_sync.op_value_text(" + sql + ")";
 }
 
 // A field fed by several sources (or several conditions of one join
@@ -147,13 +150,17 @@ std::string scan_sql(const Scan& s) {
   return sql + " " + s.from + " ORDER BY 1";
 }
 
-// A database value as the index holds it; op_value's jsonb text.
-OpValue parse_value(const char* text, bool is_null) {
-  if (is_null) return OpValue::null();
-  std::string_view t(text);
+// A database value as the index holds it, from op_value_text's JSON text.
+// Plain integers and strings without escapes (most values) skip the JSON
+// parser.
+OpValue parse_value(std::string_view t) {
   if (t == "null") return OpValue::null();
   if (t == "true") return OpValue::boolean(true);
   if (t == "false") return OpValue::boolean(false);
+  int64_t v;
+  if (canonical_int(t, v)) return OpValue::int64(v);
+  if (t.size() >= 2 && t.front() == '"' && t.back() == '"' && t.find('\\') == std::string_view::npos)
+    return OpValue::string(std::string(t.substr(1, t.size() - 2)));
   return OpValue::from_json(json::parse(t));
 }
 
@@ -168,10 +175,10 @@ IndexSide index_side(const Index& ix, const std::string& field) {
   IndexSide side;
   auto f = ix.fields().find(field);
   if (f == ix.fields().end()) return side;
-  for (const auto& [value, bitmap] : f->second.values) {
+  for (const ValueMap::Entry& e : f->second.values) {
     uint32_t id = static_cast<uint32_t>(side.dict.size());
-    side.dict.push_back(value);
-    for (uint32_t slot : bitmap) side.pairs.emplace_back(slot, id);
+    side.dict.push_back(e.value);
+    for (uint32_t slot : e.bitmap) side.pairs.emplace_back(slot, id);
   }
   std::sort(side.pairs.begin(), side.pairs.end());
   return side;
@@ -188,12 +195,32 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
 
   using Result = std::unique_ptr<PGresult, decltype(&PQclear)>;
-  Result run(const std::string& sql) {
+  Result run(const std::string& sql, ExecStatusType want = PGRES_TUPLES_OK) {
     Result r(PQexec(c_, sql.c_str()), &PQclear);
     ExecStatusType st = PQresultStatus(r.get());
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+    if (st != want && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
       throw Error(ErrorKind::Io, std::string("query failed: ") + PQerrorMessage(c_), "The query was: " + sql);
     return r;
+  }
+
+  // Streams the rows of `COPY (sql) TO STDOUT` (text format) to `row`, one
+  // line at a time, without its newline.
+  template <typename Row>
+  void copy_out(const std::string& sql, Row row) {
+    const std::string copy = "COPY (" + sql + ") TO STDOUT";
+    run(copy, PGRES_COPY_OUT);
+    char* line = nullptr;
+    int n;
+    while ((n = PQgetCopyData(c_, &line, 0)) > 0) {
+      std::unique_ptr<char, decltype(&PQfreemem)> hold(line, &PQfreemem);
+      row(std::string_view(line, n > 0 && line[n - 1] == '\n' ? n - 1 : n));
+    }
+    if (n == -2)
+      throw Error(ErrorKind::Io, std::string("COPY failed: ") + PQerrorMessage(c_), "The query was: " + copy);
+    Result end(PQgetResult(c_), &PQclear);
+    if (PQresultStatus(end.get()) != PGRES_COMMAND_OK)
+      throw Error(ErrorKind::Io, std::string("query failed: ") + PQerrorMessage(c_), "The query was: " + copy);
+    while (PGresult* extra = PQgetResult(c_)) PQclear(extra);
   }
 
  private:
@@ -305,29 +332,27 @@ class Verifier {
     Roaring* alive = s.alive ? &db_alive_ : nullptr;
     std::vector<IndexSide> sides;
     for (const std::string& f : s.fields) sides.push_back(index_side(ix_, f));
-    db.run("DECLARE bitdex_verify NO SCROLL CURSOR FOR " + scan_sql(s));
     std::vector<std::vector<OpValue>> expected(s.fields.size());
     int64_t current = 0;
     bool have_group = false;
-    for (;;) {
-      auto r = db.run("FETCH FORWARD " + std::to_string(opts_.fetch_rows) + " FROM bitdex_verify");
-      int n = PQntuples(r.get());
-      if (n == 0) break;
-      for (int i = 0; i < n; i++) {
-        int64_t slot = std::stoll(PQgetvalue(r.get(), i, 0));
-        if (have_group && slot != current) compare_group(s, sides, current, expected);
-        current = slot;
-        have_group = true;
-        if (alive && slot >= 0 && slot <= int64_t(UINT32_MAX)) alive->add(static_cast<uint32_t>(slot));
-        for (size_t k = 0; k < s.fields.size(); k++)
-          expected[k].push_back(parse_value(PQgetvalue(r.get(), i, int(k) + 1), PQgetisnull(r.get(), i, int(k) + 1)));
-      }
-      report_.rows += n;
-      tick(s.name);
-    }
+    std::vector<std::string> cols;
+    std::vector<bool> null;
+    const std::string sql = scan_sql(s);
+    db.copy_out(sql, [&](std::string_view line) {
+      int64_t slot = 0;
+      if (!split_copy_line(line, cols, null) || cols.size() != s.fields.size() + 1 || null[0] ||
+          std::from_chars(cols[0].data(), cols[0].data() + cols[0].size(), slot).ec != std::errc())
+        throw Error(ErrorKind::Io, "unexpected row from the database: " + std::string(line), "The query was: " + sql);
+      if (have_group && slot != current) compare_group(s, sides, current, expected);
+      current = slot;
+      have_group = true;
+      if (alive && slot >= 0 && slot <= int64_t(UINT32_MAX)) alive->add(static_cast<uint32_t>(slot));
+      for (size_t k = 0; k < s.fields.size(); k++)
+        expected[k].push_back(null[k + 1] ? OpValue::null() : parse_value(cols[k + 1]));
+      if (++report_.rows % 4096 == 0) tick(s.name);
+    });
     if (have_group) compare_group(s, sides, current, expected);
     for (size_t k = 0; k < s.fields.size(); k++) drain_below(sides[k], s.fields[k], int64_t(UINT32_MAX) + 1);
-    db.run("CLOSE bitdex_verify");
   }
 
   void tick(const std::string& scan) {
@@ -349,6 +374,58 @@ class Verifier {
 };
 
 }  // namespace
+
+bool split_copy_line(std::string_view line, std::vector<std::string>& fields, std::vector<bool>& null) {
+  fields.clear();
+  null.clear();
+  std::string cur;
+  bool cur_null = false;
+  for (size_t i = 0; i <= line.size(); i++) {
+    if (i == line.size() || line[i] == '\t') {
+      fields.push_back(std::move(cur));
+      null.push_back(cur_null);
+      cur.clear();
+      cur_null = false;
+      continue;
+    }
+    char c = line[i];
+    if (c != '\\') {
+      cur.push_back(c);
+      continue;
+    }
+    if (++i == line.size()) return false;
+    switch (char e = line[i]) {
+      case 'N': cur_null = true; break;
+      case 'b': cur.push_back('\b'); break;
+      case 'f': cur.push_back('\f'); break;
+      case 'n': cur.push_back('\n'); break;
+      case 'r': cur.push_back('\r'); break;
+      case 't': cur.push_back('\t'); break;
+      case 'v': cur.push_back('\v'); break;
+      case 'x': {
+        int v = 0, digits = 0;
+        while (digits < 2 && i + 1 < line.size() && std::isxdigit(static_cast<unsigned char>(line[i + 1]))) {
+          char h = line[++i];
+          v = v * 16 + (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
+          digits++;
+        }
+        if (digits == 0) return false;
+        cur.push_back(static_cast<char>(v));
+        break;
+      }
+      default:
+        if (e >= '0' && e <= '7') {
+          int v = e - '0';
+          for (int k = 0; k < 2 && i + 1 < line.size() && line[i + 1] >= '0' && line[i + 1] <= '7'; k++)
+            v = v * 8 + (line[++i] - '0');
+          cur.push_back(static_cast<char>(v));
+        } else {
+          cur.push_back(e);  // \\ and any other escaped character stand for themselves
+        }
+    }
+  }
+  return true;
+}
 
 VerifyReport verify(const Index& ix, const VerifyOptions& opts) {
   return Verifier(ix, opts).run();

@@ -12,6 +12,7 @@
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/index/follower.hpp"
 #include "bitdex_sync/index/index.hpp"
+#include "bitdex_sync/index/verify.hpp"
 #include "support/temp_dir.hpp"
 #include "support/history_gen.hpp"
 #include "support/model_index.hpp"
@@ -41,10 +42,7 @@ std::string compare(const Index& ix, const ModelIndex& m) {
     for (int64_t s : slots) want.add(static_cast<uint32_t>(s));
     auto f = ix.fields().find(key.first);
     const Roaring* have = nullptr;
-    if (f != ix.fields().end()) {
-      auto v = f->second.values.find(key.second);
-      if (v != f->second.values.end()) have = &v->second;
-    }
+    if (f != ix.fields().end()) have = f->second.values.find(key.second);
     std::string value;
     key.second.write_json(value);
     if (!have || !(*have == want)) out += "field " + key.first + " value " + value + " differs\n";
@@ -270,4 +268,21 @@ TEST(Follower, RefusesAWalThatLostItsBeginning) {
   ASSERT_GT(wal::list_segments(wal_dir).front(), 1u);
   Follower f(wal_dir, d.path() + "/ix.bdx", "index");
   EXPECT_THROW(f.step(), Error);
+}
+
+// verify reads COPY's text format: fields split on tabs, escapes undone.
+TEST(Verify, SplitsCopyLines) {
+  std::vector<std::string> f;
+  std::vector<bool> null;
+  ASSERT_TRUE(bitdex::index::split_copy_line("7\t\"a\\\\\\\"b\"\t\\N\t\\t\\n\\101\\x41z\t", f, null));
+  ASSERT_EQ(f.size(), 5u);
+  EXPECT_EQ(f[0], "7");
+  EXPECT_EQ(f[1], "\"a\\\"b\"");  // COPY doubles the JSON escape's backslash
+  EXPECT_TRUE(null[2]);
+  EXPECT_FALSE(null[1]);
+  EXPECT_EQ(f[3], "\t\nAAz");
+  EXPECT_EQ(f[4], "");
+  EXPECT_FALSE(null[4]);
+  EXPECT_FALSE(bitdex::index::split_copy_line("1\t\\", f, null));  // a lone trailing backslash
+  EXPECT_FALSE(bitdex::index::split_copy_line("\\xg", f, null));   // \x without a hex digit
 }

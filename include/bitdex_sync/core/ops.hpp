@@ -100,6 +100,10 @@ void write_ops_json(std::string& out, const std::vector<Op>& ops);
 void write_record_json(std::string& out, const EntityRecord& r);
 std::string batch_to_json(const Batch& batch);
 
+// True when `t` is a canonical JSON integer (no leading zeros, no "-0")
+// that fits int64: such values are always OpValue::Kind::Int, never Json.
+bool canonical_int(std::string_view t, int64_t& out);
+
 // Total number of ops in a batch, nested queryOpSet ops not counted separately.
 size_t count_ops(const Batch& batch);
 

@@ -10,24 +10,20 @@
 #include <map>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "bitdex_sync/core/ops.hpp"
 #include "bitdex_sync/core/query.hpp"
 #include "bitdex_sync/core/wal_dir.hpp"
+#include "bitdex_sync/index/value_map.hpp"
 
 namespace bitdex::index {
-
-struct OpValueHash {
-  size_t operator()(const OpValue& v) const { return v.hash(); }
-};
 
 // One index field: each distinct value (the dictionary key: integers,
 // booleans, strings, JSON text, NULL as its own key) owns one bitmap. A
 // bitmap that becomes empty is dropped.
 struct Field {
-  std::unordered_map<OpValue, Roaring, OpValueHash> values;
+  ValueMap values;
 };
 
 // Something the index could not apply, reported rather than dropped.

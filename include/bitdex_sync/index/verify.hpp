@@ -1,11 +1,12 @@
 // verify: recompute every configured field of every slot from the tables
-// (libpq, server-side cursors, one REPEATABLE READ snapshot) and compare with
-// an index.
+// (libpq, COPY streams, one REPEATABLE READ snapshot) and compare with an
+// index.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bitdex_sync/core/ops.hpp"
@@ -28,9 +29,8 @@ struct VerifyProgress {
 };
 
 struct VerifyOptions {
-  std::string conninfo;     // libpq connection string
-  std::string config_text;  // YAML/JSON; empty: the last config applied in the database
-  size_t fetch_rows = 20000;
+  std::string conninfo;                                 // libpq connection string
+  std::string config_text;                              // YAML/JSON; empty: the last config applied in the database
   size_t max_shown = 100;                               // differences kept in the report (all are counted)
   std::function<void(const VerifyProgress&)> progress;  // called about once a second
 };
@@ -47,5 +47,9 @@ struct VerifyReport {
 // Throws Error(InvalidInput) for a bad config or connection, Error(Io) when
 // a query fails.
 VerifyReport verify(const Index& ix, const VerifyOptions& opts);
+
+// Splits one line of COPY's text format into fields, undoing its escapes
+// (\\, \t, \n, octal, \x..); null[i] is set for \N. False if malformed.
+bool split_copy_line(std::string_view line, std::vector<std::string>& fields, std::vector<bool>& null);
 
 }  // namespace bitdex::index
