@@ -85,3 +85,74 @@ CREATE FUNCTION bitdex_sync.op_value_text(value anyelement) RETURNS text
 GRANT USAGE ON SCHEMA bitdex_sync TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA bitdex_sync FROM PUBLIC;
 REVOKE ALL ON FUNCTION bitdex_sync.dedup(jsonb) FROM PUBLIC;
+
+-- ---- the worker -------------------------------------------------------------
+-- Raw per-worker state from shared memory (one row per database in
+-- bitdex_sync.databases); status() and metrics() present it.
+CREATE FUNCTION bitdex_sync.worker_state(
+    OUT database text, OUT pid int, OUT state text, OUT durable_lsn pg_lsn,
+    OUT ops_captured bigint, OUT ops_written bigint, OUT records_written bigint, OUT records_skipped bigint,
+    OUT batches bigint, OUT wal_bytes_written bigint, OUT poison_ops bigint, OUT errors_total bigint,
+    OUT started_at timestamptz, OUT last_batch_at timestamptz, OUT last_error text, OUT last_error_at timestamptz,
+    OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint)
+  RETURNS SETOF record
+  AS 'MODULE_PATHNAME', 'bitdex_sync_worker_state'
+  LANGUAGE C VOLATILE;
+
+-- Per worker: its state, how far the ops WAL is durable, the lag behind the
+-- server's WAL (bytes) and since the last batch (seconds, when behind), what
+-- the slot retains, totals and the last error.
+CREATE FUNCTION bitdex_sync.status()
+  RETURNS TABLE (source text, database text, state text, pid int, slot_name text, confirmed_lsn pg_lsn,
+                 lag_bytes numeric, lag_seconds float8, slot_retained_wal_bytes numeric,
+                 ops_captured bigint, ops_written bigint, records_skipped bigint, batches bigint,
+                 wal_bytes_written bigint, poison_ops bigint, errors_total bigint, failures_in_a_row int,
+                 last_batch_at timestamptz, last_error text, last_error_at timestamptz)
+  LANGUAGE sql VOLATILE
+  SET search_path = pg_catalog
+  AS $$
+  SELECT 'slot', w.database, w.state, w.pid, s.slot_name::text, w.durable_lsn,
+         pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn),
+         CASE WHEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn) > 0 AND w.last_batch_at IS NOT NULL
+              THEN extract(epoch FROM clock_timestamp() - w.last_batch_at)::float8 ELSE 0 END,
+         pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn),
+         w.ops_captured, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at
+    FROM bitdex_sync.worker_state() w
+    LEFT JOIN pg_database d ON d.datname = w.database
+    LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
+  $$;
+
+-- The same in Prometheus' text exposition format.
+CREATE FUNCTION bitdex_sync.metrics() RETURNS text
+  LANGUAGE sql VOLATILE
+  SET search_path = pg_catalog
+  AS $$
+  WITH w AS (SELECT * FROM bitdex_sync.worker_state()),
+  lines AS (
+    SELECT 1 AS k, format('bitdex_sync_cursor_position{source="slot",database="%s"} %s', database,
+                          coalesce(pg_wal_lsn_diff(durable_lsn, '0/0'), 0)) AS line FROM w
+    UNION ALL SELECT 2, format('bitdex_sync_max_id{source="slot",database="%s"} %s', database,
+                               pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')) FROM w
+    UNION ALL SELECT 3, format('bitdex_sync_lag_rows{source="slot",database="%s"} %s', database,
+                               coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), durable_lsn), 0)) FROM w
+    UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="slot",database="%s"} %s', database, ops_captured) FROM w
+    UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="slot",database="%s"} %s', database, wal_bytes_written) FROM w
+    UNION ALL SELECT 6, format('bitdex_sync_errors_total{source="slot",database="%s"} %s', database, errors_total) FROM w
+    UNION ALL
+    SELECT 7, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
+                     (SELECT sum(x) FROM unnest(w.latency_buckets[1:b.i]) x))
+      FROM w, unnest(ARRAY['1','2','5','10','20','50','100','250','1000','5000','30000','+Inf']) WITH ORDINALITY b(le, i)
+    UNION ALL SELECT 8, format('bitdex_sync_commit_to_durable_ms_sum{database="%s"} %s', database, latency_sum_ms) FROM w
+    UNION ALL SELECT 9, format('bitdex_sync_commit_to_durable_ms_count{database="%s"} %s', database, latency_count) FROM w)
+  SELECT string_agg(line, E'\n' ORDER BY k) || E'\n' FROM lines
+  $$;
+
+-- Returns true once every transaction committed before the call is durable
+-- in the ops WAL; an error after `timeout`.
+CREATE FUNCTION bitdex_sync.wait_for_sync(timeout interval DEFAULT '30 seconds') RETURNS boolean
+  AS 'MODULE_PATHNAME', 'bitdex_sync_wait_for_sync'
+  LANGUAGE C VOLATILE STRICT;
+
+REVOKE ALL ON FUNCTION bitdex_sync.worker_state(), bitdex_sync.status(), bitdex_sync.metrics(),
+  bitdex_sync.wait_for_sync(interval) FROM PUBLIC;

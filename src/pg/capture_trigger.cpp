@@ -17,6 +17,7 @@
 #include "bitdex_sync/core/ops_codec.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -611,6 +612,7 @@ void emit_keep(Source* s, int64 entity_id) {
     emit_outbox(entity_id);
   else
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+  bitdex::pg::note_captured();  // wake the worker at commit
 }
 
 // Emits g_ops as one record for entity_id, then clears it.

@@ -1,0 +1,84 @@
+// The capture worker (one per database in bitdex_sync.databases) and the
+// state it shares with backends: progress, errors and its latch.
+#pragma once
+
+#include "bitdex_sync/pg/postgres.hpp"
+
+extern "C" {
+#include "replication/logical.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+}
+
+// LSN_FORMAT_ARGS for C++ (PostgreSQL's uses a C-only type check): the two
+// halves of an LSN for "%X/%X".
+#define BDX_LSN_ARGS(lsn) static_cast<uint32>((lsn) >> 32), static_cast<uint32>(lsn)
+
+namespace bitdex::pg {
+
+// Settings (GUCs under bitdex_sync.*, defined by define_settings()).
+extern char* g_databases;      // comma-separated; one worker each (postmaster start)
+extern char* g_wal_directory;  // ops WAL root; relative to the data directory
+extern int g_batch_max_ops;
+extern int g_batch_max_delay_ms;
+extern int g_batch_max_memory_kb;
+extern int g_naptime_ms;
+void define_settings();
+
+constexpr int kMaxWorkers = 16;
+constexpr int kLatencyBuckets = 12;
+// Upper bounds (ms) of the commit -> durable latency histogram buckets; the
+// last bucket is +Inf.
+extern const double kLatencyBoundsMs[kLatencyBuckets - 1];
+
+enum class WorkerState : int { Stopped = 0, Starting, WaitingForExtension, Running, Backoff };
+const char* worker_state_name(WorkerState s);
+
+// One worker's public state. Written by the worker under `mutex`, read by
+// status() and wait_for_sync().
+struct WorkerShared {
+  slock_t mutex;
+  char dbname[NAMEDATALEN];
+  Oid dboid;
+  int pid;
+  Latch* latch;  // the worker's process latch while it runs
+  WorkerState state;
+  uint64 durable_lsn;  // every commit before it is durable in the ops WAL (or held nothing)
+  uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
+  TimestampTz started_at, last_batch_at;
+  int failures;  // consecutive failed runs (backoff exponent)
+  uint64 errors_total;
+  TimestampTz last_error_at;
+  char last_error[512];
+  uint64 latency_buckets[kLatencyBuckets];
+  double latency_sum_ms;
+  uint64 latency_count;
+};
+
+struct SharedState {
+  int nworkers;
+  WorkerShared workers[kMaxWorkers];
+};
+
+SharedState* shared_state();  // nullptr before shared memory is attached
+void install_shared_memory_hooks();
+// The registered worker for a database, or nullptr.
+WorkerShared* worker_for_database(Oid dboid);
+void register_workers();
+
+// Commit hook: a transaction that emitted capture messages wakes its
+// database's worker once it has committed.
+void note_captured();
+void at_transaction_end(XactEvent event, void* arg);
+
+// Output plugin hooks: true when ctx is the worker's own decoding context,
+// which takes the messages instead of the plugin's text output.
+bool is_worker_context(LogicalDecodingContext* ctx);
+void worker_begin(ReorderBufferTXN* txn);
+void worker_message(ReorderBufferTXN* txn, const char* data, Size size);
+
+}  // namespace bitdex::pg
+
+extern "C" {
+PGDLLEXPORT void bitdex_sync_worker_main(Datum arg);
+}

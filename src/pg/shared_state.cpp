@@ -1,0 +1,176 @@
+// Settings, shared memory, worker registration and the commit wake-up.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/pg/worker.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+}
+
+namespace bitdex::pg {
+
+char* g_databases = nullptr;
+char* g_wal_directory = nullptr;
+int g_batch_max_ops = 100000;
+int g_batch_max_delay_ms = 10;
+int g_batch_max_memory_kb = 64 * 1024;
+int g_naptime_ms = 1000;
+
+const double kLatencyBoundsMs[kLatencyBuckets - 1] = {1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000, 30000};
+
+namespace {
+
+SharedState* g_shared = nullptr;
+shmem_request_hook_type g_prev_request = nullptr;
+shmem_startup_hook_type g_prev_startup = nullptr;
+bool g_captured = false;  // this transaction emitted capture messages
+int g_registered = 0;     // workers registered by the postmaster
+
+void request_shared_memory() {
+  if (g_prev_request) g_prev_request();
+  RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+}
+
+void attach_shared_memory() {
+  if (g_prev_startup) g_prev_startup();
+  LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+  bool found = false;
+  g_shared = static_cast<SharedState*>(ShmemInitStruct("bitdex_sync", sizeof(SharedState), &found));
+  if (!found) {
+    memset(g_shared, 0, sizeof(SharedState));
+    for (WorkerShared& w : g_shared->workers) SpinLockInit(&w.mutex);
+    g_shared->nworkers = g_registered;
+  }
+  LWLockRelease(AddinShmemInitLock);
+}
+
+// The database names of bitdex_sync.databases, trimmed, without empties.
+std::vector<std::string> database_names() {
+  std::vector<std::string> out;
+  std::string cur;
+  for (const char* p = g_databases ? g_databases : "";; p++) {
+    if (*p == ',' || *p == '\0') {
+      size_t b = cur.find_first_not_of(" \t"), e = cur.find_last_not_of(" \t");
+      if (b != std::string::npos) out.push_back(cur.substr(b, e - b + 1));
+      cur.clear();
+      if (*p == '\0') break;
+    } else {
+      cur.push_back(*p);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* worker_state_name(WorkerState s) {
+  switch (s) {
+    case WorkerState::Stopped: return "stopped";
+    case WorkerState::Starting: return "starting";
+    case WorkerState::WaitingForExtension: return "waiting for extension";
+    case WorkerState::Running: return "running";
+    case WorkerState::Backoff: return "error backoff";
+  }
+  return "unknown";
+}
+
+void define_settings() {
+  DefineCustomStringVariable("bitdex_sync.databases", "Databases whose captured ops a worker writes to the ops WAL.",
+                             "Comma-separated; one background worker per database, started with the server.",
+                             &g_databases, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable("bitdex_sync.wal_directory", "Root directory of the ops WALs.",
+                             "Relative paths are under the data directory; each database writes to "
+                             "<wal_directory>/<database name>.",
+                             &g_wal_directory, "bitdex_sync", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr,
+                          &g_batch_max_ops, 100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.batch_max_delay", "Longest time a batch stays open while decoding.", nullptr,
+                          &g_batch_max_delay_ms, 10, 0, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+                          nullptr);
+  DefineCustomIntVariable("bitdex_sync.batch_max_memory", "Memory of captured records after which a batch is written.",
+                          "A transaction larger than this is written in several batches, in order.",
+                          &g_batch_max_memory_kb, 64 * 1024, 64, MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, nullptr,
+                          nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.naptime", "How long an idle worker sleeps when no commit wakes it.",
+                          "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
+                          "dropped extension.",
+                          &g_naptime_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+}
+
+SharedState* shared_state() {
+  return g_shared;
+}
+
+void install_shared_memory_hooks() {
+  g_prev_request = shmem_request_hook;
+  shmem_request_hook = request_shared_memory;
+  g_prev_startup = shmem_startup_hook;
+  shmem_startup_hook = attach_shared_memory;
+}
+
+WorkerShared* worker_for_database(Oid dboid) {
+  if (!g_shared) return nullptr;
+  for (int i = 0; i < g_shared->nworkers && i < kMaxWorkers; i++) {
+    WorkerShared& w = g_shared->workers[i];
+    SpinLockAcquire(&w.mutex);
+    bool match = w.dboid == dboid;
+    SpinLockRelease(&w.mutex);
+    if (match) return &w;
+  }
+  return nullptr;
+}
+
+// Called from _PG_init in the postmaster: one static worker per database,
+// restarted a second after it exits with an error.
+void register_workers() {
+  std::vector<std::string> names = database_names();
+  if (names.size() > size_t(kMaxWorkers))
+    ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                    errmsg("bitdex_sync.databases names %zu databases, at most %d are supported", names.size(),
+                           kMaxWorkers)));
+  for (size_t i = 0; i < names.size(); i++) {
+    if (names[i].size() >= NAMEDATALEN || names[i].size() >= BGW_EXTRALEN)
+      ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                      errmsg("database name \"%s\" in bitdex_sync.databases is too long", names[i].c_str())));
+    BackgroundWorker bgw;
+    memset(&bgw, 0, sizeof bgw);
+    bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+    bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+    bgw.bgw_restart_time = 1;
+    snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bitdex_sync");
+    snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bitdex_sync_worker_main");
+    snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync worker for %s", names[i].c_str());
+    snprintf(bgw.bgw_type, BGW_MAXLEN, "bitdex_sync worker");
+    strlcpy(bgw.bgw_extra, names[i].c_str(), BGW_EXTRALEN);
+    bgw.bgw_main_arg = Int32GetDatum(static_cast<int32>(i));
+    RegisterBackgroundWorker(&bgw);
+  }
+  g_registered = static_cast<int>(names.size());
+}
+
+void note_captured() {
+  g_captured = true;
+}
+
+void at_transaction_end(XactEvent event, void*) {
+  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_ABORT &&
+      event != XACT_EVENT_PARALLEL_ABORT)
+    return;
+  bool wake = g_captured && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
+  g_captured = false;
+  if (!wake) return;
+  if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
+    SpinLockAcquire(&w->mutex);
+    Latch* latch = w->latch;
+    SpinLockRelease(&w->mutex);
+    if (latch) SetLatch(latch);
+  }
+}
+
+}  // namespace bitdex::pg

@@ -1,0 +1,113 @@
+// What the workers report: bitdex_sync.worker_state() (one row per
+// configured database; status() and metrics() are SQL over it) and
+// bitdex_sync.wait_for_sync(timeout).
+#include <initializer_list>
+
+#include "bitdex_sync/pg/worker.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "funcapi.h"
+#include "replication/message.h"
+#include "utils/array.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+PG_FUNCTION_INFO_V1(bitdex_sync_worker_state);
+Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bitdex_sync_wait_for_sync);
+Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
+}
+
+namespace {
+
+constexpr int kColumns = 21;
+
+}  // namespace
+
+// One row per worker registered at server start, from a copy taken under
+// its spinlock. No C++ objects here: every call may ereport.
+Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+  InitMaterializedSRF(fcinfo, 0);
+  SharedState* st = shared_state();
+  if (!st) PG_RETURN_VOID();
+  for (int i = 0; i < st->nworkers && i < kMaxWorkers; i++) {
+    WorkerShared copy;
+    WorkerShared* w = &st->workers[i];
+    SpinLockAcquire(&w->mutex);
+    memcpy(&copy, w, sizeof copy);
+    SpinLockRelease(&w->mutex);
+    Datum v[kColumns];
+    bool null[kColumns];
+    memset(null, 0, sizeof null);
+    int c = 0;
+    v[c++] = CStringGetTextDatum(copy.dbname[0] ? copy.dbname : "(not started)");
+    v[c] = Int32GetDatum(copy.pid);
+    null[c++] = copy.pid == 0;
+    v[c++] = CStringGetTextDatum(worker_state_name(copy.state));
+    v[c] = LSNGetDatum(copy.durable_lsn);
+    null[c++] = copy.durable_lsn == 0;
+    for (uint64 n : {copy.ops_captured, copy.ops_written, copy.records_written, copy.records_skipped, copy.batches,
+                     copy.wal_bytes, copy.poison, copy.errors_total})
+      v[c++] = Int64GetDatum(static_cast<int64>(n));
+    v[c] = TimestampTzGetDatum(copy.started_at);
+    null[c++] = copy.started_at == 0;
+    v[c] = TimestampTzGetDatum(copy.last_batch_at);
+    null[c++] = copy.last_batch_at == 0;
+    v[c] = CStringGetTextDatum(copy.last_error);
+    null[c++] = copy.last_error[0] == '\0';
+    v[c] = TimestampTzGetDatum(copy.last_error_at);
+    null[c++] = copy.last_error_at == 0;
+    v[c++] = Int32GetDatum(copy.failures);
+    Datum buckets[kLatencyBuckets];
+    for (int b = 0; b < kLatencyBuckets; b++) buckets[b] = Int64GetDatum(static_cast<int64>(copy.latency_buckets[b]));
+    v[c++] = PointerGetDatum(construct_array(buckets, kLatencyBuckets, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+    v[c++] = Float8GetDatum(copy.latency_sum_ms);
+    v[c++] = Int64GetDatum(static_cast<int64>(copy.latency_count));
+    Assert(c == kColumns);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
+  }
+  PG_RETURN_VOID();
+}
+
+// Returns once every transaction committed before the call is durable in
+// the ops WAL. A non-transactional logical message marks "now" in the WAL:
+// the worker has passed it once its decoded position is beyond the message.
+Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  Interval* timeout = PG_GETARG_INTERVAL_P(0);
+  WorkerShared* w = worker_for_database(MyDatabaseId);
+  if (!w)
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
+                    errhint("Add the database to bitdex_sync.databases and restart the server.")));
+  XLogRecPtr target = LogLogicalMessage("bitdex_sync_sync", "", 0, false);
+  XLogFlush(target);
+  TimestampTz start = GetCurrentTimestamp();
+  int64 limit_ms = static_cast<int64>(timeout->time / 1000) +
+                   (static_cast<int64>(timeout->day) + static_cast<int64>(timeout->month) * 30) * 86400000LL;
+  for (;;) {
+    SpinLockAcquire(&w->mutex);
+    XLogRecPtr durable = w->durable_lsn;
+    Latch* latch = w->latch;
+    SpinLockRelease(&w->mutex);
+    if (durable >= target) PG_RETURN_BOOL(true);
+    if (latch) SetLatch(latch);
+    long elapsed_ms = static_cast<long>((GetCurrentTimestamp() - start) / 1000);
+    if (elapsed_ms >= limit_ms)
+      ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED),
+                      errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),
+                      errdetail("The worker has made durable up to %X/%X; the call waited for %X/%X.",
+                                BDX_LSN_ARGS(durable), BDX_LSN_ARGS(target)),
+                      errhint("See bitdex_sync.status() for the worker's state and last error.")));
+    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5, PG_WAIT_EXTENSION);
+    ResetLatch(MyLatch);
+    CHECK_FOR_INTERRUPTS();
+  }
+}

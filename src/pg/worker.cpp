@@ -1,0 +1,392 @@
+// The capture worker: decodes its database's logical slot in-process with a
+// long-lived decoding context (this library is the slot's output plugin),
+// collects the capture messages in commit order with their source position
+// (commit LSN, index in transaction), and writes them to the ops WAL in
+// deduplicated batches: append + fdatasync first, THEN confirm the slot.
+//
+// Why replaying is safe: the slot's confirmed position reaches disk lazily,
+// so after a crash the slot may hand out transactions the WAL already holds.
+// The WAL records, per stream, the highest position it covers; the batcher
+// skips anything at or below it. Nothing is confirmed before it is durable,
+// so nothing is lost either.
+//
+// Errors: everything that fails (WAL I/O, a full disk, decoding) raises a
+// PostgreSQL ERROR; the top level records it in shared memory (status()),
+// sleeps an exponential backoff and exits, and the postmaster restarts the
+// worker, which resumes from the slot and the WAL's marks.
+//
+// C++ state lives in one heap object (g_worker) so no frame PostgreSQL may
+// longjmp out of owns a C++ object; C++ calls that may throw run inside
+// run_cpp() and their failure is raised as an ERROR afterwards.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/core/batcher.hpp"
+#include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/core/wal_writer.hpp"
+#include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "commands/extension.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/inval.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+}
+
+namespace bitdex::pg {
+namespace {
+
+struct Worker {
+  WorkerShared* shared = nullptr;
+  std::string slot_name;
+  std::string wal_dir;
+  std::unique_ptr<wal::WalWriter> writer;
+  std::unique_ptr<pipeline::Batcher> batcher;
+  LogicalDecodingContext* ctx = nullptr;  // while the slot is acquired
+  uint32_t txn_index = 0;                 // capture messages seen in the transaction being replayed
+  TimestampTz batch_opened = 0;           // 0: the batch is empty
+  std::vector<TimestampTz> commit_times;  // of the transactions in the open batch
+  XLogRecPtr confirmed = InvalidXLogRecPtr;
+  char error[512] = {0};
+};
+
+Worker* g_worker = nullptr;
+
+// Reads a WAL page for decoding. A record may cross the flush pointer the
+// worker decodes up to; then we wait for the rest to be flushed, like
+// read_local_xlog_page, but also leave if the postmaster died (which would
+// never flush it).
+int read_wal_page(XLogReaderState* state, XLogRecPtr page, int want, XLogRecPtr record, char* buf) {
+  while (page + want > GetFlushRecPtr(nullptr)) {
+    if (!PostmasterIsAlive()) proc_exit(1);
+    CHECK_FOR_INTERRUPTS();
+    pg_usleep(1000L);
+  }
+  return read_local_xlog_page(state, page, want, record, buf);
+}
+
+// XL_ROUTINE is C only.
+XLogReaderRoutine g_wal_routine = {read_wal_page, wal_segment_open, wal_segment_close};
+
+void set_state(WorkerState s) {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->state = s;
+  SpinLockRelease(&w->mutex);
+}
+
+// Copies the batcher's totals and the latency of the batch just written.
+void publish_batch(TimestampTz now) {
+  WorkerShared* w = g_worker->shared;
+  const pipeline::BatchTotals& t = g_worker->batcher->totals();
+  SpinLockAcquire(&w->mutex);
+  w->ops_captured = t.ops_in;
+  w->ops_written = t.ops_out;
+  w->records_written = t.records;
+  w->records_skipped = t.skipped;
+  w->batches = t.batches;
+  w->wal_bytes = t.wal_bytes;
+  w->last_batch_at = now;
+  for (TimestampTz commit : g_worker->commit_times) {
+    double ms = std::max<double>(0, static_cast<double>(now - commit) / 1000.0);
+    int b = 0;
+    while (b < kLatencyBuckets - 1 && ms > kLatencyBoundsMs[b]) b++;
+    w->latency_buckets[b]++;
+    w->latency_sum_ms += ms;
+    w->latency_count++;
+  }
+  SpinLockRelease(&w->mutex);
+}
+
+// Opens the ops WAL (truncating a torn tail) and the batcher over it.
+void open_writer() {
+  if (g_worker->writer) return;
+  bool ok = run_cpp(
+      [] {
+        g_worker->writer = wal::WalWriter::open({g_worker->wal_dir});
+        pipeline::BatchLimits limits;
+        limits.max_ops = static_cast<size_t>(g_batch_max_ops);
+        limits.max_bytes = static_cast<size_t>(g_batch_max_memory_kb) * 1024;
+        g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, limits);
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+  if (!ok)
+    ereport(ERROR, (errcode(ERRCODE_IO_ERROR),
+                    errmsg("bitdex_sync: cannot open the ops WAL in \"%s\": %s", g_worker->wal_dir.c_str(),
+                           g_worker->error)));
+}
+
+void close_writer() {
+  run_cpp(
+      [] {
+        g_worker->batcher.reset();
+        g_worker->writer.reset();
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+}
+
+// Writes the open batch durably (dedup, append, fdatasync).
+void flush_batch() {
+  if (!g_worker->batcher || g_worker->batcher->empty()) return;
+  pgstat_report_wait_start(PG_WAIT_IO);
+  bool ok = run_cpp(
+      [] {
+        g_worker->batcher->flush();
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+  pgstat_report_wait_end();
+  if (!ok) {
+    // The writer refuses further appends after an I/O error: start over.
+    close_writer();
+    ereport(ERROR, (errcode(ERRCODE_IO_ERROR),
+                    errmsg("bitdex_sync: cannot write to the ops WAL in \"%s\": %s", g_worker->wal_dir.c_str(),
+                           g_worker->error),
+                    errdetail("Nothing was confirmed to the slot; the batch is decoded again after the restart.")));
+  }
+  publish_batch(GetCurrentTimestamp());
+  g_worker->commit_times.clear();
+  g_worker->batch_opened = 0;
+}
+
+bool extension_installed() {
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  bool installed = OidIsValid(get_extension_oid("bitdex_sync", true));
+  CommitTransactionCommand();
+  return installed;
+}
+
+// Creates the slot (persistent, this library as its plugin) if missing.
+void create_slot_if_missing() {
+  if (SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) return;
+  CheckLogicalDecodingRequirements();
+  ReplicationSlotCreate(g_worker->slot_name.c_str(), true, RS_EPHEMERAL, false);
+  LogicalDecodingContext* c = CreateInitDecodingContext(
+      "bitdex_sync", NIL, false, InvalidXLogRecPtr,
+      &g_wal_routine,
+      nullptr, nullptr, nullptr);
+  DecodingContextFindStartpoint(c);
+  FreeDecodingContext(c);
+  ReplicationSlotPersist();
+  ReplicationSlotRelease();
+  ereport(LOG, (errmsg("bitdex_sync: created logical replication slot \"%s\"", g_worker->slot_name.c_str())));
+}
+
+// Acquires the slot and keeps one decoding context for the worker's life,
+// reading on from where the previous cycle stopped.
+void start_decoding() {
+  if (g_worker->ctx) return;
+  ReplicationSlotAcquire(g_worker->slot_name.c_str(), true);
+  g_worker->ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+                                        &g_wal_routine,
+                                        nullptr, nullptr, nullptr);
+  // The whole of every transaction committed after confirmed_flush must be
+  // seen, so reading starts at restart_lsn.
+  XLogBeginRead(g_worker->ctx->reader, MyReplicationSlot->data.restart_lsn);
+  g_worker->confirmed = MyReplicationSlot->data.confirmed_flush;
+}
+
+void stop_decoding(bool drop_slot) {
+  if (g_worker->ctx) {
+    FreeDecodingContext(g_worker->ctx);
+    g_worker->ctx = nullptr;
+    ReplicationSlotRelease();
+  }
+  if (drop_slot && SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
+    ReplicationSlotDrop(g_worker->slot_name.c_str(), true);
+    ereport(LOG, (errmsg("bitdex_sync: extension dropped, dropped slot \"%s\"", g_worker->slot_name.c_str())));
+  }
+}
+
+// Decodes everything flushed so far; batches are written as they fill or
+// age, and the rest at the end. Then confirms the slot up to where decoding
+// stopped: every transaction committed before it is durable in the ops WAL.
+void decode_available() {
+  LogicalDecodingContext* ctx = g_worker->ctx;
+  XLogRecPtr end_of_wal = GetFlushRecPtr(nullptr);
+  InvalidateSystemCaches();
+  while (ctx->reader->EndRecPtr < end_of_wal) {
+    char* errm = nullptr;
+    XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
+    if (errm) elog(ERROR, "bitdex_sync: could not read WAL for decoding: %s", errm);
+    if (record) LogicalDecodingProcessRecord(ctx, ctx->reader);
+    if (g_worker->batch_opened &&
+        TimestampDifferenceExceeds(g_worker->batch_opened, GetCurrentTimestamp(), g_batch_max_delay_ms))
+      flush_batch();
+    CHECK_FOR_INTERRUPTS();
+  }
+  flush_batch();
+  XLogRecPtr done = ctx->reader->EndRecPtr;
+  if (done > g_worker->confirmed) {
+    LogicalConfirmReceivedLocation(done);
+    g_worker->confirmed = done;
+  }
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->durable_lsn = done;
+  w->failures = 0;
+  SpinLockRelease(&w->mutex);
+}
+
+void run() {
+  for (;;) {
+    CHECK_FOR_INTERRUPTS();
+    if (ConfigReloadPending) {
+      ConfigReloadPending = false;
+      ProcessConfigFile(PGC_SIGHUP);
+      // New batch limits apply from the next batch.
+      if (g_worker->batcher && g_worker->batcher->empty()) close_writer();
+    }
+    if (!extension_installed()) {
+      if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
+        stop_decoding(true);
+        close_writer();
+      }
+      set_state(WorkerState::WaitingForExtension);
+      pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION bitdex_sync");
+    } else {
+      if (!g_worker->ctx) {
+        pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
+        create_slot_if_missing();
+        start_decoding();
+        set_state(WorkerState::Running);
+      }
+      open_writer();  // also after a reload closed it for new batch limits
+      pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
+      decode_available();
+      pgstat_report_activity(STATE_IDLE, "waiting for commits");
+    }
+    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, g_naptime_ms, PG_WAIT_EXTENSION);
+    ResetLatch(MyLatch);
+  }
+}
+
+void at_worker_exit(int, Datum) {
+  if (!g_worker) return;
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->pid = 0;
+  w->latch = nullptr;
+  if (w->state != WorkerState::Backoff) w->state = WorkerState::Stopped;
+  SpinLockRelease(&w->mutex);
+}
+
+// After an error: record it, wait out the backoff (1 s doubling to 60 s
+// over consecutive failures), and let the caller exit for a clean restart.
+void after_error() {
+  MemoryContextSwitchTo(TopMemoryContext);
+  ErrorData* e = CopyErrorData();
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  int failures = ++w->failures;
+  w->errors_total++;
+  w->last_error_at = GetCurrentTimestamp();
+  strlcpy(w->last_error, e->message ? e->message : "unknown error", sizeof w->last_error);
+  w->state = WorkerState::Backoff;
+  SpinLockRelease(&w->mutex);
+  long backoff_ms = 1000L << std::min(failures - 1, 6);
+  backoff_ms = std::min(backoff_ms, 60000L);
+  EmitErrorReport();
+  FlushErrorState();
+  ereport(LOG, (errmsg("bitdex_sync: worker for database \"%s\" restarts in %ld ms (failure %d in a row)",
+                       w->dbname, backoff_ms + 1000, failures)));
+  (void)WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms, PG_WAIT_EXTENSION);
+}
+
+}  // namespace
+
+bool is_worker_context(LogicalDecodingContext* ctx) {
+  return g_worker && ctx && g_worker->ctx == ctx;
+}
+
+void worker_begin(ReorderBufferTXN*) {
+  g_worker->txn_index = 0;
+}
+
+// One capture message of a committed transaction, in commit order.
+void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
+  const uint32_t index = g_worker->txn_index++;
+  bool added = false;
+  bool ok = run_cpp(
+      [&] {
+        EntityRecord r = capture::decode(reinterpret_cast<const uint8_t*>(data), size);
+        r.pos = SourcePos{Stream::Slot, txn->final_lsn, index};
+        added = g_worker->batcher->add(std::move(r));
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+  if (!ok) {
+    // A payload the trigger could not have written: skip it, say where.
+    WorkerShared* w = g_worker->shared;
+    SpinLockAcquire(&w->mutex);
+    w->poison++;
+    w->last_error_at = GetCurrentTimestamp();
+    snprintf(w->last_error, sizeof w->last_error, "skipped a bad capture message at commit %X/%X index %u: %s",
+             BDX_LSN_ARGS(txn->final_lsn), index, g_worker->error);
+    SpinLockRelease(&w->mutex);
+    ereport(WARNING, (errcode(ERRCODE_DATA_CORRUPTED),
+                      errmsg("bitdex_sync: skipped a bad capture message at commit %X/%X index %u: %s",
+                             BDX_LSN_ARGS(txn->final_lsn), index, g_worker->error)));
+    return;
+  }
+  if (!added) return;
+  if (!g_worker->batch_opened) g_worker->batch_opened = GetCurrentTimestamp();
+  if (g_worker->commit_times.empty() || g_worker->commit_times.back() != txn->xact_time.commit_time)
+    g_worker->commit_times.push_back(txn->xact_time.commit_time);
+  if (g_worker->batcher->full()) flush_batch();
+}
+
+}  // namespace bitdex::pg
+
+void bitdex_sync_worker_main(Datum arg) {
+  using namespace bitdex::pg;
+  pqsignal(SIGHUP, SignalHandlerForConfigReload);
+  pqsignal(SIGTERM, die);
+  BackgroundWorkerUnblockSignals();
+  const int index = DatumGetInt32(arg);
+  WorkerShared* w = &shared_state()->workers[index];
+  BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, nullptr, 0);
+
+  g_worker = new Worker();
+  g_worker->shared = w;
+  g_worker->slot_name = "bitdex_sync_" + std::to_string(MyDatabaseId);
+  std::string root = g_wal_directory;
+  g_worker->wal_dir = root + "/" + MyBgworkerEntry->bgw_extra;
+  SpinLockAcquire(&w->mutex);
+  strlcpy(w->dbname, MyBgworkerEntry->bgw_extra, sizeof w->dbname);
+  w->dboid = MyDatabaseId;
+  w->pid = MyProcPid;
+  w->latch = MyLatch;
+  w->state = WorkerState::Starting;
+  w->started_at = GetCurrentTimestamp();
+  SpinLockRelease(&w->mutex);
+  before_shmem_exit(at_worker_exit, 0);
+  CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bitdex_sync worker");
+
+  PG_TRY();
+  { run(); }
+  PG_CATCH();
+  {
+    after_error();
+    proc_exit(1);
+  }
+  PG_END_TRY();
+}

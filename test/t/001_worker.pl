@@ -1,0 +1,149 @@
+# The capture worker: lifecycle (waits for the extension, SIGHUP, drop
+# extension), then crash loops — kill -9 of the worker and of the postmaster
+# at random moments under a write load — after which every committed row is
+# in the ops WAL exactly once, in position order, and no aborted one is.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use IPC::Run;
+use Test::More;
+
+my $kills = $ENV{BITDEX_TAP_KILLS} // 20;
+my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
+
+my $node = PostgreSQL::Test::Cluster->new('worker');
+$node->init(allows_streaming => 'logical');
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bitdex_sync'
+output_plugin_libraries = 'bitdex_sync'
+bitdex_sync.naptime = '100ms'
+restart_after_crash = on
+});
+$node->start;
+my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+
+sub worker_pid {
+  return $node->safe_psql('postgres',
+    "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'");
+}
+
+# Before CREATE EXTENSION the worker runs and waits quietly.
+$node->poll_query_until('postgres',
+  "SELECT query = 'waiting for CREATE EXTENSION bitdex_sync' FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  or die "worker not waiting";
+pass('worker waits for the extension');
+
+$node->safe_psql('postgres', q{
+CREATE EXTENSION bitdex_sync;
+CREATE TABLE img (id serial PRIMARY KEY, nsfw int NOT NULL);
+SELECT count(*) FROM bitdex_sync.apply_config($$
+sources:
+  - table: img
+    sets_alive: true
+    on_delete: true
+    track_fields: [nsfw]
+$$);
+});
+$node->poll_query_until('postgres', "SELECT state = 'running' FROM bitdex_sync.status()")
+  or die "worker not running";
+$node->safe_psql('postgres', "INSERT INTO img (nsfw) SELECT g % 5 FROM generate_series(1, 100) g");
+is($node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')"), 't', 'wait_for_sync returns');
+my $dump = `$wal_tool dump $wal_dir`;
+is(scalar(() = $dump =~ /"creates_slot":true/g), 100, '100 inserts are in the ops WAL');
+
+# SIGHUP reloads without a restart.
+my $pid = worker_pid();
+$node->append_conf('postgresql.conf', "bitdex_sync.batch_max_ops = 50\n");
+$node->reload;
+$node->safe_psql('postgres', "INSERT INTO img (nsfw) SELECT 1 FROM generate_series(1, 120)");
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+is(worker_pid(), $pid, 'SIGHUP does not restart the worker');
+cmp_ok($node->safe_psql('postgres', "SELECT batches FROM bitdex_sync.status()"), '>=', 4,
+  'the reloaded batch_max_ops splits a 120-row transaction');
+
+# Crash loops under load: each load statement commits one row; every tenth
+# transaction rolls back. The table is the truth after each recovery.
+my $load = join('', map {
+  $_ % 10 == 0 ? "BEGIN; INSERT INTO img (nsfw) VALUES (99); ROLLBACK;\n"
+               : "INSERT INTO img (nsfw) VALUES ($_ % 5);\n" } 1 .. 400);
+sub start_load {
+  my ($in, $out, $err) = ($load, '', '');
+  return IPC::Run::start([ 'psql', '-X', '-q', '-d', $node->connstr('postgres') ],
+    '<', \$in, '>', \$out, '2>', \$err);
+}
+sub crash_round {
+  my ($what) = @_;
+  my $h = start_load();
+  select(undef, undef, undef, rand(0.4));
+  if ($what eq 'worker') {
+    my $p = worker_pid();
+    kill 'KILL', $p if $p;
+  } else {
+    $node->kill9;
+  }
+  eval { $h->finish };
+  if ($what eq 'postmaster') {
+    # Its children notice the postmaster's death and exit; until they have,
+    # a new postmaster refuses to start.
+    my $started = 0;
+    for (1 .. 100) {
+      $node->{_pid} = undef;    # a failed start read the stale pid file
+      last if ($started = $node->start(fail_ok => 1));
+      select(undef, undef, undef, 0.2);
+    }
+    die "server did not restart after kill -9 of the postmaster" unless $started;
+  }
+  # The worker is back (the postmaster restarts everything after a crash).
+  $node->poll_query_until('postgres', "SELECT state = 'running' FROM bitdex_sync.status()", 't')
+    or die "worker did not come back after killing the $what";
+}
+for my $what ('worker', 'postmaster') {
+  crash_round($what) for 1 .. $kills;
+  pass("$kills kill -9 of the $what survived");
+}
+
+# One last load without crashes, then everything must be durable.
+my $h = start_load();
+$h->finish;
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('60s')");
+$dump = `$wal_tool dump $wal_dir`;
+my (%created, %positions, $dup_positions, $last);
+my $ordered = 1;
+for my $line (split /\n/, $dump) {
+  next unless $line =~ /"lsn":"([0-9A-F]+)\/([0-9A-F]+)","index":(\d+)\},"entity_id":(\d+),"creates_slot":(true|false)/;
+  my $pos = sprintf('%08X%08X:%010d', hex($1), hex($2), $3);
+  $dup_positions++ if $positions{$pos}++;
+  $ordered = 0 if defined $last && $pos le $last;
+  $last = $pos;
+  $created{$4}++ if $5 eq 'true';
+}
+my @ids = split /\n/, $node->safe_psql('postgres', "SELECT id FROM img ORDER BY id");
+my @missing = grep { !$created{$_} } @ids;
+my %in_table = map { $_ => 1 } @ids;
+my @extra = grep { !$in_table{$_} } keys %created;
+my @twice = grep { $created{$_} > 1 } keys %created;
+diag('records skipped as already durable after restarts: ' .
+  $node->safe_psql('postgres', 'SELECT sum(records_skipped) FROM bitdex_sync.status()'));
+ok(!$dup_positions, 'no source position twice in the ops WAL');
+ok($ordered, 'positions rise through the ops WAL');
+is(scalar(@missing), 0, 'every committed row is in the ops WAL (' . scalar(@ids) . ' rows)')
+  or diag("missing: @missing[0 .. 9]");
+is(scalar(@extra), 0, 'nothing from an aborted transaction') or diag("extra: @extra[0 .. 9]");
+is(scalar(@twice), 0, 'every row exactly once');
+is(system("$wal_tool verify $wal_dir > /dev/null"), 0, 'bitdex-wal verify accepts the WAL');
+
+# DROP EXTENSION: the worker drops its slot and waits again.
+$node->safe_psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE');
+$node->poll_query_until('postgres',
+  "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bitdex_sync_%'")
+  or die "slot not dropped";
+pass('drop extension drops the slot');
+
+# SIGTERM: a clean stop. Over the whole run the worker never crashed by
+# itself (only the kills above ended it).
+$node->stop('fast');
+my $log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal (11|6)|PANIC/, 'no segfault, abort or PANIC in the server log');
+like($log, qr/bitdex_sync: created logical replication slot/, 'the worker created its slot');
+done_testing();
