@@ -88,8 +88,8 @@ void define_settings() {
                              "Relative paths are under the data directory; each database writes to "
                              "<wal_directory>/<database name>.",
                              &g_wal_directory, "bitdex_sync", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr,
-                          &g_batch_max_ops, 100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr, &g_batch_max_ops,
+                          100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.batch_max_delay", "Longest time a batch stays open while decoding.", nullptr,
                           &g_batch_max_delay_ms, 10, 0, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
                           nullptr);
@@ -131,9 +131,9 @@ WorkerShared* worker_for_database(Oid dboid) {
 void register_workers() {
   std::vector<std::string> names = database_names();
   if (names.size() > size_t(kMaxWorkers))
-    ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-                    errmsg("bitdex_sync.databases names %zu databases, at most %d are supported", names.size(),
-                           kMaxWorkers)));
+    ereport(ERROR,
+            (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+             errmsg("bitdex_sync.databases names %zu databases, at most %d are supported", names.size(), kMaxWorkers)));
   for (size_t i = 0; i < names.size(); i++) {
     if (names[i].size() >= NAMEDATALEN || names[i].size() >= BGW_EXTRALEN)
       ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),

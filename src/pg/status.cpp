@@ -101,11 +101,11 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
     if (latch) SetLatch(latch);
     long elapsed_ms = static_cast<long>((GetCurrentTimestamp() - start) / 1000);
     if (elapsed_ms >= limit_ms)
-      ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED),
-                      errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),
-                      errdetail("The worker has made durable up to %X/%X; the call waited for %X/%X.",
-                                BDX_LSN_ARGS(durable), BDX_LSN_ARGS(target)),
-                      errhint("See bitdex_sync.status() for the worker's state and last error.")));
+      ereport(ERROR,
+              (errcode(ERRCODE_QUERY_CANCELED), errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),
+               errdetail("The worker has made durable up to %X/%X; the call waited for %X/%X.", BDX_LSN_ARGS(durable),
+                         BDX_LSN_ARGS(target)),
+               errhint("See bitdex_sync.status() for the worker's state and last error.")));
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
     CHECK_FOR_INTERRUPTS();

@@ -127,9 +127,8 @@ void open_writer() {
       },
       g_worker->error, sizeof g_worker->error);
   if (!ok)
-    ereport(ERROR, (errcode(ERRCODE_IO_ERROR),
-                    errmsg("bitdex_sync: cannot open the ops WAL in \"%s\": %s", g_worker->wal_dir.c_str(),
-                           g_worker->error)));
+    ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: cannot open the ops WAL in \"%s\": %s",
+                                                      g_worker->wal_dir.c_str(), g_worker->error)));
 }
 
 void close_writer() {
@@ -179,10 +178,8 @@ void create_slot_if_missing() {
   if (SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) return;
   CheckLogicalDecodingRequirements();
   ReplicationSlotCreate(g_worker->slot_name.c_str(), true, RS_EPHEMERAL, false);
-  LogicalDecodingContext* c = CreateInitDecodingContext(
-      "bitdex_sync", NIL, false, InvalidXLogRecPtr,
-      &g_wal_routine,
-      nullptr, nullptr, nullptr);
+  LogicalDecodingContext* c = CreateInitDecodingContext("bitdex_sync", NIL, false, InvalidXLogRecPtr, &g_wal_routine,
+                                                        nullptr, nullptr, nullptr);
   DecodingContextFindStartpoint(c);
   FreeDecodingContext(c);
   ReplicationSlotPersist();
@@ -195,9 +192,7 @@ void create_slot_if_missing() {
 void start_decoding() {
   if (g_worker->ctx) return;
   ReplicationSlotAcquire(g_worker->slot_name.c_str(), true);
-  g_worker->ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
-                                        &g_wal_routine,
-                                        nullptr, nullptr, nullptr);
+  g_worker->ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, &g_wal_routine, nullptr, nullptr, nullptr);
   // The whole of every transaction committed after confirmed_flush must be
   // seen, so reading starts at restart_lsn.
   XLogBeginRead(g_worker->ctx->reader, MyReplicationSlot->data.restart_lsn);
@@ -306,8 +301,8 @@ void after_error() {
   backoff_ms = std::min(backoff_ms, 60000L);
   EmitErrorReport();
   FlushErrorState();
-  ereport(LOG, (errmsg("bitdex_sync: worker for database \"%s\" restarts in %ld ms (failure %d in a row)",
-                       w->dbname, backoff_ms + 1000, failures)));
+  ereport(LOG, (errmsg("bitdex_sync: worker for database \"%s\" restarts in %ld ms (failure %d in a row)", w->dbname,
+                       backoff_ms + 1000, failures)));
   (void)WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms, PG_WAIT_EXTENSION);
 }
 

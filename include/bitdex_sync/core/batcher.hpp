@@ -15,15 +15,15 @@
 namespace bitdex::pipeline {
 
 struct BatchLimits {
-  size_t max_ops = 100000;          // ops in one batch
-  size_t max_bytes = 64ull << 20;   // estimated memory of the records held
+  size_t max_ops = 100000;         // ops in one batch
+  size_t max_bytes = 64ull << 20;  // estimated memory of the records held
 };
 
 struct BatchTotals {
-  uint64_t records = 0;   // records appended (after dedup)
-  uint64_t ops_in = 0;    // ops captured and not skipped
-  uint64_t ops_out = 0;   // ops appended (after dedup)
-  uint64_t skipped = 0;   // records at or below the durable mark
+  uint64_t records = 0;  // records appended (after dedup)
+  uint64_t ops_in = 0;   // ops captured and not skipped
+  uint64_t ops_out = 0;  // ops appended (after dedup)
+  uint64_t skipped = 0;  // records at or below the durable mark
   uint64_t batches = 0;
   uint64_t wal_bytes = 0;
 };
