@@ -3,10 +3,10 @@ CREATE EXTENSION bitdex_sync;
 SELECT extname, extversion, extrelocatable, nspname
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE extname = 'bitdex_sync';
-SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS result,
+SELECT p.proname, left(pg_get_function_arguments(p.oid), 50) AS args, left(pg_get_function_result(p.oid), 40) AS result,
        p.provolatile, p.proisstrict
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = 'bitdex_sync' ORDER BY 1;
+ WHERE n.nspname = 'bitdex_sync' ORDER BY 1, 2;
 SHOW wal_level;
 -- Settings under the reserved prefix that the extension does not define are refused.
 SET bitdex_sync.no_such_setting = 1;
