@@ -2,9 +2,7 @@
 // canonical compact JSON form (key order op, field, value / op, query, ops).
 #include "bitdex_sync/core/ops.hpp"
 
-#include <cerrno>
 #include <charconv>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 

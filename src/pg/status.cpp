@@ -25,7 +25,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
 
 namespace {
 
-constexpr int kColumns = 21;
+constexpr int kColumns = 20;  // worker_state()'s OUT columns
 
 }  // namespace
 
@@ -70,7 +70,8 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
     v[c++] = PointerGetDatum(construct_array(buckets, kLatencyBuckets, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
     v[c++] = Float8GetDatum(copy.latency_sum_ms);
     v[c++] = Int64GetDatum(static_cast<int64>(copy.latency_count));
-    Assert(c == kColumns);
+    if (c != kColumns || rsinfo->setDesc->natts != kColumns)
+      elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
   }
   PG_RETURN_VOID();
