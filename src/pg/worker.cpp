@@ -113,16 +113,21 @@ void publish_batch(TimestampTz now) {
   SpinLockRelease(&w->mutex);
 }
 
+// The batch limits the settings ask for.
+pipeline::BatchLimits batch_limits() {
+  pipeline::BatchLimits limits;
+  limits.max_ops = static_cast<size_t>(g_batch_max_ops);
+  limits.max_bytes = static_cast<size_t>(g_batch_max_memory_kb) * 1024;
+  return limits;
+}
+
 // Opens the ops WAL (truncating a torn tail) and the batcher over it.
 void open_writer() {
   if (g_worker->writer) return;
   bool ok = run_cpp(
       [] {
         g_worker->writer = wal::WalWriter::open({g_worker->wal_dir});
-        pipeline::BatchLimits limits;
-        limits.max_ops = static_cast<size_t>(g_batch_max_ops);
-        limits.max_bytes = static_cast<size_t>(g_batch_max_memory_kb) * 1024;
-        g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, limits);
+        g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, batch_limits());
         return true;
       },
       g_worker->error, sizeof g_worker->error);
@@ -247,8 +252,7 @@ void run() {
     if (ConfigReloadPending) {
       ConfigReloadPending = false;
       ProcessConfigFile(PGC_SIGHUP);
-      // New batch limits apply from the next batch.
-      if (g_worker->batcher && g_worker->batcher->empty()) close_writer();
+      if (g_worker->batcher) g_worker->batcher->set_limits(batch_limits());
     }
     if (!extension_installed()) {
       if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
@@ -261,10 +265,10 @@ void run() {
       if (!g_worker->ctx) {
         pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
         create_slot_if_missing();
+        open_writer();
         start_decoding();
         set_state(WorkerState::Running);
       }
-      open_writer();  // also after a reload closed it for new batch limits
       pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
       decode_available();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");

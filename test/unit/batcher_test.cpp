@@ -82,4 +82,15 @@ TEST(Batcher, ClosesAtTheMemoryBound) {
   EXPECT_LT(i, 40u);  // a few hundred bytes per record, not a few bytes
 }
 
+TEST(Batcher, NewLimitsApplyToTheOpenBatch) {
+  TempDir tmp;
+  auto w = wal::WalWriter::open({tmp.path() + "/wal"});
+  pipeline::Batcher b(*w, {100, 1 << 20});
+  b.add(rec(1, 10, 0, {Op::set("a", OpValue::int64(1))}));
+  b.add(rec(2, 10, 1, {Op::set("a", OpValue::int64(2))}));
+  EXPECT_FALSE(b.full());
+  b.set_limits({2, 1 << 20});  // a reload lowered batch_max_ops
+  EXPECT_TRUE(b.full());
+}
+
 }  // namespace

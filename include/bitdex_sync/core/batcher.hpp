@@ -35,6 +35,8 @@ class Batcher {
   // Takes a record whose pos is set; positions of one stream must rise.
   // Returns false (and drops it) when the WAL already holds that position.
   bool add(EntityRecord r);
+  // New limits (a settings reload); they apply to the open batch too.
+  void set_limits(BatchLimits limits) { limits_ = limits; }
   // The batch reached a limit: flush before adding more.
   bool full() const { return ops_ >= limits_.max_ops || bytes_ >= limits_.max_bytes; }
   bool empty() const { return records_.empty(); }
