@@ -45,6 +45,14 @@ std::vector<SourcePos> covered_by(const Batch& b) {
   return {b.back().pos};
 }
 
+// Appends n batches of `size` records each, positions continuing from 1.
+void append_batches(WalWriter& w, uint64_t n, size_t size) {
+  for (uint64_t i = 0; i < n; i++) {
+    Batch b = make_batch(1 + i * size, size);
+    w.append(b, covered_by(b));
+  }
+}
+
 // Reads every complete batch from the start; stops at Wait.
 std::vector<WalBatch> read_all(const std::string& dir) {
   WalReader rd(dir, Cursor{});
@@ -273,10 +281,7 @@ TEST(Wal, RotationCarriesMarksAndReaderFollows) {
 TEST(Wal, RetentionWaitsForEveryConsumer) {
   TempDir d;
   auto w = WalWriter::open({d.path(), 4096});
-  for (uint64_t i = 0; i < 100; i++) {
-    Batch b = make_batch(1 + i * 5, 5);
-    w->append(b, covered_by(b));
-  }
+  append_batches(*w, 100, 5);
   std::vector<uint64_t> gens = list_segments(d.path());
   ASSERT_GE(gens.size(), 5u);
   EXPECT_TRUE(remove_consumed_segments(d.path()).removed.empty());  // nobody registered: keep all
@@ -307,10 +312,7 @@ TEST(Wal, RetentionWaitsForEveryConsumer) {
 TEST(Wal, SizeLimitMarksAStuckConsumerLaggingInsteadOfKeepingEverything) {
   TempDir d;
   auto w = WalWriter::open({d.path(), 4096});
-  for (uint64_t i = 0; i < 100; i++) {
-    Batch b = make_batch(1 + i * 5, 5);
-    w->append(b, covered_by(b));
-  }
+  append_batches(*w, 100, 5);
   std::vector<uint64_t> gens = list_segments(d.path());
   ASSERT_GE(gens.size(), 6u);
   register_consumer(d.path(), "stuck", Cursor{});                               // needs segment 1
@@ -342,10 +344,7 @@ TEST(Wal, SizeLimitMarksAStuckConsumerLaggingInsteadOfKeepingEverything) {
 TEST(Wal, CursorResumesExactlyWhereItStopped) {
   TempDir d;
   auto w = WalWriter::open({d.path(), 4096});
-  for (uint64_t i = 0; i < 60; i++) {
-    Batch b = make_batch(1 + i * 3, 3);
-    w->append(b, covered_by(b));
-  }
+  append_batches(*w, 60, 3);
   WalReader rd(d.path(), Cursor{});
   WalBatch b;
   for (int i = 0; i < 7; i++) ASSERT_EQ(rd.next(&b), ReadStatus::Batch);
