@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh Debian 12 machine: installs what is
 # missing, builds and installs the extension, starts a private PostgreSQL
-# with it preloaded, and runs what exists today:
-#   1. a capture config applied with bitdex_sync.apply_config (C triggers),
-#   2. changes made to the tables, captured as logical decoding messages and
-#      read from a slot with the bitdex_sync output plugin,
-#   3. that batch deduplicated and appended durably to an ops WAL
-#      (bitdex-wal append; the background worker of issue 5 will do this
-#      in-process), then the slot advanced,
-#   4. the WAL dumped, verified and summarised,
-#   5. the reference index built from the WAL, queried, and verified against
+# with it preloaded, and then:
+#   1. CREATE EXTENSION: the background worker, waiting for it, creates its
+#      logical slot and opens its ops WAL (data/bitdex_sync/postgres),
+#   2. a capture config applied with bitdex_sync.apply_config (C triggers),
+#   3. changes committed while status() is watched: the worker decodes them
+#      in-process, deduplicates each batch and appends it durably, live,
+#   4. wait_for_sync(), then status() and metrics() (lag, latency histogram),
+#   5. the ops WAL dumped, verified and summarised,
+#   6. the reference index built from the WAL, queried, and verified against
 #      the tables (0 differences).
 # The server is stopped at the end unless --keep is given.
 #
@@ -39,8 +39,13 @@ as_pg=("${AS_PG[@]}")
 psql=("${PSQL[@]}")
 bindir=$PG_BINDIR
 
-say "CREATE EXTENSION bitdex_sync"
+wal=$demo/data/bitdex_sync/postgres
+
+say "CREATE EXTENSION bitdex_sync: the worker was waiting for it; it creates its slot and opens its ops WAL"
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -c "\dx bitdex_sync"
+"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('30s') AS worker_ready" \
+  -c "SELECT database, state, pid, slot_name, confirmed_lsn FROM bitdex_sync.status()" \
+  -c "SELECT backend_type, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"
 
 say "the capture config: three sources (direct, join, fan-out) applied with bitdex_sync.apply_config"
 "${psql[@]}" <<'SQL'
@@ -69,16 +74,36 @@ sources:
     query: "postId eq {id}"
     track_fields: [publishedAt]
 $$);
-SELECT 'created' AS capture_slot FROM pg_create_logical_replication_slot('demo', 'bitdex_sync');
 SQL
 
-say "changes: 2,000 images inserted, then updated, tagged and untagged, some deleted, a post published twice"
+say "changes flowing live: a writer commits 40 small transactions over ~4 s; status() every second"
+"${psql[@]}" -c "INSERT INTO \"Post\" SELECT 1000 + g, NULL FROM generate_series(1, 50) g"
+(
+  for i in $(seq 1 40); do
+    echo "INSERT INTO \"Image\" (\"nsfwLevel\", \"postId\", \"scannedAt\", \"createdAt\")
+            SELECT 1, 1001 + g % 50, timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01'
+            FROM generate_series(1, 50) g;
+          SELECT pg_sleep(0.1);"
+  done | "${psql[@]}" >/dev/null
+) &
+writer=$!
+printf '%-8s %-8s %12s %12s %8s %10s %12s\n' time state ops_captured ops_written batches lag_bytes lag_seconds
+while kill -0 "$writer" 2>/dev/null; do
+  "${psql[@]}" -At -F ' ' -c "SELECT to_char(clock_timestamp(), 'HH24:MI:SS'), state, ops_captured, ops_written, batches,
+                                     lag_bytes, round(lag_seconds::numeric, 3) FROM bitdex_sync.status()" |
+    while read -r t st c w b lb ls; do printf '%-8s %-8s %12s %12s %8s %10s %12s\n' "$t" "$st" "$c" "$w" "$b" "$lb" "$ls"; done
+  sleep 1
+done
+wait "$writer"
+
+say "more changes: updates, tags added and removed, deletes, a post published twice"
 "${psql[@]}" <<'SQL'
-INSERT INTO "Post" SELECT 1000 + g, NULL FROM generate_series(1, 50) g;
-INSERT INTO "Image" ("nsfwLevel", "postId", "scannedAt", "createdAt")
-  SELECT 1, 1001 + g % 50, timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01' FROM generate_series(1, 2000) g;
 UPDATE "Image" SET "nsfwLevel" = 2 WHERE id % 2 = 1;
+-- One transaction changing a row twice: the worker's dedup keeps the last value.
+BEGIN;
+UPDATE "Image" SET "nsfwLevel" = 3 WHERE id % 2 = 1;
 UPDATE "Image" SET "nsfwLevel" = 4, flags = 1 << 14 WHERE id % 2 = 1;
+COMMIT;
 INSERT INTO "TagsOnImage" SELECT id, 100 + id % 7 FROM "Image";
 DELETE FROM "TagsOnImage" WHERE "imageId" % 3 = 0;
 DELETE FROM "Image" WHERE id % 10 = 0;
@@ -86,41 +111,28 @@ UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 1007;
 UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 1007;
 SQL
 
-say "captured: the slot's messages, decoded by the bitdex_sync output plugin (first 3 of them)"
-"${psql[@]}" -At -c "SELECT data FROM pg_logical_slot_peek_changes('demo', NULL, NULL)" > "$demo/captured.jsonl"
-head -3 "$demo/captured.jsonl"
-echo "... $(wc -l < "$demo/captured.jsonl") records, $(grep -o '"op":' "$demo/captured.jsonl" | wc -l) ops"
+say "wait_for_sync(): returns once everything committed before it is durable in the ops WAL"
+"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('30s') AS synced"
+"${psql[@]}" -c '\x on' -c "SELECT * FROM bitdex_sync.status()"
+echo "metrics() (Prometheus text), commit-to-durable latency histogram included:"
+"${psql[@]}" -At -c "SELECT bitdex_sync.metrics()" | grep -v '^#' | head -20
 
-say "the same batch through bitdex_sync.dedup() in SQL: what dedup merged"
-"${psql[@]}" <<'SQL'
-CREATE TEMP TABLE captured AS SELECT jsonb_agg(data::jsonb) AS batch FROM pg_logical_slot_peek_changes('demo', NULL, NULL);
-SELECT jsonb_array_length(batch) AS records_captured,
-       jsonb_array_length(bitdex_sync.dedup(batch)) AS records_after_dedup,
-       (SELECT count(*) FROM jsonb_array_elements(bitdex_sync.dedup(batch)) r, jsonb_array_elements(r->'ops')) AS ops_after_dedup
-FROM captured;
-\echo 'image 3: inserted, nsfwLevel 1 -> 2 -> 4, onSite set, tag added then removed: one record'
-SELECT r FROM captured, jsonb_array_elements(bitdex_sync.dedup(batch)) r WHERE r->>'entity_id' = '3';
-\echo 'image 10: inserted, tagged, deleted: only the delete'
-SELECT r FROM captured, jsonb_array_elements(bitdex_sync.dedup(batch)) r WHERE r->>'entity_id' = '10';
-SQL
-
-say "deduplicated and appended durably to the ops WAL in $demo/ops_wal (peek, write, then advance the slot)"
-"${as_pg[@]}" build/bin/bitdex-wal append "$demo/ops_wal" --records --dedup < "$demo/captured.jsonl"
-"${psql[@]}" -At -c "SELECT count(*) || ' slot messages confirmed' FROM pg_logical_slot_get_changes('demo', NULL, NULL)"
-"${as_pg[@]}" build/bin/bitdex-wal register "$demo/ops_wal" reference-index
-
-say "the ops WAL: first records"
-"${as_pg[@]}" build/bin/bitdex-wal dump "$demo/ops_wal" > "$demo/dump.jsonl"
+say "the ops WAL in $wal: first records"
+"${as_pg[@]}" build/bin/bitdex-wal dump "$wal" > "$demo/dump.jsonl"
 head -4 "$demo/dump.jsonl"
 echo "... ($(wc -l < "$demo/dump.jsonl") lines in $demo/dump.jsonl)"
 say "verify"
-"${as_pg[@]}" build/bin/bitdex-wal verify "$demo/ops_wal"
+"${as_pg[@]}" build/bin/bitdex-wal verify "$wal"
 say "stats"
-"${as_pg[@]}" build/bin/bitdex-wal stats "$demo/ops_wal"
-ls -l "$demo/ops_wal"
+"${as_pg[@]}" build/bin/bitdex-wal stats "$wal"
+ls -l "$wal"
+
+say "image 3: inserted, nsfwLevel 1 -> 2 -> 3 -> 4 (the last two in one transaction), tagged: its records"
+grep '"entity_id":3,' "$demo/dump.jsonl" | head -5
+"${as_pg[@]}" build/bin/bitdex-wal register "$wal" reference-index
 
 say "the reference index: built from the ops WAL as consumer reference-index (roaring bitmaps, snapshot + cursor)"
-"${as_pg[@]}" build/bin/bitdex-index apply --wal "$demo/ops_wal" --index "$demo/index.bdx" --consumer reference-index
+"${as_pg[@]}" build/bin/bitdex-index apply --wal "$wal" --index "$demo/index.bdx" --consumer reference-index
 "${as_pg[@]}" build/bin/bitdex-index stats --index "$demo/index.bdx"
 echo "query 'nsfwLevel eq 4 AND tagIds in [101, 102]':"
 "${as_pg[@]}" build/bin/bitdex-index query --index "$demo/index.bdx" 'nsfwLevel eq 4 AND tagIds in [101, 102]'

@@ -2,13 +2,11 @@
 # End to end through the index: a config applied to a small schema, rounds
 # of random DML (inserts, updates of every tracked field, deletes, join-table
 # churn with a filter and a conditional field, per-row and query fan-out
-# updates), the captured ops deduplicated into an ops WAL (peek, write,
-# advance), the index following that WAL — killed with SIGKILL mid-run and
-# restarted — and `bitdex-index verify` finding zero differences. Then one
-# flipped bit must make verify fail and name the slot and field.
-#
-# Until the background worker (issue 5) exists, `bitdex-wal append` is the
-# writer here, fed from the slot by psql.
+# updates), the background worker writing the captured ops to its ops WAL
+# (small segments, so it rotates), the index following that WAL — killed with
+# SIGKILL every third round and restarted; the worker itself killed with
+# SIGKILL in two rounds — and `bitdex-index verify` finding zero differences.
+# Then one flipped bit must make verify fail and name the slot and field.
 #
 #   E2E_ROUNDS (default 12)  E2E_STATEMENTS per round (default 400)
 set -euo pipefail
@@ -21,7 +19,7 @@ fail() { echo "index_e2e: FAIL: $*" >&2; exit 1; }
 
 rm -rf "$dir"
 . scripts/lib/private_pg.sh
-private_pg_start "$dir" "$port"
+private_pg_start "$dir" "$port" "bitdex_sync.wal_segment_size = '64kB'"
 follower=
 signal_follower() { [ -n "$follower" ] && kill "-$1" "$follower" 2>/dev/null || true; }
 cleanup() {
@@ -30,7 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 psql=("${PSQL[@]}")
-wal=$dir/ops_wal
+# The worker's ops WAL for database postgres (bitdex_sync.wal_directory default).
+wal=$dir/data/bitdex_sync/postgres
 index=$dir/index.bdx
 dsn="host=$dir port=$port user=postgres dbname=postgres"
 
@@ -79,7 +78,6 @@ sources:
     query: "modelId eq {id}"
     track_fields: [poi]
 $$) ORDER BY 1;
-SELECT 'slot' FROM pg_create_logical_replication_slot('e2e', 'bitdex_sync');
 
 -- One random statement per call, over every kind of change the config captures.
 CREATE FUNCTION churn(n int) RETURNS void LANGUAGE plpgsql AS $f$
@@ -142,23 +140,30 @@ $f$;
 INSERT INTO model (poi) SELECT false FROM generate_series(1, 5);
 SQL
 
-# peek -> durable append -> advance, up to an LSN fixed before the peek.
-drain_slot() {
-  local upto
-  upto=$("${psql[@]}" -At -c "SELECT pg_current_wal_lsn()")
-  "${psql[@]}" -At -c "SELECT data FROM pg_logical_slot_peek_changes('e2e', '$upto', NULL)" > "$dir/batch.jsonl"
-  if [ -s "$dir/batch.jsonl" ]; then
-    build/bin/bitdex-wal append "$wal" --records --dedup --segment-size 65536 < "$dir/batch.jsonl" >/dev/null
-  fi
-  "${psql[@]}" -At -c "SELECT 1 FROM pg_replication_slot_advance('e2e', '$upto')" >/dev/null
+# Everything committed so far durable in the ops WAL (the worker's).
+sync() { "${psql[@]}" -At -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null; }
+
+# SIGKILL of the worker: the postmaster reinitialises shared memory and
+# restarts everything; wait until connections are accepted again.
+kill_worker() {
+  local pid
+  pid=$("${psql[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  [ -n "$pid" ] || fail "no bitdex_sync worker in pg_stat_activity"
+  kill -KILL "$pid"
+  for _ in $(seq 1 100); do
+    sleep 0.2
+    "${psql[@]}" -At -c "SELECT 1" >/dev/null 2>&1 && return 0
+  done
+  fail "server did not come back after the worker was killed"
 }
 
 start_follower() {
-  build/bin/bitdex-index follow --wal "$wal" --index "$index" --checkpoint-seconds 1 >>"$dir/follow.log" 2>&1 &
+  "${AS_PG_EXEC[@]}" build/bin/bitdex-index follow --wal "$wal" --index "$index" --checkpoint-seconds 1 >>"$dir/follow.log" 2>&1 &
   follower=$!
 }
 
 kills=0
+worker_kills=0
 for round in $(seq 1 "$rounds"); do
   # Several transactions per round, some rolled back.
   for t in 1 2 3 4; do
@@ -168,7 +173,12 @@ for round in $(seq 1 "$rounds"); do
       "${psql[@]}" -c "SELECT setseed($(( (round * 10 + t) % 97 )) / 100.0); SELECT churn($((statements / 4)))" >/dev/null
     fi
   done
-  drain_slot
+  # Twice the worker dies without warning right after the round's commits.
+  if [ "$round" = 2 ] || [ "$round" = $((rounds - 1)) ]; then
+    kill_worker
+    worker_kills=$((worker_kills + 1))
+  fi
+  sync
   if [ -z "$follower" ]; then start_follower; fi
   # Every third round the index process dies without warning.
   if [ $((round % 3)) = 0 ]; then
@@ -185,13 +195,15 @@ signal_follower TERM
 wait "$follower" || fail "follow did not exit cleanly on SIGTERM: $(tail -3 "$dir/follow.log")"
 follower=
 # Whatever the follower had not applied yet.
-build/bin/bitdex-index apply --wal "$wal" --index "$index" --json > "$dir/apply.json"
+"${AS_PG[@]}" build/bin/bitdex-index apply --wal "$wal" --index "$index" --json > "$dir/apply.json"
 build/bin/bitdex-wal stats "$wal" --json > "$dir/wal_stats.json"
 batches=$(grep -o '"batches":[0-9]*' "$dir/wal_stats.json" | head -1 | cut -d: -f2)
 grep -q "\"last_batch_seq\":$batches," "$dir/apply.json" || fail "index is not at the WAL's last batch $batches: $(cat "$dir/apply.json")"
 "${psql[@]}" -At -c "SELECT 'images ' || count(*) FROM image" -c "SELECT 'tags ' || count(*) FROM tag_on_image" \
   -c "SELECT 'posts ' || count(*) FROM post"
-echo "ops WAL: $batches batches; index killed $kills times; $(cat "$dir/apply.json")"
+segments=$(find "$wal" -name '*.seg' | wc -l)
+[ "$segments" -gt 1 ] || fail "the worker's ops WAL never rotated ($segments segment)"
+echo "ops WAL: $batches batches in $segments segments; index killed $kills times, worker $worker_kills times; $(cat "$dir/apply.json")"
 
 build/bin/bitdex-index verify --index "$index" --dsn "$dsn" > "$dir/verify.out" 2>&1 ||
   { cat "$dir/verify.out"; fail "verify found differences"; }
@@ -223,4 +235,4 @@ if build/bin/bitdex-index verify --index "$index" --dsn "$dsn" --json > "$dir/ve
 fi
 grep -q "\"differences\":1,\"shown\":\[{\"slot\":$slot,\"field\":\"nsfw\",\"database\":\[$nsfw\],\"index\":\[\]}" \
   "$dir/verify_bad.json" || fail "verify did not name slot $slot field nsfw: $(cat "$dir/verify_bad.json")"
-echo "index_e2e: ok ($rounds rounds, $kills index kills, flipped bit found at slot $slot field nsfw)"
+echo "index_e2e: ok ($rounds rounds through the worker, $kills index kills, $worker_kills worker kills, flipped bit found at slot $slot field nsfw)"

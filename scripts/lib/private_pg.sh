@@ -4,7 +4,9 @@
 #
 #   private_pg_start DIR PORT [postgresql.conf lines...]
 #     initdb DIR/data, start it on a Unix socket in DIR; sets
-#     PG_BINDIR, AS_PG (command prefix), PSQL (psql command as an array).
+#     PG_BINDIR, AS_PG (command prefix), AS_PG_EXEC (a prefix that execs, so
+#     $! of a background job is the command itself and signals reach it),
+#     PSQL (psql command as an array).
 #   private_pg_stop
 
 private_pg_start() {
@@ -12,9 +14,11 @@ private_pg_start() {
   shift 2
   PG_BINDIR=$(pg_config --bindir)
   AS_PG=()
+  AS_PG_EXEC=()
   mkdir -p "$dir"
   if [ "$(id -u)" = 0 ]; then
     AS_PG=(runuser -u postgres --)
+    AS_PG_EXEC=(setpriv --reuid=postgres --regid=postgres --init-groups --reset-env --)
     chown -R postgres: "$dir"
   fi
   if [ -f "$dir/data/postmaster.pid" ]; then

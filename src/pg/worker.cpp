@@ -126,7 +126,7 @@ void open_writer() {
   if (g_worker->writer) return;
   bool ok = run_cpp(
       [] {
-        g_worker->writer = wal::WalWriter::open({g_worker->wal_dir});
+        g_worker->writer = wal::WalWriter::open({g_worker->wal_dir, uint64_t(g_wal_segment_size_kb) * 1024});
         g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, batch_limits());
         return true;
       },
