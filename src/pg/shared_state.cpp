@@ -89,9 +89,9 @@ void define_settings() {
                              "Relative paths are under the data directory; each database writes to "
                              "<wal_directory>/<database name>.",
                              &g_wal_directory, "bitdex_sync", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.wal_segment_size", "Size at which an ops WAL segment is closed and a new one begun.",
-                          nullptr, &g_wal_segment_size_kb, 64 * 1024, 64, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_KB,
-                          nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "bitdex_sync.wal_segment_size", "Size at which an ops WAL segment is closed and a new one begun.", nullptr,
+      &g_wal_segment_size_kb, 64 * 1024, 64, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_KB, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr, &g_batch_max_ops,
                           100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.batch_max_delay", "Longest time a batch stays open while decoding.", nullptr,

@@ -17,8 +17,8 @@ extern "C" {
 namespace bitdex::pg {
 
 // Settings (GUCs under bitdex_sync.*, defined by define_settings()).
-extern char* g_databases;      // comma-separated; one worker each (postmaster start)
-extern char* g_wal_directory;  // ops WAL root; relative to the data directory
+extern char* g_databases;          // comma-separated; one worker each (postmaster start)
+extern char* g_wal_directory;      // ops WAL root; relative to the data directory
 extern int g_wal_segment_size_kb;  // rotate a segment once it reaches this size
 extern int g_batch_max_ops;
 extern int g_batch_max_delay_ms;
