@@ -94,33 +94,47 @@ CREATE FUNCTION bitdex_sync.worker_state(
     OUT ops_captured bigint, OUT ops_written bigint, OUT records_written bigint, OUT records_skipped bigint,
     OUT batches bigint, OUT wal_bytes_written bigint, OUT poison_ops bigint, OUT errors_total bigint,
     OUT started_at timestamptz, OUT last_batch_at timestamptz, OUT last_error text, OUT last_error_at timestamptz,
-    OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint)
+    OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint,
+    OUT outbox_done bigint, OUT outbox_ops bigint)
   RETURNS SETOF record
   AS 'MODULE_PATHNAME', 'bitdex_sync_worker_state'
   LANGUAGE C VOLATILE;
 
--- Per worker: its state, how far the ops WAL is durable, the lag behind the
--- server's WAL (bytes) and since the last batch (seconds, when behind), what
--- the slot retains, totals and the last error.
+-- Per worker and source (the logical slot, the outbox table): its state, how
+-- far the source is durable in the ops WAL, the lag behind it (slot: bytes of
+-- server WAL and seconds since the last batch when behind; outbox: rows and
+-- the age of the oldest row not yet written, counted in the current database
+-- only), what the slot retains, totals and the last error. ops_written,
+-- batches, wal_bytes_written and the error columns belong to the worker (one
+-- ops WAL for both sources) and repeat on its two rows.
 CREATE FUNCTION bitdex_sync.status()
   RETURNS TABLE (source text, database text, state text, pid int, slot_name text, confirmed_lsn pg_lsn,
-                 lag_bytes numeric, lag_seconds float8, slot_retained_wal_bytes numeric,
-                 ops_captured bigint, ops_written bigint, records_skipped bigint, batches bigint,
-                 wal_bytes_written bigint, poison_ops bigint, errors_total bigint, failures_in_a_row int,
-                 last_batch_at timestamptz, last_error text, last_error_at timestamptz)
+                 confirmed_id bigint, lag_bytes numeric, lag_ops bigint, lag_seconds float8,
+                 slot_retained_wal_bytes numeric, ops_captured bigint, ops_written bigint, records_skipped bigint,
+                 batches bigint, wal_bytes_written bigint, poison_ops bigint, errors_total bigint,
+                 failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz)
   LANGUAGE sql VOLATILE
   SET search_path = pg_catalog
   AS $$
-  SELECT 'slot', w.database, w.state, w.pid, s.slot_name::text, w.durable_lsn,
-         pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn),
+  SELECT 'slot', w.database, w.state, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
+         pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn), NULL::bigint,
          CASE WHEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn) > 0 AND w.last_batch_at IS NOT NULL
               THEN extract(epoch FROM clock_timestamp() - w.last_batch_at)::float8 ELSE 0 END,
          pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn),
-         w.ops_captured, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
+         w.ops_captured - w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
          w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at
     FROM bitdex_sync.worker_state() w
     LEFT JOIN pg_database d ON d.datname = w.database
     LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
+  UNION ALL
+  SELECT 'outbox', w.database, w.state, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
+         coalesce(extract(epoch FROM clock_timestamp() - o.oldest)::float8, 0), NULL,
+         w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at
+    FROM bitdex_sync.worker_state() w
+    LEFT JOIN LATERAL (SELECT count(*) AS rows, min(created_at) AS oldest FROM bitdex_sync.ops
+                        WHERE id > coalesce(w.outbox_done, 0)) o ON w.database = current_database()
+  ORDER BY 2, 1 DESC
   $$;
 
 -- The same in Prometheus' text exposition format.
@@ -129,16 +143,26 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
   SET search_path = pg_catalog
   AS $$
   WITH w AS (SELECT * FROM bitdex_sync.worker_state()),
+  o AS (SELECT max(id) AS max_id, count(*) FILTER (WHERE id > (SELECT outbox_done FROM w WHERE database = current_database())) AS rows
+          FROM bitdex_sync.ops),
   lines AS (
     SELECT 1 AS k, format('bitdex_sync_cursor_position{source="slot",database="%s"} %s', database,
                           coalesce(pg_wal_lsn_diff(durable_lsn, '0/0'), 0)) AS line FROM w
+    UNION ALL SELECT 1, format('bitdex_sync_cursor_position{source="outbox",database="%s"} %s', database,
+                               coalesce(outbox_done, 0)) FROM w
     UNION ALL SELECT 2, format('bitdex_sync_max_id{source="slot",database="%s"} %s', database,
                                pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')) FROM w
+    UNION ALL SELECT 2, format('bitdex_sync_max_id{source="outbox",database="%s"} %s', database,
+                               greatest(o.max_id, w.outbox_done, 0)) FROM w, o WHERE database = current_database()
     UNION ALL SELECT 3, format('bitdex_sync_lag_rows{source="slot",database="%s"} %s', database,
                                coalesce(pg_wal_lsn_diff(pg_current_wal_flush_lsn(), durable_lsn), 0)) FROM w
-    UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="slot",database="%s"} %s', database, ops_captured) FROM w
-    UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="slot",database="%s"} %s', database, wal_bytes_written) FROM w
-    UNION ALL SELECT 6, format('bitdex_sync_errors_total{source="slot",database="%s"} %s', database, errors_total) FROM w
+    UNION ALL SELECT 3, format('bitdex_sync_lag_rows{source="outbox",database="%s"} %s', database, o.rows)
+                 FROM w, o WHERE database = current_database()
+    UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="slot",database="%s"} %s', database,
+                               ops_captured - outbox_ops) FROM w
+    UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="outbox",database="%s"} %s', database, outbox_ops) FROM w
+    UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="all",database="%s"} %s', database, wal_bytes_written) FROM w
+    UNION ALL SELECT 6, format('bitdex_sync_errors_total{database="%s"} %s', database, errors_total) FROM w
     UNION ALL
     SELECT 7, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
                      (SELECT sum(x) FROM unnest(w.latency_buckets[1:b.i]) x))

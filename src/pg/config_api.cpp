@@ -11,6 +11,7 @@
 #include "bitdex_sync/core/trigger_gen.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
 #include "catalog/namespace.h"
@@ -302,6 +303,13 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
   if (dry_run) return actions;
+  bool message_sink = false;
+  for (const Planned& p : planned) message_sink = message_sink || p.src->sink == config::Sink::Message;
+  if (message_sink && pg_guard([] { return bitdex::pg::worker_slot_missing(); }))
+    throw Error(ErrorKind::NotReady, "the bitdex_sync worker of this database has not created its replication slot yet",
+                "Changes captured as messages before the slot exists would never reach the ops WAL.",
+                "Commit CREATE EXTENSION, run SELECT bitdex_sync.wait_for_sync(); (it returns once the worker is "
+                "decoding), then apply the config.");
   if (!ddl.empty()) spi_exec(ddl, SPI_OK_UTILITY);
   spi_exec("DELETE FROM bitdex_sync.sources", SPI_OK_DELETE);
   for (const Planned& p : planned) {

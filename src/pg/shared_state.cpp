@@ -8,6 +8,7 @@
 extern "C" {
 #include "access/xact.h"
 #include "postmaster/bgworker.h"
+#include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -156,6 +157,17 @@ void register_workers() {
     RegisterBackgroundWorker(&bgw);
   }
   g_registered = static_cast<int>(names.size());
+}
+
+bool worker_slot_missing() {
+  if (!worker_for_database(MyDatabaseId)) return false;
+  char name[NAMEDATALEN];
+  snprintf(name, sizeof name, "bitdex_sync_%u", MyDatabaseId);
+  LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+  ReplicationSlot* slot = SearchNamedReplicationSlot(name, false);
+  bool ready = slot && slot->data.persistency == RS_PERSISTENT;
+  LWLockRelease(ReplicationSlotControlLock);
+  return !ready;
 }
 
 void note_captured() {

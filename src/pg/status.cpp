@@ -10,6 +10,7 @@ extern "C" {
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "replication/message.h"
 #include "utils/array.h"
@@ -25,7 +26,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
 
 namespace {
 
-constexpr int kColumns = 20;  // worker_state()'s OUT columns
+constexpr int kColumns = 22;  // worker_state()'s OUT columns
 
 }  // namespace
 
@@ -70,6 +71,8 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
     v[c++] = PointerGetDatum(construct_array(buckets, kLatencyBuckets, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
     v[c++] = Float8GetDatum(copy.latency_sum_ms);
     v[c++] = Int64GetDatum(static_cast<int64>(copy.latency_count));
+    v[c++] = Int64GetDatum(copy.outbox_done);
+    v[c++] = Int64GetDatum(static_cast<int64>(copy.outbox_ops));
     if (c != kColumns || rsinfo->setDesc->natts != kColumns)
       elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
@@ -88,6 +91,16 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
                     errhint("Add the database to bitdex_sync.databases and restart the server.")));
+  // The outbox: every row visible now (ids of rows committed later by
+  // transactions running now are written after them, never before).
+  int64 target_id = 0;
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  if (SPI_execute("SELECT max(id) FROM bitdex_sync.ops", true, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not read the outbox");
+  bool no_rows;
+  Datum max_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_rows);
+  if (!no_rows) target_id = DatumGetInt64(max_id);
+  SPI_finish();
   XLogRecPtr target = LogLogicalMessage("bitdex_sync_sync", "", 0, false);
   XLogFlush(target);
   TimestampTz start = GetCurrentTimestamp();
@@ -96,16 +109,18 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   for (;;) {
     SpinLockAcquire(&w->mutex);
     XLogRecPtr durable = w->durable_lsn;
+    int64 outbox_done = w->outbox_done;
     Latch* latch = w->latch;
     SpinLockRelease(&w->mutex);
-    if (durable >= target) PG_RETURN_BOOL(true);
+    if (durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);
     if (latch) SetLatch(latch);
     long elapsed_ms = static_cast<long>((GetCurrentTimestamp() - start) / 1000);
     if (elapsed_ms >= limit_ms)
       ereport(ERROR,
               (errcode(ERRCODE_QUERY_CANCELED), errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),
-               errdetail("The worker has made durable up to %X/%X; the call waited for %X/%X.", BDX_LSN_ARGS(durable),
-                         BDX_LSN_ARGS(target)),
+               errdetail("The worker has made durable the slot up to %X/%X and the outbox up to id " INT64_FORMAT
+                         "; the call waited for %X/%X and id " INT64_FORMAT ".",
+                         BDX_LSN_ARGS(durable), outbox_done, BDX_LSN_ARGS(target), target_id),
                errhint("See bitdex_sync.status() for the worker's state and last error.")));
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);

@@ -10,6 +10,17 @@
 // skips anything at or below it. Nothing is confirmed before it is durable,
 // so nothing is lost either.
 //
+// The outbox (bitdex_sync.ops, capture: outbox) is read through SPI in id
+// order without ever passing an id a running transaction may still commit:
+// a snapshot S and the highest id H visible in it are noted, and rows up to
+// H are read only once every transaction S saw in progress has ended. That
+// is enough because the capture trigger runs AFTER the row change, so a
+// transaction holds its xid before it draws an id: whoever drew an id <= H
+// (drawn before S) had an xid below S's xmax, so it was visible-committed,
+// aborted, or in S's in-progress list. Rows are deleted only after the batch
+// holding them is durable; the WAL's outbox mark (the last id written)
+// makes a crash between the two harmless.
+//
 // Errors: everything that fails (WAL I/O, a full disk, decoding) raises a
 // PostgreSQL ERROR; the top level records it in shared memory (status()),
 // sleeps an exponential backoff and exits, and the postmaster restarts the
@@ -25,6 +36,7 @@
 
 #include "bitdex_sync/core/batcher.hpp"
 #include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/pg/wall.hpp"
 #include "bitdex_sync/pg/worker.hpp"
@@ -33,7 +45,9 @@ extern "C" {
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -45,6 +59,7 @@ extern "C" {
 #include "tcop/tcopprot.h"
 #include "utils/inval.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 }
 
@@ -62,8 +77,18 @@ struct Worker {
   TimestampTz batch_opened = 0;           // 0: the batch is empty
   std::vector<TimestampTz> commit_times;  // of the transactions in the open batch
   XLogRecPtr confirmed = InvalidXLogRecPtr;
+  // Outbox: every row with id <= outbox_done is durable in the WAL (or was
+  // an aborted id). While outbox_pending, rows up to outbox_horizon wait for
+  // the transactions in outbox_snapshot's in-progress list to end.
+  int64 outbox_done = 0;
+  bool outbox_pending = false;
+  int64 outbox_horizon = 0;
+  std::string outbox_snapshot;
   char error[512] = {0};
 };
+
+// Rows read from the outbox per query; the batcher closes batches by its own limits.
+constexpr int kOutboxChunk = 10000;
 
 Worker* g_worker = nullptr;
 
@@ -128,6 +153,8 @@ void open_writer() {
       [] {
         g_worker->writer = wal::WalWriter::open({g_worker->wal_dir, uint64_t(g_wal_segment_size_kb) * 1024});
         g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, batch_limits());
+        g_worker->outbox_done = static_cast<int64>(g_worker->writer->mark(Stream::Outbox).major);
+        g_worker->outbox_pending = false;
         return true;
       },
       g_worker->error, sizeof g_worker->error);
@@ -246,7 +273,142 @@ void decode_available() {
   SpinLockRelease(&w->mutex);
 }
 
+// Counts a record that could not be decoded and says where it was.
+void note_poison(const char* where) {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->poison++;
+  w->last_error_at = GetCurrentTimestamp();
+  snprintf(w->last_error, sizeof w->last_error, "skipped a bad capture record (%s): %s", where, g_worker->error);
+  SpinLockRelease(&w->mutex);
+  ereport(WARNING, (errcode(ERRCODE_DATA_CORRUPTED),
+                    errmsg("bitdex_sync: skipped a bad capture record (%s): %s", where, g_worker->error)));
+}
+
+int64 spi_int8(int row, int col, bool* isnull) {
+  return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull));
+}
+
+// Notes a snapshot and the highest id visible in it (the next horizon), and
+// deletes rows a crash left behind after they were written.
+void outbox_take_horizon() {
+  if (SPI_execute("SELECT pg_catalog.pg_current_snapshot()::text, max(id), min(id) FROM bitdex_sync.ops", true, 1) !=
+      SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not read the outbox");
+  bool max_null, min_null;
+  int64 max_id = spi_int8(0, 2, &max_null);
+  int64 min_id = spi_int8(0, 3, &min_null);
+  if (max_null) return;
+  if (!min_null && min_id <= g_worker->outbox_done) {
+    Datum arg = Int64GetDatum(g_worker->outbox_done);
+    Oid type = INT8OID;
+    if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
+        SPI_OK_DELETE)
+      elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
+  }
+  if (max_id <= g_worker->outbox_done) return;
+  char* snap = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+  g_worker->outbox_snapshot = snap;
+  g_worker->outbox_horizon = max_id;
+  g_worker->outbox_pending = true;
+}
+
+// True once no transaction in progress in the noted snapshot still runs.
+bool outbox_horizon_settled() {
+  Datum arg = CStringGetTextDatum(g_worker->outbox_snapshot.c_str());
+  Oid type = TEXTOID;
+  if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_snapshot_xip($1::pg_catalog.pg_snapshot) x "
+                            "WHERE pg_catalog.pg_xact_status(x) = 'in progress')",
+                            1, &type, &arg, nullptr, true, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not check the outbox's writers");
+  bool isnull;
+  return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+// Adds every row up to the horizon to the batch, in id order, writes it,
+// then deletes the rows (committed with the caller's transaction).
+void outbox_consume() {
+  int64 after = g_worker->outbox_done;
+  const int64 horizon = g_worker->outbox_horizon;
+  uint64 ops = 0;
+  for (;;) {
+    Datum args[3] = {Int64GetDatum(after), Int64GetDatum(horizon), Int32GetDatum(kOutboxChunk)};
+    Oid types[3] = {INT8OID, INT8OID, INT4OID};
+    if (SPI_execute_with_args("SELECT id, entity_id, ops::text FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 "
+                              "ORDER BY id LIMIT $3",
+                              3, types, args, nullptr, true, 0) != SPI_OK_SELECT)
+      elog(ERROR, "bitdex_sync: could not read the outbox");
+    const uint64 rows = SPI_processed;
+    for (uint64 i = 0; i < rows; i++) {
+      bool isnull;
+      const int64 id = spi_int8(static_cast<int>(i), 1, &isnull);
+      const int64 entity = spi_int8(static_cast<int>(i), 2, &isnull);
+      const char* text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+      after = id;
+      size_t nops = 0;
+      bool ok = run_cpp(
+          [&] {
+            EntityRecord r;
+            r.entity_id = entity;
+            r.ops = parse_ops(json::parse(text), "outbox id " + std::to_string(id));
+            r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(id), 0};
+            nops = r.ops.size();
+            g_worker->batcher->add(std::move(r));
+            return true;
+          },
+          g_worker->error, sizeof g_worker->error);
+      if (!ok) {
+        char where[64];
+        snprintf(where, sizeof where, "outbox id " INT64_FORMAT, id);
+        note_poison(where);
+        continue;
+      }
+      ops += nops;
+      if (!g_worker->batch_opened) g_worker->batch_opened = GetCurrentTimestamp();
+      if (g_worker->batcher->full()) flush_batch();
+    }
+    SPI_freetuptable(SPI_tuptable);
+    if (rows < static_cast<uint64>(kOutboxChunk)) break;
+    CHECK_FOR_INTERRUPTS();
+  }
+  flush_batch();
+  Datum arg = Int64GetDatum(horizon);
+  Oid type = INT8OID;
+  if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
+      SPI_OK_DELETE)
+    elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
+  g_worker->outbox_done = horizon;
+  g_worker->outbox_pending = false;
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->outbox_ops += ops;
+  SpinLockRelease(&w->mutex);
+}
+
+// One pass over the outbox: note a horizon, or consume up to the one noted
+// once its writers have ended. Returns true while rows wait for writers.
+bool read_outbox() {
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  PushActiveSnapshot(GetTransactionSnapshot());
+  if (!g_worker->outbox_pending) outbox_take_horizon();
+  if (g_worker->outbox_pending && outbox_horizon_settled()) {
+    pgstat_report_activity(STATE_RUNNING, "reading the outbox into the ops WAL");
+    outbox_consume();
+  }
+  SPI_finish();
+  PopActiveSnapshot();
+  CommitTransactionCommand();
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->outbox_done = g_worker->outbox_done;
+  SpinLockRelease(&w->mutex);
+  return g_worker->outbox_pending;
+}
+
 void run() {
+  bool outbox_waiting = false;
   for (;;) {
     CHECK_FOR_INTERRUPTS();
     if (ConfigReloadPending) {
@@ -271,9 +433,13 @@ void run() {
       }
       pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
       decode_available();
+      outbox_waiting = read_outbox();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
-    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, g_naptime_ms, PG_WAIT_EXTENSION);
+    // Rows waiting for their writers: look again soon, a writer that ends
+    // without capturing does not wake us.
+    long nap = outbox_waiting ? std::max(1, g_batch_max_delay_ms) : g_naptime_ms;
+    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, nap, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
   }
 }
@@ -334,16 +500,9 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
       g_worker->error, sizeof g_worker->error);
   if (!ok) {
     // A payload the trigger could not have written: skip it, say where.
-    WorkerShared* w = g_worker->shared;
-    SpinLockAcquire(&w->mutex);
-    w->poison++;
-    w->last_error_at = GetCurrentTimestamp();
-    snprintf(w->last_error, sizeof w->last_error, "skipped a bad capture message at commit %X/%X index %u: %s",
-             BDX_LSN_ARGS(txn->final_lsn), index, g_worker->error);
-    SpinLockRelease(&w->mutex);
-    ereport(WARNING, (errcode(ERRCODE_DATA_CORRUPTED),
-                      errmsg("bitdex_sync: skipped a bad capture message at commit %X/%X index %u: %s",
-                             BDX_LSN_ARGS(txn->final_lsn), index, g_worker->error)));
+    char where[64];
+    snprintf(where, sizeof where, "commit %X/%X index %u", BDX_LSN_ARGS(txn->final_lsn), index);
+    note_poison(where);
     return;
   }
   if (!added) return;

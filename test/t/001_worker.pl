@@ -1,7 +1,9 @@
 # The capture worker: lifecycle (waits for the extension, SIGHUP, drop
 # extension), then crash loops — kill -9 of the worker and of the postmaster
-# at random moments under a write load — after which every committed row is
-# in the ops WAL exactly once, in position order, and no aborted one is.
+# at random moments under a write load on both sinks (a message source and an
+# outbox source, some transactions writing both) — after which every committed
+# row is in the ops WAL exactly once, in position order per source, no
+# aborted one is, and the outbox is empty.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -34,18 +36,37 @@ $node->poll_query_until('postgres',
   or die "worker not waiting";
 pass('worker waits for the extension');
 
-$node->safe_psql('postgres', q{
+# In the transaction that creates the extension the worker cannot have its
+# slot yet: apply_config refuses message sources rather than lose changes.
+my ($rc, $out, $err) = $node->psql('postgres', q{
+BEGIN;
 CREATE EXTENSION bitdex_sync;
+CREATE TABLE early (id int PRIMARY KEY, v int);
+SELECT bitdex_sync.apply_config('{"sources": [{"table": "early", "track_fields": ["v"]}]}'::jsonb);
+COMMIT;
+});
+like($err, qr/has not created its replication slot yet/, 'apply_config refuses message sources before the slot exists');
+$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
+# apply_config refuses message sources until the worker has its slot.
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+$node->safe_psql('postgres', q{
 CREATE TABLE img (id serial PRIMARY KEY, nsfw int NOT NULL);
+-- Outbox rows get entity ids far from img's, so dedup never merges the two.
+CREATE TABLE box (id serial PRIMARY KEY, v int NOT NULL);
+ALTER SEQUENCE box_id_seq RESTART 100000000;
 SELECT count(*) FROM bitdex_sync.apply_config($$
 sources:
   - table: img
     sets_alive: true
     on_delete: true
     track_fields: [nsfw]
+  - table: box
+    capture: outbox
+    sets_alive: true
+    track_fields: [v]
 $$);
 });
-$node->poll_query_until('postgres', "SELECT state = 'running' FROM bitdex_sync.status()")
+$node->poll_query_until('postgres', "SELECT bool_and(state = 'running') FROM bitdex_sync.status()")
   or die "worker not running";
 $node->safe_psql('postgres', "INSERT INTO img (nsfw) SELECT g % 5 FROM generate_series(1, 100) g");
 is($node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')"), 't', 'wait_for_sync returns');
@@ -59,14 +80,17 @@ $node->reload;
 $node->safe_psql('postgres', "INSERT INTO img (nsfw) SELECT 1 FROM generate_series(1, 120)");
 $node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
 is(worker_pid(), $pid, 'SIGHUP does not restart the worker');
-cmp_ok($node->safe_psql('postgres', "SELECT batches FROM bitdex_sync.status()"), '>=', 4,
+cmp_ok($node->safe_psql('postgres', "SELECT batches FROM bitdex_sync.status() WHERE source = 'slot'"), '>=', 4,
   'the reloaded batch_max_ops splits a 120-row transaction');
 
-# Crash loops under load: each load statement commits one row; every tenth
-# transaction rolls back. The table is the truth after each recovery.
+# Crash loops under load: one row per transaction into img (message sink)
+# or box (outbox sink), every seventh transaction writes both, every tenth
+# rolls back. The tables are the truth after each recovery.
 my $load = join('', map {
-  $_ % 10 == 0 ? "BEGIN; INSERT INTO img (nsfw) VALUES (99); ROLLBACK;\n"
-               : "INSERT INTO img (nsfw) VALUES ($_ % 5);\n" } 1 .. 400);
+    $_ % 10 == 0 ? "BEGIN; INSERT INTO img (nsfw) VALUES (99); INSERT INTO box (v) VALUES (99); ROLLBACK;\n"
+  : $_ % 7 == 0 ? "BEGIN; INSERT INTO img (nsfw) VALUES (7); INSERT INTO box (v) VALUES (7); COMMIT;\n"
+  : $_ % 2 == 0 ? "INSERT INTO box (v) VALUES ($_ % 5);\n"
+  : "INSERT INTO img (nsfw) VALUES ($_ % 5);\n" } 1 .. 400);
 sub start_load {
   my ($in, $out, $err) = ($load, '', '');
   return IPC::Run::start([ 'psql', '-X', '-q', '-d', $node->connstr('postgres') ],
@@ -95,7 +119,7 @@ sub crash_round {
     die "server did not restart after kill -9 of the postmaster" unless $started;
   }
   # The worker is back (the postmaster restarts everything after a crash).
-  $node->poll_query_until('postgres', "SELECT state = 'running' FROM bitdex_sync.status()", 't')
+  $node->poll_query_until('postgres', "SELECT bool_and(state = 'running') FROM bitdex_sync.status()", 't')
     or die "worker did not come back after killing the $what";
 }
 for my $what ('worker', 'postmaster') {
@@ -108,29 +132,40 @@ my $h = start_load();
 $h->finish;
 $node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('60s')");
 $dump = `$wal_tool dump $wal_dir`;
-my (%created, %positions, $dup_positions, $last);
-my $ordered = 1;
-for my $line (split /\n/, $dump) {
-  next unless $line =~ /"lsn":"([0-9A-F]+)\/([0-9A-F]+)","index":(\d+)\},"entity_id":(\d+),"creates_slot":(true|false)/;
-  my $pos = sprintf('%08X%08X:%010d', hex($1), hex($2), $3);
-  $dup_positions++ if $positions{$pos}++;
-  $ordered = 0 if defined $last && $pos le $last;
-  $last = $pos;
-  $created{$4}++ if $5 eq 'true';
+# Per source: positions never repeat and rise; each row created once.
+sub check_source {
+  my ($name, $pattern, $key, $table) = @_;
+  my (%created, %positions, $dup_positions, $last);
+  my $ordered = 1;
+  for my $line (split /\n/, $dump) {
+    next unless $line =~ $pattern;
+    my ($pos, $entity, $creates) = ($key->(), $+{entity}, $+{creates});
+    $dup_positions++ if $positions{$pos}++;
+    $ordered = 0 if defined $last && $pos le $last;
+    $last = $pos;
+    $created{$entity}++ if $creates eq 'true';
+  }
+  my @ids = split /\n/, $node->safe_psql('postgres', "SELECT id FROM $table ORDER BY id");
+  my @missing = grep { !$created{$_} } @ids;
+  my %in_table = map { $_ => 1 } @ids;
+  my @extra = grep { !$in_table{$_} } keys %created;
+  my @twice = grep { $created{$_} > 1 } keys %created;
+  ok(!$dup_positions, "$name: no source position twice in the ops WAL");
+  ok($ordered, "$name: positions rise through the ops WAL");
+  is(scalar(@missing), 0, "$name: every committed row is in the ops WAL (" . scalar(@ids) . ' rows)')
+    or diag("missing: @missing[0 .. 9]");
+  is(scalar(@extra), 0, "$name: nothing from an aborted transaction") or diag("extra: @extra[0 .. 9]");
+  is(scalar(@twice), 0, "$name: every row exactly once");
 }
-my @ids = split /\n/, $node->safe_psql('postgres', "SELECT id FROM img ORDER BY id");
-my @missing = grep { !$created{$_} } @ids;
-my %in_table = map { $_ => 1 } @ids;
-my @extra = grep { !$in_table{$_} } keys %created;
-my @twice = grep { $created{$_} > 1 } keys %created;
+check_source('slot',
+  qr/"lsn":"(?<hi>[0-9A-F]+)\/(?<lo>[0-9A-F]+)","index":(?<i>\d+)\},"entity_id":(?<entity>\d+),"creates_slot":(?<creates>true|false)/,
+  sub { sprintf('%08X%08X:%010d', hex($+{hi}), hex($+{lo}), $+{i}) }, 'img');
+check_source('outbox',
+  qr/"stream":"outbox","id":(?<id>\d+)\},"entity_id":(?<entity>\d+),"creates_slot":(?<creates>true|false)/,
+  sub { sprintf('%020d', $+{id}) }, 'box');
 diag('records skipped as already durable after restarts: ' .
-  $node->safe_psql('postgres', 'SELECT sum(records_skipped) FROM bitdex_sync.status()'));
-ok(!$dup_positions, 'no source position twice in the ops WAL');
-ok($ordered, 'positions rise through the ops WAL');
-is(scalar(@missing), 0, 'every committed row is in the ops WAL (' . scalar(@ids) . ' rows)')
-  or diag("missing: @missing[0 .. 9]");
-is(scalar(@extra), 0, 'nothing from an aborted transaction') or diag("extra: @extra[0 .. 9]");
-is(scalar(@twice), 0, 'every row exactly once');
+  $node->safe_psql('postgres', "SELECT records_skipped FROM bitdex_sync.status() WHERE source = 'slot'"));
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty once written');
 is(system("$wal_tool verify $wal_dir > /dev/null"), 0, 'bitdex-wal verify accepts the WAL');
 
 # DROP EXTENSION: the worker drops its slot and waits again.

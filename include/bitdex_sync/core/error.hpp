@@ -15,6 +15,7 @@ enum class ErrorKind {
   UndefinedTable,   // a config names a table that does not exist
   UndefinedColumn,  // ... or a column
   NotSupported,     // a key or feature this version rejects rather than ignores
+  NotReady,         // something it depends on is not there yet: retry later
 };
 
 class Error : public std::runtime_error {

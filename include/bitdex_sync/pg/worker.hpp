@@ -45,6 +45,8 @@ struct WorkerShared {
   Latch* latch;  // the worker's process latch while it runs
   WorkerState state;
   uint64 durable_lsn;  // every commit before it is durable in the ops WAL (or held nothing)
+  int64 outbox_done;   // every outbox row with id <= this is durable in the ops WAL (and deleted)
+  uint64 outbox_ops;   // ops read from the outbox
   uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
   TimestampTz started_at, last_batch_at;
   int failures;  // consecutive failed runs (backoff exponent)
@@ -66,6 +68,9 @@ void install_shared_memory_hooks();
 // The registered worker for a database, or nullptr.
 WorkerShared* worker_for_database(Oid dboid);
 void register_workers();
+// True when a worker runs for this database but has not created its slot
+// yet: messages captured now would precede the slot and never be decoded.
+bool worker_slot_missing();
 
 // Commit hook: a transaction that emitted capture messages wakes its
 // database's worker once it has committed.

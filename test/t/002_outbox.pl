@@ -1,0 +1,104 @@
+# The outbox reader never passes an id a running transaction may still
+# commit: two concurrent transactions, the lower id committing last, nothing
+# skipped; a rolled-back id is passed over; rows are deleted once durable;
+# wait_for_sync covers the outbox; status() shows the rows waiting.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use IPC::Run;
+use Test::More;
+
+my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
+
+my $node = PostgreSQL::Test::Cluster->new('outbox');
+$node->init(allows_streaming => 'logical');
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bitdex_sync'
+output_plugin_libraries = 'bitdex_sync'
+bitdex_sync.naptime = '100ms'
+});
+$node->start;
+my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+
+$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+$node->safe_psql('postgres', q{
+CREATE TABLE box (id int PRIMARY KEY, v int NOT NULL);
+SELECT count(*) FROM bitdex_sync.apply_config($$
+capture: outbox
+sources:
+  - table: box
+    sets_alive: true
+    track_fields: [v]
+$$);
+});
+
+# The outbox ids written to the ops WAL, in WAL order, with their entity.
+sub written {
+  my @out;
+  for (split /\n/, `$wal_tool dump $wal_dir`) {
+    push @out, "$1:$2" if /"stream":"outbox","id":(\d+)\},"entity_id":(\d+)/;
+  }
+  return join(' ', @out);
+}
+sub outbox_id {
+  my ($entity) = @_;
+  return $node->safe_psql('postgres', "SELECT id FROM bitdex_sync.ops WHERE entity_id = $entity");
+}
+
+$node->safe_psql('postgres', 'INSERT INTO box VALUES (1, 1)');
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+like(written(), qr/^\d+:1$/, 'a committed outbox row is written');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bitdex_sync.ops'), '0', 'and deleted once durable');
+
+# Late committer: A draws the lower id, B the higher; B commits first.
+my $sa = $node->background_psql('postgres');
+$sa->query_safe('BEGIN');
+$sa->query_safe('INSERT INTO box VALUES (2, 2)');
+my $id_a = $sa->query_safe('SELECT id FROM bitdex_sync.ops WHERE entity_id = 2');
+$node->safe_psql('postgres', 'INSERT INTO box VALUES (3, 3)');
+my $id_b = outbox_id(3);
+cmp_ok($id_a, '<', $id_b, "A drew the lower id ($id_a < $id_b)");
+# The worker is woken by B's commit and runs many cycles meanwhile.
+sleep 1;
+unlike(written(), qr/:3\b/, 'B is not written while A, holding a lower id, runs');
+is($node->safe_psql('postgres', "SELECT lag_ops FROM bitdex_sync.status() WHERE source = 'outbox'"), '1',
+  'status() shows the row waiting');
+my ($rc, $stdout, $stderr) = $node->psql('postgres', "SELECT bitdex_sync.wait_for_sync('300ms')");
+like($stderr, qr/wait_for_sync timed out/, 'wait_for_sync waits for the outbox too (times out while A runs)');
+$sa->query_safe('COMMIT');
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+like(written(), qr/ $id_a:2 $id_b:3$/, 'after A commits, both are written, in id order, nothing skipped');
+
+# A rolled-back id is passed over; the committed one after it is written.
+$sa->query_safe('BEGIN');
+$sa->query_safe('INSERT INTO box VALUES (4, 4)');
+$node->safe_psql('postgres', 'INSERT INTO box VALUES (5, 5)');
+$sa->query_safe('ROLLBACK');
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+like(written(), qr/:3 \d+:5$/, 'after a rollback the next committed row is written');
+unlike(written(), qr/:4\b/, 'nothing from the rolled-back transaction');
+
+# Four writers at once, one row per transaction, each transaction sleeping
+# a random moment after drawing its id: every row exactly once, ids rising.
+$sa->quit;
+my @writers;
+for my $w (0 .. 3) {
+  my $script = join('', map {
+    my $e = 100 + $w * 100 + $_;
+    "BEGIN; INSERT INTO box VALUES ($e, $_); SELECT pg_sleep(random() * 0.02); COMMIT;\n" } 1 .. 25);
+  push @writers, IPC::Run::start([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres') ],
+    '<', \$script, '>', \my $o, '2>', \my $e);
+}
+$_->finish or die "a writer failed" for @writers;
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+my @ids = map { (split /:/)[0] } split / /, written();
+is(scalar(@ids), 104, 'every committed row once (4 + 100)');
+is_deeply([ sort { $a <=> $b } @ids ], \@ids, 'ids rise through the ops WAL');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty');
+is($node->safe_psql('postgres', "SELECT confirmed_id FROM bitdex_sync.status() WHERE source = 'outbox'"),
+  $ids[-1], 'status() confirms the last id');
+
+$node->stop('fast');
+done_testing();
