@@ -15,12 +15,15 @@ COMMENT ON FUNCTION bitdex_sync.dedup(jsonb) IS
 
 -- The outbox sink: one row per captured row change. Writers of captured
 -- tables need no rights here; the capture trigger inserts as the owner.
+-- xid comes first: defaults are evaluated in column order, so an insert
+-- holds its transaction id before it draws a row id. The worker relies on
+-- that to never pass an id a running transaction may still commit.
 CREATE TABLE bitdex_sync.ops (
+  xid        xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
   id         bigserial PRIMARY KEY,
   entity_id  bigint NOT NULL,
   ops        jsonb NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  xid        xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+  created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE bitdex_sync.ops IS 'Outbox sink of the capture triggers (capture: outbox)';
 
@@ -87,6 +90,32 @@ REVOKE ALL ON ALL TABLES IN SCHEMA bitdex_sync FROM PUBLIC;
 REVOKE ALL ON FUNCTION bitdex_sync.dedup(jsonb) FROM PUBLIC;
 
 -- ---- the worker -------------------------------------------------------------
+-- Capture records the worker could not decode (bitdex_sync.on_poison_slot /
+-- on_poison_outbox = skip): where they were, their bytes, and why.
+CREATE TABLE bitdex_sync.quarantine (
+  id             bigserial PRIMARY KEY,
+  source         text NOT NULL CHECK (source IN ('slot', 'outbox')),
+  position       text NOT NULL,   -- slot: commit LSN:index in transaction; outbox: id N
+  entity_id      bigint,          -- when known (outbox rows)
+  payload        text NOT NULL,   -- slot: the message bytes as \x hex; outbox: the ops as stored
+  reason         text NOT NULL,
+  quarantined_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (source, position)
+);
+-- One row per run of the worker (from the moment it finds the extension to
+-- its end): running, success (a clean stop) or failed (with the error). Rows
+-- left running by a crash are marked failed when the next run starts.
+CREATE TABLE bitdex_sync.runs (
+  id          bigserial PRIMARY KEY,
+  pid         int NOT NULL,
+  status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'success', 'failed')),
+  started_at  timestamptz NOT NULL DEFAULT now(),
+  ended_at    timestamptz,
+  batches     bigint NOT NULL DEFAULT 0,
+  ops_written bigint NOT NULL DEFAULT 0,
+  error       text
+);
+
 -- Raw per-worker state from shared memory (one row per database in
 -- bitdex_sync.databases); status() and metrics() present it.
 CREATE FUNCTION bitdex_sync.worker_state(
@@ -95,7 +124,7 @@ CREATE FUNCTION bitdex_sync.worker_state(
     OUT batches bigint, OUT wal_bytes_written bigint, OUT poison_ops bigint, OUT errors_total bigint,
     OUT started_at timestamptz, OUT last_batch_at timestamptz, OUT last_error text, OUT last_error_at timestamptz,
     OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint,
-    OUT outbox_done bigint, OUT outbox_ops bigint)
+    OUT outbox_done bigint, OUT outbox_ops bigint, OUT slot_stopped boolean, OUT outbox_stopped boolean)
   RETURNS SETOF record
   AS 'MODULE_PATHNAME', 'bitdex_sync_worker_state'
   LANGUAGE C VOLATILE;
@@ -116,7 +145,7 @@ CREATE FUNCTION bitdex_sync.status()
   LANGUAGE sql VOLATILE
   SET search_path = pg_catalog
   AS $$
-  SELECT 'slot', w.database, w.state, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
+  SELECT 'slot', w.database, CASE WHEN w.slot_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
          pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn), NULL::bigint,
          CASE WHEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn) > 0 AND w.last_batch_at IS NOT NULL
               THEN extract(epoch FROM clock_timestamp() - w.last_batch_at)::float8 ELSE 0 END,
@@ -127,7 +156,7 @@ CREATE FUNCTION bitdex_sync.status()
     LEFT JOIN pg_database d ON d.datname = w.database
     LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
   UNION ALL
-  SELECT 'outbox', w.database, w.state, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
+  SELECT 'outbox', w.database, CASE WHEN w.outbox_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
          coalesce(extract(epoch FROM clock_timestamp() - o.oldest)::float8, 0), NULL,
          w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
          w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at

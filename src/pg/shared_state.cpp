@@ -19,6 +19,8 @@ namespace bitdex::pg {
 char* g_databases = nullptr;
 char* g_wal_directory = nullptr;
 int g_wal_segment_size_kb = 64 * 1024;
+int g_on_poison_slot = kPoisonSkip;
+int g_on_poison_outbox = kPoisonSkip;
 int g_batch_max_ops = 100000;
 int g_batch_max_delay_ms = 10;
 int g_batch_max_memory_kb = 64 * 1024;
@@ -82,6 +84,9 @@ const char* worker_state_name(WorkerState s) {
   return "unknown";
 }
 
+const struct config_enum_entry kPoisonPolicies[] = {
+    {"skip", kPoisonSkip, false}, {"stop", kPoisonStop, false}, {nullptr, 0, false}};
+
 void define_settings() {
   DefineCustomStringVariable("bitdex_sync.databases", "Databases whose captured ops a worker writes to the ops WAL.",
                              "Comma-separated; one background worker per database, started with the server.",
@@ -102,6 +107,14 @@ void define_settings() {
                           "A transaction larger than this is written in several batches, in order.",
                           &g_batch_max_memory_kb, 64 * 1024, 64, MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, nullptr,
                           nullptr, nullptr);
+  DefineCustomEnumVariable("bitdex_sync.on_poison_slot",
+                           "What a capture message that cannot be decoded does: skip (quarantine it) or stop.",
+                           "stop: decoding halts in front of it (nothing after it is written) until a reload.",
+                           &g_on_poison_slot, kPoisonSkip, kPoisonPolicies, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomEnumVariable("bitdex_sync.on_poison_outbox",
+                           "What an outbox row that cannot be decoded does: skip (quarantine it) or stop.",
+                           "stop: the outbox is not read past it until a reload.", &g_on_poison_outbox, kPoisonSkip,
+                           kPoisonPolicies, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.naptime", "How long an idle worker sleeps when no commit wakes it.",
                           "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
                           "dropped extension.",

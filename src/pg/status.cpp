@@ -26,7 +26,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
 
 namespace {
 
-constexpr int kColumns = 22;  // worker_state()'s OUT columns
+constexpr int kColumns = 24;  // worker_state()'s OUT columns
 
 }  // namespace
 
@@ -73,6 +73,8 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
     v[c++] = Int64GetDatum(static_cast<int64>(copy.latency_count));
     v[c++] = Int64GetDatum(copy.outbox_done);
     v[c++] = Int64GetDatum(static_cast<int64>(copy.outbox_ops));
+    v[c++] = BoolGetDatum(copy.slot_stopped);
+    v[c++] = BoolGetDatum(copy.outbox_stopped);
     if (c != kColumns || rsinfo->setDesc->natts != kColumns)
       elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);

@@ -66,6 +66,13 @@ extern "C" {
 namespace bitdex::pg {
 namespace {
 
+struct Quarantined {
+  const char* source;  // "slot" or "outbox"
+  std::string position, payload, reason;
+  int64 entity_id;
+  bool has_entity;
+};
+
 struct Worker {
   WorkerShared* shared = nullptr;
   std::string slot_name;
@@ -84,11 +91,22 @@ struct Worker {
   bool outbox_pending = false;
   int64 outbox_horizon = 0;
   std::string outbox_snapshot;
+  // Poison: records that failed to decode, waiting to be written to
+  // bitdex_sync.quarantine; a source whose policy is `stop` stops at its
+  // first one until the settings are reloaded.
+  std::vector<Quarantined> quarantine;
+  bool slot_stop_requested = false;  // set while decoding; acted on after
+  bool slot_stopped = false, outbox_stopped = false;
+  int64 run_id = 0;  // this run's row in bitdex_sync.runs
   char error[512] = {0};
 };
 
 // Rows read from the outbox per query; the batcher closes batches by its own limits.
 constexpr int kOutboxChunk = 10000;
+
+void in_transaction(void (*fn)());
+void write_quarantine();
+void publish_stops();
 
 Worker* g_worker = nullptr;
 
@@ -98,7 +116,7 @@ Worker* g_worker = nullptr;
 // never flush it).
 int read_wal_page(XLogReaderState* state, XLogRecPtr page, int want, XLogRecPtr record, char* buf) {
   while (page + want > GetFlushRecPtr(nullptr)) {
-    if (!PostmasterIsAlive()) proc_exit(1);
+    if (!PostmasterIsAlive() || ShutdownRequestPending) proc_exit(1);
     CHECK_FOR_INTERRUPTS();
     pg_usleep(1000L);
   }
@@ -258,9 +276,20 @@ void decode_available() {
     if (g_worker->batch_opened &&
         TimestampDifferenceExceeds(g_worker->batch_opened, GetCurrentTimestamp(), g_batch_max_delay_ms))
       flush_batch();
+    if (g_worker->slot_stop_requested) break;
     CHECK_FOR_INTERRUPTS();
   }
   flush_batch();
+  if (!g_worker->quarantine.empty()) in_transaction(write_quarantine);
+  if (g_worker->slot_stop_requested) {
+    // Everything before the poison record is durable; the slot is not
+    // confirmed past it. Decoding starts again from the slot after a reload.
+    g_worker->slot_stop_requested = false;
+    g_worker->slot_stopped = true;
+    stop_decoding(false);
+    publish_stops();
+    return;
+  }
   XLogRecPtr done = ctx->reader->EndRecPtr;
   if (done > g_worker->confirmed) {
     LogicalConfirmReceivedLocation(done);
@@ -273,16 +302,101 @@ void decode_available() {
   SpinLockRelease(&w->mutex);
 }
 
-// Counts a record that could not be decoded and says where it was.
-void note_poison(const char* where) {
+// A record that could not be decoded (g_worker->error says why): with
+// policy `skip` it is queued for the quarantine table and counted; with
+// `stop` its source stops in front of it. Returns true when it stops.
+bool note_poison(const char* source, const char* where, int policy, Quarantined q) {
+  const bool stop = policy == kPoisonStop;
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
-  w->poison++;
+  if (!stop) w->poison++;
   w->last_error_at = GetCurrentTimestamp();
-  snprintf(w->last_error, sizeof w->last_error, "skipped a bad capture record (%s): %s", where, g_worker->error);
+  snprintf(w->last_error, sizeof w->last_error, "%s a bad capture record (%s %s): %s",
+           stop ? "stopped at" : "quarantined", source, where, g_worker->error);
   SpinLockRelease(&w->mutex);
-  ereport(WARNING, (errcode(ERRCODE_DATA_CORRUPTED),
-                    errmsg("bitdex_sync: skipped a bad capture record (%s): %s", where, g_worker->error)));
+  ereport(WARNING,
+          (errcode(ERRCODE_DATA_CORRUPTED),
+           errmsg("bitdex_sync: %s a bad capture record (%s %s): %s", stop ? "stopped at" : "quarantined", source,
+                  where, g_worker->error),
+           stop ? errhint("Set bitdex_sync.on_poison_%s = skip and reload to quarantine it and go on.", source) : 0));
+  if (!stop) {
+    q.source = source;
+    q.position = where;
+    q.reason = g_worker->error;
+    g_worker->quarantine.push_back(std::move(q));
+  }
+  return stop;
+}
+
+void publish_stops() {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->slot_stopped = g_worker->slot_stopped;
+  w->outbox_stopped = g_worker->outbox_stopped;
+  SpinLockRelease(&w->mutex);
+}
+
+// Writes the queued poison records (in the caller's transaction, SPI
+// connected). Idempotent: a record decoded again after a crash is there once.
+void write_quarantine() {
+  for (const Quarantined& q : g_worker->quarantine) {
+    Oid types[5] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID};
+    Datum v[5] = {CStringGetTextDatum(q.source), CStringGetTextDatum(q.position.c_str()), Int64GetDatum(q.entity_id),
+                  CStringGetTextDatum(q.payload.c_str()), CStringGetTextDatum(q.reason.c_str())};
+    char nulls[5] = {' ', ' ', q.has_entity ? ' ' : 'n', ' ', ' '};
+    if (SPI_execute_with_args("INSERT INTO bitdex_sync.quarantine (source, position, entity_id, payload, reason) "
+                              "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, position) DO NOTHING",
+                              5, types, v, nulls, false, 0) != SPI_OK_INSERT)
+      elog(ERROR, "bitdex_sync: could not write to bitdex_sync.quarantine");
+  }
+  g_worker->quarantine.clear();
+}
+
+// Runs fn in a transaction of its own with SPI connected.
+void in_transaction(void (*fn)()) {
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  PushActiveSnapshot(GetTransactionSnapshot());
+  fn();
+  SPI_finish();
+  PopActiveSnapshot();
+  CommitTransactionCommand();
+}
+
+// bitdex_sync.runs: this run's row, after marking rows of runs that ended
+// without saying so (a crash, kill -9) as failed.
+void record_run_start() {
+  if (SPI_execute("UPDATE bitdex_sync.runs SET status = 'failed', ended_at = now(), "
+                  "error = 'the worker ended without recording it (crash, kill -9 or server crash)' "
+                  "WHERE status = 'running'",
+                  false, 0) != SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not update bitdex_sync.runs");
+  Datum pid = Int32GetDatum(MyProcPid);
+  Oid type = INT4OID;
+  if (SPI_execute_with_args("INSERT INTO bitdex_sync.runs (pid) VALUES ($1) RETURNING id", 1, &type, &pid, nullptr,
+                            false, 1) != SPI_OK_INSERT_RETURNING)
+    elog(ERROR, "bitdex_sync: could not insert into bitdex_sync.runs");
+  bool isnull;
+  g_worker->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+const char* g_run_status = nullptr;
+const char* g_run_error = nullptr;
+
+void record_run_end() {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  const int64 batches = static_cast<int64>(w->batches), ops = static_cast<int64>(w->ops_written);
+  SpinLockRelease(&w->mutex);
+  Oid types[5] = {INT8OID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+  Datum v[5] = {Int64GetDatum(g_worker->run_id), CStringGetTextDatum(g_run_status), Int64GetDatum(batches),
+                Int64GetDatum(ops), CStringGetTextDatum(g_run_error ? g_run_error : "")};
+  char nulls[5] = {' ', ' ', ' ', ' ', g_run_error ? ' ' : 'n'};
+  SPI_execute_with_args(
+      "UPDATE bitdex_sync.runs SET status = $2, ended_at = now(), batches = $3, "
+      "ops_written = $4, error = $5 WHERE id = $1",
+      5, types, v, nulls, false, 0);
 }
 
 int64 spi_int8(int row, int col, bool* isnull) {
@@ -330,6 +444,7 @@ bool outbox_horizon_settled() {
 void outbox_consume() {
   int64 after = g_worker->outbox_done;
   const int64 horizon = g_worker->outbox_horizon;
+  bool horizon_reached = true;
   uint64 ops = 0;
   for (;;) {
     Datum args[3] = {Int64GetDatum(after), Int64GetDatum(horizon), Int32GetDatum(kOutboxChunk)};
@@ -358,27 +473,43 @@ void outbox_consume() {
           },
           g_worker->error, sizeof g_worker->error);
       if (!ok) {
-        char where[64];
-        snprintf(where, sizeof where, "outbox id " INT64_FORMAT, id);
-        note_poison(where);
+        char where[32];
+        snprintf(where, sizeof where, "id " INT64_FORMAT, id);
+        if (note_poison("outbox", where, g_on_poison_outbox, {nullptr, {}, text, {}, entity, true})) {
+          // Stop in front of it: what came before is written and deleted.
+          g_worker->outbox_stopped = true;
+          horizon_reached = false;
+          after = id - 1;
+          break;
+        }
         continue;
       }
       ops += nops;
       if (!g_worker->batch_opened) g_worker->batch_opened = GetCurrentTimestamp();
       if (g_worker->batcher->full()) flush_batch();
     }
+    if (g_worker->outbox_stopped) break;
     SPI_freetuptable(SPI_tuptable);
     if (rows < static_cast<uint64>(kOutboxChunk)) break;
+    if (ShutdownRequestPending) {
+      horizon_reached = false;
+      break;
+    }
     CHECK_FOR_INTERRUPTS();
   }
   flush_batch();
-  Datum arg = Int64GetDatum(horizon);
+  write_quarantine();
+  // Up to the horizon every id is written, quarantined or was never
+  // committed; when stopped early, up to the last row taken.
+  const int64 done = horizon_reached ? horizon : after;
+  Datum arg = Int64GetDatum(done);
   Oid type = INT8OID;
   if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
       SPI_OK_DELETE)
     elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
-  g_worker->outbox_done = horizon;
-  g_worker->outbox_pending = false;
+  g_worker->outbox_done = done;
+  g_worker->outbox_pending = !horizon_reached;
+  publish_stops();
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
   w->outbox_ops += ops;
@@ -388,6 +519,7 @@ void outbox_consume() {
 // One pass over the outbox: note a horizon, or consume up to the one noted
 // once its writers have ended. Returns true while rows wait for writers.
 bool read_outbox() {
+  if (g_worker->outbox_stopped) return false;
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
@@ -409,30 +541,37 @@ bool read_outbox() {
 
 void run() {
   bool outbox_waiting = false;
-  for (;;) {
+  while (!ShutdownRequestPending) {
     CHECK_FOR_INTERRUPTS();
     if (ConfigReloadPending) {
       ConfigReloadPending = false;
       ProcessConfigFile(PGC_SIGHUP);
       if (g_worker->batcher) g_worker->batcher->set_limits(batch_limits());
+      // A stopped source tries again (it stops again if still `stop`).
+      g_worker->slot_stopped = g_worker->outbox_stopped = false;
+      publish_stops();
     }
     if (!extension_installed()) {
       if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
         stop_decoding(true);
         close_writer();
       }
+      g_worker->run_id = 0;
       set_state(WorkerState::WaitingForExtension);
       pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION bitdex_sync");
     } else {
-      if (!g_worker->ctx) {
+      if (!g_worker->run_id) in_transaction(record_run_start);
+      if (!g_worker->writer) {
         pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
         create_slot_if_missing();
         open_writer();
-        start_decoding();
         set_state(WorkerState::Running);
       }
-      pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
-      decode_available();
+      if (!g_worker->slot_stopped) {
+        start_decoding();
+        pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
+        decode_available();
+      }
       outbox_waiting = read_outbox();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
@@ -441,6 +580,11 @@ void run() {
     long nap = outbox_waiting ? std::max(1, g_batch_max_delay_ms) : g_naptime_ms;
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, nap, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
+  }
+  // SIGTERM: every batch so far is durable and confirmed.
+  if (g_worker->run_id) {
+    g_run_status = "success";
+    in_transaction(record_run_end);
   }
 }
 
@@ -471,6 +615,20 @@ void after_error() {
   backoff_ms = std::min(backoff_ms, 60000L);
   EmitErrorReport();
   FlushErrorState();
+  if (g_worker->run_id) {
+    AbortOutOfAnyTransaction();
+    g_run_status = "failed";
+    g_run_error = e->message ? e->message : "unknown error";
+    PG_TRY();
+    { in_transaction(record_run_end); }
+    PG_CATCH();
+    {
+      EmitErrorReport();
+      FlushErrorState();
+      AbortOutOfAnyTransaction();
+    }
+    PG_END_TRY();
+  }
   ereport(LOG, (errmsg("bitdex_sync: worker for database \"%s\" restarts in %ld ms (failure %d in a row)", w->dbname,
                        backoff_ms + 1000, failures)));
   (void)WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms, PG_WAIT_EXTENSION);
@@ -489,6 +647,7 @@ void worker_begin(ReorderBufferTXN*) {
 // One capture message of a committed transaction, in commit order.
 void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
   const uint32_t index = g_worker->txn_index++;
+  if (g_worker->slot_stop_requested) return;  // stopped in front of a poison record
   bool added = false;
   bool ok = run_cpp(
       [&] {
@@ -499,10 +658,17 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
       },
       g_worker->error, sizeof g_worker->error);
   if (!ok) {
-    // A payload the trigger could not have written: skip it, say where.
+    // A payload the trigger could not have written.
     char where[64];
-    snprintf(where, sizeof where, "commit %X/%X index %u", BDX_LSN_ARGS(txn->final_lsn), index);
-    note_poison(where);
+    snprintf(where, sizeof where, "%X/%X:%u", BDX_LSN_ARGS(txn->final_lsn), index);
+    static const char hex[] = "0123456789abcdef";
+    std::string payload = "\\x";
+    for (Size i = 0; i < size; i++) {
+      payload.push_back(hex[static_cast<uint8_t>(data[i]) >> 4]);
+      payload.push_back(hex[static_cast<uint8_t>(data[i]) & 15]);
+    }
+    if (note_poison("slot", where, g_on_poison_slot, {nullptr, {}, std::move(payload), {}, 0, false}))
+      g_worker->slot_stop_requested = true;
     return;
   }
   if (!added) return;
@@ -517,7 +683,7 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
 void bitdex_sync_worker_main(Datum arg) {
   using namespace bitdex::pg;
   pqsignal(SIGHUP, SignalHandlerForConfigReload);
-  pqsignal(SIGTERM, die);
+  pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
   BackgroundWorkerUnblockSignals();
   const int index = DatumGetInt32(arg);
   WorkerShared* w = &shared_state()->workers[index];
@@ -547,4 +713,7 @@ void bitdex_sync_worker_main(Datum arg) {
     proc_exit(1);
   }
   PG_END_TRY();
+  // Exit code 1 even after a clean stop: pg_terminate_backend() of the
+  // worker restarts it (a bgworker exiting with 0 is never restarted).
+  proc_exit(1);
 }

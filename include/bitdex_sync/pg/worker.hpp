@@ -24,6 +24,9 @@ extern int g_batch_max_ops;
 extern int g_batch_max_delay_ms;
 extern int g_batch_max_memory_kb;
 extern int g_naptime_ms;
+constexpr int kPoisonSkip = 0, kPoisonStop = 1;
+extern int g_on_poison_slot;  // kPoisonSkip or kPoisonStop
+extern int g_on_poison_outbox;
 void define_settings();
 
 constexpr int kMaxWorkers = 16;
@@ -44,9 +47,10 @@ struct WorkerShared {
   int pid;
   Latch* latch;  // the worker's process latch while it runs
   WorkerState state;
-  uint64 durable_lsn;  // every commit before it is durable in the ops WAL (or held nothing)
-  int64 outbox_done;   // every outbox row with id <= this is durable in the ops WAL (and deleted)
-  uint64 outbox_ops;   // ops read from the outbox
+  uint64 durable_lsn;                 // every commit before it is durable in the ops WAL (or held nothing)
+  int64 outbox_done;                  // every outbox row with id <= this is durable in the ops WAL (and deleted)
+  uint64 outbox_ops;                  // ops read from the outbox
+  bool slot_stopped, outbox_stopped;  // stopped in front of a poison record (policy stop)
   uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
   TimestampTz started_at, last_batch_at;
   int failures;  // consecutive failed runs (backoff exponent)

@@ -1,0 +1,144 @@
+# Poison records under both policies and both sources, and the run history:
+# - skip (default): a capture record that cannot be decoded is quarantined
+#   with its position, bytes and reason; everything around it is written.
+# - stop: its source stops in front of it (what came before is written, what
+#   follows is not, the other source goes on), status() says so; after
+#   switching to skip and reloading it is quarantined and the rest written,
+#   nothing twice.
+# - bitdex_sync.runs: a run killed with -9 is marked failed by the next one;
+#   a clean stop is a success.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
+
+my $node = PostgreSQL::Test::Cluster->new('poison');
+$node->init(allows_streaming => 'logical');
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'bitdex_sync'
+output_plugin_libraries = 'bitdex_sync'
+bitdex_sync.naptime = '100ms'
+restart_after_crash = on
+});
+$node->start;
+my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+
+$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
+$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+$node->safe_psql('postgres', q{
+CREATE TABLE img (id int PRIMARY KEY, nsfw int NOT NULL);
+CREATE TABLE box (id int PRIMARY KEY, v int NOT NULL);
+SELECT count(*) FROM bitdex_sync.apply_config($$
+sources:
+  - table: img
+    sets_alive: true
+    track_fields: [nsfw]
+  - table: box
+    capture: outbox
+    sets_alive: true
+    track_fields: [v]
+$$);
+});
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub sync { sql("SELECT bitdex_sync.wait_for_sync('30s')"); }
+# How many times entity $e was created in the ops WAL.
+sub created {
+  my ($e) = @_;
+  my $dump = `$wal_tool dump $wal_dir`;
+  return scalar(() = $dump =~ /"entity_id":$e,"creates_slot":true/g);
+}
+sub set_policy {
+  my ($source, $policy) = @_;
+  sql("ALTER SYSTEM SET bitdex_sync.on_poison_$source = '$policy'");
+  sql('SELECT pg_reload_conf()');
+  $node->poll_query_until('postgres', "SELECT current_setting('bitdex_sync.on_poison_$source') = '$policy'");
+}
+my $garbage = q{SELECT pg_logical_emit_message(true, 'bitdex_sync', 'garbage')};
+my $bad_row = q{INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (%d, '[{"op": "frobnicate"}]')};
+
+# --- skip ------------------------------------------------------------------
+sql('INSERT INTO img VALUES (1, 1)');
+sql($garbage);
+sql(sprintf($bad_row, 900));
+sql('INSERT INTO img VALUES (2, 2)');
+sql('INSERT INTO box VALUES (1001, 1)');
+sync();
+is(created(1) + created(2) + created(1001), 3, 'skip: the records around the poison are written');
+is(sql("SELECT source || ' ' || payload || ' ' || (reason <> '')::int FROM bitdex_sync.quarantine WHERE source = 'slot'"),
+  'slot \x67617262616765 1', 'skip: the bad message is quarantined with its bytes and a reason');
+like(sql("SELECT position FROM bitdex_sync.quarantine WHERE source = 'slot'"), qr{^[0-9A-F]+/[0-9A-F]+:\d+$},
+  'skip: ... and its position (commit LSN:index)');
+is(sql("SELECT entity_id || ' ' || payload FROM bitdex_sync.quarantine WHERE source = 'outbox'"),
+  '900 [{"op": "frobnicate"}]', 'skip: the bad outbox row is quarantined with its entity and ops');
+like(sql("SELECT reason FROM bitdex_sync.quarantine WHERE source = 'outbox'"), qr/frobnicate/,
+  'skip: the reason names the unknown op');
+is(sql("SELECT max(poison_ops) FROM bitdex_sync.status()"), '2', 'status() counts both');
+is(sql('SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty');
+
+# --- stop, slot ----------------------------------------------------------------
+set_policy('slot', 'stop');
+sql('INSERT INTO img VALUES (3, 3)');
+sql($garbage . ", 'second'");
+sql('INSERT INTO img VALUES (4, 4)');
+$node->poll_query_until('postgres', "SELECT state = 'stopped at poison' FROM bitdex_sync.status() WHERE source = 'slot'")
+  or die 'slot did not stop';
+pass('stop: status() shows the slot stopped at the poison record');
+like(sql("SELECT last_error FROM bitdex_sync.status() WHERE source = 'slot'"), qr/stopped at a bad capture record/,
+  'stop: last_error says where');
+is(created(3), 1, 'stop: what came before the poison is written');
+is(created(4), 0, 'stop: what follows it is not');
+sql('INSERT INTO box VALUES (1002, 2)');
+$node->poll_query_until('postgres', "SELECT confirmed_id >= (SELECT max(id) FROM bitdex_sync.ops) OR NOT EXISTS (SELECT FROM bitdex_sync.ops) FROM bitdex_sync.status() WHERE source = 'outbox'")
+  or die 'outbox stalled';
+is(created(1002), 1, 'stop: the outbox goes on while the slot is stopped');
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT bitdex_sync.wait_for_sync('500ms')");
+like($err, qr/timed out/, 'stop: wait_for_sync times out while the slot is stopped');
+set_policy('slot', 'skip');
+sync();
+is(created(4), 1, 'after switching to skip: the rest is written');
+is(created(3), 1, '... and nothing twice');
+is(sql("SELECT count(*) FROM bitdex_sync.quarantine WHERE source = 'slot'"), '2', '... and the poison quarantined');
+is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'slot'"), 'running', '... and the slot runs');
+
+# --- stop, outbox ----------------------------------------------------------------
+set_policy('outbox', 'stop');
+sql('INSERT INTO box VALUES (1003, 3)');
+sql(sprintf($bad_row, 901));
+sql('INSERT INTO box VALUES (1004, 4)');
+sql('INSERT INTO img VALUES (5, 5)');
+$node->poll_query_until('postgres',
+  "SELECT state = 'stopped at poison' FROM bitdex_sync.status() WHERE source = 'outbox'")
+  or die 'outbox did not stop';
+pass('stop: status() shows the outbox stopped');
+$node->poll_query_until('postgres', "SELECT lag_bytes = 0 FROM bitdex_sync.status() WHERE source = 'slot'");
+is(created(5), 1, 'stop: the slot goes on while the outbox is stopped');
+is(created(1003), 1, 'stop: the outbox row before the poison is written');
+is(created(1004), 0, 'stop: the one after it is not');
+is(sql('SELECT string_agg(entity_id::text, \' \' ORDER BY id) FROM bitdex_sync.ops'), '901 1004',
+  'stop: the poison row and the rest stay in the outbox');
+set_policy('outbox', 'skip');
+sync();
+is(created(1004), 1, 'after switching to skip: the rest is written');
+is(created(1003), 1, '... and nothing twice');
+is(sql("SELECT count(*) FROM bitdex_sync.quarantine WHERE source = 'outbox'"), '2', '... and the poison quarantined');
+is(sql('SELECT count(*) FROM bitdex_sync.ops'), '0', '... and the outbox is empty');
+
+# --- run history ----------------------------------------------------------------
+is(sql("SELECT count(*) FROM bitdex_sync.runs WHERE status = 'running'"), '1', 'one run is running');
+my $pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'");
+kill 'KILL', $pid;
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM bitdex_sync.runs", 't')
+  or die 'no new run after kill -9';
+is(sql("SELECT status || ' ' || (error LIKE '%without recording%')::int FROM bitdex_sync.runs ORDER BY id LIMIT 1"),
+  'failed 1', 'the killed run is marked failed when the next starts');
+is(sql("SELECT status FROM bitdex_sync.runs ORDER BY id DESC LIMIT 1"), 'running', 'the new run is running');
+$node->restart;
+$node->poll_query_until('postgres', "SELECT count(*) = 3 FROM bitdex_sync.runs", 't') or die 'no run after restart';
+is(sql("SELECT status || ' ' || coalesce(error, '-') FROM bitdex_sync.runs ORDER BY id LIMIT 1 OFFSET 1"), 'success -',
+  'a clean stop is a success');
+$node->stop('fast');
+done_testing();
