@@ -42,6 +42,12 @@ void begin(LogicalDecodingContext* ctx, ReorderBufferTXN* txn) {
   if (bitdex::pg::is_worker_context(ctx)) bitdex::pg::worker_begin(txn);
 }
 void commit(LogicalDecodingContext*, ReorderBufferTXN*, XLogRecPtr) {}
+// The worker's own writes (outbox deletes, quarantine, run history) carry
+// its replication origin: the worker's decoding skips them before they
+// reach the reorder buffer (a 500k-row DELETE would otherwise spill to disk).
+bool filter_by_origin(LogicalDecodingContext* ctx, RepOriginId origin) {
+  return bitdex::pg::is_worker_context(ctx) && bitdex::pg::is_worker_origin(origin);
+}
 void change(LogicalDecodingContext*, ReorderBufferTXN*, Relation, ReorderBufferChange*) {}
 
 void message(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr, bool transactional, const char* prefix,
@@ -66,4 +72,5 @@ void _PG_output_plugin_init(OutputPluginCallbacks* cb) {
   cb->change_cb = change;
   cb->commit_cb = commit;
   cb->message_cb = message;
+  cb->filter_by_origin_cb = filter_by_origin;
 }

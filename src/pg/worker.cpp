@@ -52,6 +52,7 @@ extern "C" {
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/decode.h"
+#include "replication/origin.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/pmsignal.h"
@@ -97,7 +98,8 @@ struct Worker {
   std::vector<Quarantined> quarantine;
   bool slot_stop_requested = false;  // set while decoding; acted on after
   bool slot_stopped = false, outbox_stopped = false;
-  int64 run_id = 0;  // this run's row in bitdex_sync.runs
+  int64 run_id = 0;                         // this run's row in bitdex_sync.runs
+  RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   char error[512] = {0};
 };
 
@@ -194,7 +196,7 @@ void close_writer() {
 // Writes the open batch durably (dedup, append, fdatasync).
 void flush_batch() {
   if (!g_worker->batcher || g_worker->batcher->empty()) return;
-  pgstat_report_wait_start(PG_WAIT_IO);
+  pgstat_report_wait_start(PG_WAIT_EXTENSION);
   bool ok = run_cpp(
       [] {
         g_worker->batcher->flush();
@@ -362,6 +364,16 @@ void in_transaction(void (*fn)()) {
   SPI_finish();
   PopActiveSnapshot();
   CommitTransactionCommand();
+}
+
+// Tags every transaction of this process with the replication origin
+// "bitdex_sync_<database oid>" (created once), so the worker's decoding
+// skips its own writes.
+void set_up_origin() {
+  std::string name = "bitdex_sync_" + std::to_string(MyDatabaseId);
+  RepOriginId id = replorigin_by_name(name.c_str(), true);
+  if (id == InvalidRepOriginId) id = replorigin_create(name.c_str());
+  g_worker->origin = id;
 }
 
 // bitdex_sync.runs: this run's row, after marking rows of runs that ended
@@ -560,6 +572,11 @@ void run() {
       set_state(WorkerState::WaitingForExtension);
       pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION bitdex_sync");
     } else {
+      if (g_worker->origin == InvalidRepOriginId) {
+        in_transaction(set_up_origin);
+        replorigin_session_setup(g_worker->origin);
+        replorigin_session_origin = g_worker->origin;
+      }
       if (!g_worker->run_id) in_transaction(record_run_start);
       if (!g_worker->writer) {
         pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
@@ -638,6 +655,10 @@ void after_error() {
 
 bool is_worker_context(LogicalDecodingContext* ctx) {
   return g_worker && ctx && g_worker->ctx == ctx;
+}
+
+bool is_worker_origin(RepOriginId origin) {
+  return g_worker && origin != InvalidRepOriginId && origin == g_worker->origin;
 }
 
 void worker_begin(ReorderBufferTXN*) {

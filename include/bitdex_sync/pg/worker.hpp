@@ -84,6 +84,7 @@ void at_transaction_end(XactEvent event, void* arg);
 // Output plugin hooks: true when ctx is the worker's own decoding context,
 // which takes the messages instead of the plugin's text output.
 bool is_worker_context(LogicalDecodingContext* ctx);
+bool is_worker_origin(RepOriginId origin);
 void worker_begin(ReorderBufferTXN* txn);
 void worker_message(ReorderBufferTXN* txn, const char* data, Size size);
 
