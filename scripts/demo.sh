@@ -90,7 +90,7 @@ writer=$!
 printf '%-8s %-8s %12s %12s %8s %10s %12s\n' time state ops_captured ops_written batches lag_bytes lag_seconds
 while kill -0 "$writer" 2>/dev/null; do
   "${psql[@]}" -At -F ' ' -c "SELECT to_char(clock_timestamp(), 'HH24:MI:SS'), state, ops_captured, ops_written, batches,
-                                     lag_bytes, round(lag_seconds::numeric, 3) FROM bitdex_sync.status()" |
+                                     lag_bytes, round(lag_seconds::numeric, 3) FROM bitdex_sync.status() WHERE source = 'slot'" |
     while read -r t st c w b lb ls; do printf '%-8s %-8s %12s %12s %8s %10s %12s\n' "$t" "$st" "$c" "$w" "$b" "$lb" "$ls"; done
   sleep 1
 done
