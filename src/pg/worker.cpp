@@ -89,6 +89,7 @@ struct Worker {
   // an aborted id). While outbox_pending, rows up to outbox_horizon wait for
   // the transactions in outbox_snapshot's in-progress list to end.
   int64 outbox_done = 0;
+  bool outbox_leftovers_deleted = false;  // once per writer open: see outbox_delete_through
   bool outbox_pending = false;
   int64 outbox_horizon = 0;
   std::string outbox_snapshot;
@@ -175,6 +176,7 @@ void open_writer() {
         g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, batch_limits());
         g_worker->outbox_done = static_cast<int64>(g_worker->writer->mark(Stream::Outbox).major);
         g_worker->outbox_pending = false;
+        g_worker->outbox_leftovers_deleted = false;
         return true;
       },
       g_worker->error, sizeof g_worker->error);
@@ -415,24 +417,23 @@ int64 spi_int8(int row, int col, bool* isnull) {
   return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull));
 }
 
-// Notes a snapshot and the highest id visible in it (the next horizon), and
-// deletes rows a crash left behind after they were written.
+// Deletes the outbox rows up to id (written, quarantined or never committed).
+void outbox_delete_through(int64 id) {
+  Datum arg = Int64GetDatum(id);
+  Oid type = INT8OID;
+  if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
+      SPI_OK_DELETE)
+    elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
+}
+
+// Notes a snapshot and the highest id visible in it (the next horizon).
 void outbox_take_horizon() {
-  if (SPI_execute("SELECT pg_catalog.pg_current_snapshot()::text, max(id), min(id) FROM bitdex_sync.ops", true, 1) !=
+  if (SPI_execute("SELECT pg_catalog.pg_current_snapshot()::text, max(id) FROM bitdex_sync.ops", true, 1) !=
       SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read the outbox");
-  bool max_null, min_null;
+  bool max_null;
   int64 max_id = spi_int8(0, 2, &max_null);
-  int64 min_id = spi_int8(0, 3, &min_null);
-  if (max_null) return;
-  if (!min_null && min_id <= g_worker->outbox_done) {
-    Datum arg = Int64GetDatum(g_worker->outbox_done);
-    Oid type = INT8OID;
-    if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
-        SPI_OK_DELETE)
-      elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
-  }
-  if (max_id <= g_worker->outbox_done) return;
+  if (max_null || max_id <= g_worker->outbox_done) return;
   char* snap = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
   g_worker->outbox_snapshot = snap;
   g_worker->outbox_horizon = max_id;
@@ -514,11 +515,7 @@ void outbox_consume() {
   // Up to the horizon every id is written, quarantined or was never
   // committed; when stopped early, up to the last row taken.
   const int64 done = horizon_reached ? horizon : after;
-  Datum arg = Int64GetDatum(done);
-  Oid type = INT8OID;
-  if (SPI_execute_with_args("DELETE FROM bitdex_sync.ops WHERE id <= $1", 1, &type, &arg, nullptr, false, 0) !=
-      SPI_OK_DELETE)
-    elog(ERROR, "bitdex_sync: could not delete written rows from the outbox");
+  outbox_delete_through(done);
   g_worker->outbox_done = done;
   g_worker->outbox_pending = !horizon_reached;
   publish_stops();
@@ -528,22 +525,27 @@ void outbox_consume() {
   SpinLockRelease(&w->mutex);
 }
 
-// One pass over the outbox: note a horizon, or consume up to the one noted
-// once its writers have ended. Returns true while rows wait for writers.
-bool read_outbox() {
-  if (g_worker->outbox_stopped) return false;
-  SetCurrentStatementStartTimestamp();
-  StartTransactionCommand();
-  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
-  PushActiveSnapshot(GetTransactionSnapshot());
+// One pass over the outbox (in a transaction of its own): note a horizon,
+// or consume up to the one noted once its writers have ended.
+void outbox_pass() {
+  // Rows at or below the WAL's outbox mark are already written: only a
+  // crash between a batch's fdatasync and its delete leaves any, so look
+  // once after opening the WAL, not every pass.
+  if (!g_worker->outbox_leftovers_deleted) {
+    outbox_delete_through(g_worker->outbox_done);
+    g_worker->outbox_leftovers_deleted = true;
+  }
   if (!g_worker->outbox_pending) outbox_take_horizon();
   if (g_worker->outbox_pending && outbox_horizon_settled()) {
     pgstat_report_activity(STATE_RUNNING, "reading the outbox into the ops WAL");
     outbox_consume();
   }
-  SPI_finish();
-  PopActiveSnapshot();
-  CommitTransactionCommand();
+}
+
+// Returns true while rows wait for their writers.
+bool read_outbox() {
+  if (g_worker->outbox_stopped) return false;
+  in_transaction(outbox_pass);
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
   w->outbox_done = g_worker->outbox_done;
