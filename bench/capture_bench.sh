@@ -35,9 +35,7 @@ psql=("${PSQL[@]}")
 posts=$((images / 5)); [ $posts -lt 1 ] && posts=1
 echo "loading schema: $images images, $posts posts, 3 tags per image"
 "${psql[@]}" -v images="$images" -v posts="$posts" -v tags_per_image=3 -f "$dir/bench/schema.sql" >/dev/null
-"${psql[@]}" -c "CREATE EXTENSION bitdex_sync"
-# The worker creates its slot once the extension exists; configs wait for it.
-"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+private_pg_create_extension
 
 use_variant() {
   "${psql[@]}" -f "$dir/bench/baseline_drop.sql" >/dev/null

@@ -27,8 +27,8 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # Tables only: the schema file's data section runs once capture is on.
 sed '/^-- ---- data/,$d' "$shared/bench/schema.sql" > "$dir/tables.sql"
 sed -n '/^-- ---- data/,$p' "$shared/bench/schema.sql" > "$dir/data.sql"
-"${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -f "$dir/tables.sql" >/dev/null
-"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+private_pg_create_extension
+"${psql[@]}" -f "$dir/tables.sql" >/dev/null
 "${psql[@]}" -v cfg="$(cat "$shared/bench/config.yaml")" >/dev/null <<'SQL'
 SELECT count(*) FROM bitdex_sync.apply_config(:'cfg');
 SELECT 1 FROM pg_create_logical_replication_slot('bench', 'bitdex_sync');

@@ -28,8 +28,7 @@ trap private_pg_stop EXIT
 psql=("${PSQL[@]}")
 now() { echo "$EPOCHREALTIME"; }
 
-"${psql[@]}" -c "CREATE EXTENSION bitdex_sync" >/dev/null
-"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+private_pg_create_extension
 "${psql[@]}" >/dev/null <<SQL
 CREATE TABLE by_message (id int PRIMARY KEY, v int NOT NULL);
 CREATE TABLE by_outbox (id int PRIMARY KEY, v int NOT NULL);

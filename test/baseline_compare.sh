@@ -24,8 +24,7 @@ trap cleanup EXIT
 psql=("${PSQL[@]}")
 
 "${psql[@]}" -v images=2000 -v posts=400 -v tags_per_image=3 -f "$dir/bench/schema.sql" >/dev/null
-"${psql[@]}" -c "CREATE EXTENSION bitdex_sync"
-"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+private_pg_create_extension
 "${psql[@]}" -f "$dir/bench/baseline_bitdex_v2.sql" >/dev/null
 echo "SELECT count(*) FROM bitdex_sync.apply_config(:'cfg')" | "${psql[@]}" -v cfg="$(cat "$dir/bench/config.yaml")" >/dev/null
 "${psql[@]}" -c "SELECT 1 FROM pg_create_logical_replication_slot('cmp', 'bitdex_sync')" >/dev/null

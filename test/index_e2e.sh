@@ -33,9 +33,7 @@ wal=$dir/data/bitdex_sync/postgres
 index=$dir/index.bdx
 dsn="host=$dir port=$port user=postgres dbname=postgres"
 
-"${psql[@]}" -c "CREATE EXTENSION bitdex_sync"
-# The worker creates its slot once the extension exists; apply_config waits for that.
-"${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+private_pg_create_extension
 "${psql[@]}" <<'SQL'
 CREATE TYPE media AS ENUM ('image', 'video', 'audio');
 CREATE TABLE model (id serial PRIMARY KEY, poi boolean NOT NULL DEFAULT false);

@@ -32,7 +32,7 @@ if [ "$(id -u)" = 0 ]; then
   as=(runuser -u postgres --)
 fi
 cd "$work"
-"${as[@]}" env PATH="$bindir:$PATH" PERL5LIB="$perl_lib" TESTDIR="$work" PG_REGRESS=/bin/true \
+"${as[@]}" env PATH="$bindir:$PATH" PERL5LIB="$perl_lib:$work/t" TESTDIR="$work" PG_REGRESS=/bin/true \
   BITDEX_WAL_BIN="$work/bitdex-wal" BITDEX_TAP_KILLS="${BITDEX_TAP_KILLS:-20}" \
   BITDEX_TAP_BIG_ROWS="${BITDEX_TAP_BIG_ROWS:-1000000}" BITDEX_TAP_SMALL_FS="$small_fs" \
   prove -v --ext .pl ${BITDEX_TAP_ONLY:-t/} || { tail -50 "$work"/tmp_check/log/*.log 2>/dev/null; exit 1; }

@@ -7,6 +7,9 @@
 #     PG_BINDIR, AS_PG (command prefix), AS_PG_EXEC (a prefix that execs, so
 #     $! of a background job is the command itself and signals reach it),
 #     PSQL (psql command as an array).
+#   private_pg_create_extension
+#     CREATE EXTENSION bitdex_sync, then wait until the database's worker has
+#     created its slot (apply_config refuses message sources before that).
 #   private_pg_stop
 
 private_pg_start() {
@@ -40,6 +43,11 @@ private_pg_start() {
   PSQL=("${AS_PG[@]}" "$PG_BINDIR/psql" -h "$dir" -p "$port" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1)
   PRIVATE_PG_DIR=$dir
   export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+}
+
+private_pg_create_extension() {
+  "${PSQL[@]}" -c "CREATE EXTENSION bitdex_sync" >/dev/null
+  "${PSQL[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
 }
 
 private_pg_stop() {

@@ -10,19 +10,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
 use Test::More;
+use BitdexTap;
 
 my $kills = $ENV{BITDEX_TAP_KILLS} // 20;
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 
-my $node = PostgreSQL::Test::Cluster->new('worker');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bitdex_sync'
-output_plugin_libraries = 'bitdex_sync'
-bitdex_sync.naptime = '100ms'
-restart_after_crash = on
-});
-$node->start;
+my $node = bitdex_node('worker', "restart_after_crash = on\n");
 my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
 
 sub worker_pid {
@@ -46,9 +39,7 @@ SELECT bitdex_sync.apply_config('{"sources": [{"table": "early", "track_fields":
 COMMIT;
 });
 like($err, qr/has not created its replication slot yet/, 'apply_config refuses message sources before the slot exists');
-$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
-# apply_config refuses message sources until the worker has its slot.
-$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+create_extension($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE img (id serial PRIMARY KEY, nsfw int NOT NULL);
 -- Outbox rows get entity ids far from img's, so dedup never merges the two.

@@ -8,21 +8,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
 use Test::More;
+use BitdexTap;
 
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 
-my $node = PostgreSQL::Test::Cluster->new('outbox');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bitdex_sync'
-output_plugin_libraries = 'bitdex_sync'
-bitdex_sync.naptime = '100ms'
-});
-$node->start;
+my $node = bitdex_node('outbox');
 my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
 
-$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
-$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+create_extension($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE box (id int PRIMARY KEY, v int NOT NULL);
 SELECT count(*) FROM bitdex_sync.apply_config($$

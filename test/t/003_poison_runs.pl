@@ -12,22 +12,14 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BitdexTap;
 
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 
-my $node = PostgreSQL::Test::Cluster->new('poison');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bitdex_sync'
-output_plugin_libraries = 'bitdex_sync'
-bitdex_sync.naptime = '100ms'
-restart_after_crash = on
-});
-$node->start;
+my $node = bitdex_node('poison', "restart_after_crash = on\n");
 my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
 
-$node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
-$node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+create_extension($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE img (id int PRIMARY KEY, nsfw int NOT NULL);
 CREATE TABLE box (id int PRIMARY KEY, v int NOT NULL);

@@ -12,29 +12,22 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use BitdexTap;
 
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 my $rows = $ENV{BITDEX_TAP_BIG_ROWS} // 1000000;
 my $small_fs = $ENV{BITDEX_TAP_SMALL_FS};
 
-my $node = PostgreSQL::Test::Cluster->new('limits');
-$node->init(allows_streaming => 'logical');
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'bitdex_sync'
-output_plugin_libraries = 'bitdex_sync'
-bitdex_sync.naptime = '100ms'
+my $node = bitdex_node('limits', qq{
 bitdex_sync.batch_max_memory = '64MB'
 bitdex_sync.batch_max_ops = 100000000
 bitdex_sync.wal_segment_size = '64kB'
 max_wal_size = '4GB'
-});
-$node->append_conf('postgresql.conf', "bitdex_sync.wal_directory = '$small_fs'\n") if $small_fs;
-$node->start;
+} . ($small_fs ? "bitdex_sync.wal_directory = '$small_fs'\n" : ''));
 my $wal_dir = ($small_fs || $node->data_dir . '/bitdex_sync') . '/postgres';
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql('CREATE EXTENSION bitdex_sync');
-sql("SELECT bitdex_sync.wait_for_sync('30s')");
+create_extension($node);
 sql(q{
 CREATE TABLE img (id int PRIMARY KEY, nsfw int NOT NULL);
 SELECT count(*) FROM bitdex_sync.apply_config($$
