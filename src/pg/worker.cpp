@@ -459,13 +459,16 @@ void outbox_consume() {
   const int64 horizon = g_worker->outbox_horizon;
   bool horizon_reached = true;
   uint64 ops = 0;
+  // One cursor over the whole range, fetched in chunks: the rows are read
+  // once (a query per chunk with LIMIT re-read the rest of the range each
+  // time when the planner chose a bitmap scan and a sort).
+  Datum args[2] = {Int64GetDatum(after), Int64GetDatum(horizon)};
+  Oid types[2] = {INT8OID, INT8OID};
+  Portal cursor = SPI_cursor_open_with_args(
+      nullptr, "SELECT id, entity_id, ops::text FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 ORDER BY id", 2, types,
+      args, nullptr, true, CURSOR_OPT_NO_SCROLL | CURSOR_OPT_FAST_PLAN);
   for (;;) {
-    Datum args[3] = {Int64GetDatum(after), Int64GetDatum(horizon), Int32GetDatum(kOutboxChunk)};
-    Oid types[3] = {INT8OID, INT8OID, INT4OID};
-    if (SPI_execute_with_args("SELECT id, entity_id, ops::text FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 "
-                              "ORDER BY id LIMIT $3",
-                              3, types, args, nullptr, true, 0) != SPI_OK_SELECT)
-      elog(ERROR, "bitdex_sync: could not read the outbox");
+    SPI_cursor_fetch(cursor, true, kOutboxChunk);
     const uint64 rows = SPI_processed;
     for (uint64 i = 0; i < rows; i++) {
       bool isnull;
@@ -510,6 +513,7 @@ void outbox_consume() {
     }
     CHECK_FOR_INTERRUPTS();
   }
+  SPI_cursor_close(cursor);
   flush_batch();
   write_quarantine();
   // Up to the horizon every id is written, quarantined or was never
