@@ -116,8 +116,8 @@ CREATE TABLE bitdex_sync.runs (
   error       text
 );
 
--- Raw per-worker state from shared memory (one row per database in
--- bitdex_sync.databases); status() and metrics() present it.
+-- Raw per-worker state from shared memory (one row per database with a
+-- worker); status() and metrics() present it.
 CREATE FUNCTION bitdex_sync.worker_state(
     OUT database text, OUT pid int, OUT state text, OUT durable_lsn pg_lsn,
     OUT ops_captured bigint, OUT ops_written bigint, OUT records_written bigint, OUT records_skipped bigint,
@@ -207,5 +207,16 @@ CREATE FUNCTION bitdex_sync.wait_for_sync(timeout interval DEFAULT '30 seconds')
   AS 'MODULE_PATHNAME', 'bitdex_sync_wait_for_sync'
   LANGUAGE C VOLATILE STRICT;
 
+-- Asks the launcher to start this database's worker once the calling
+-- transaction commits (when bitdex_sync.databases is empty, the default);
+-- false when that setting names the databases instead. CREATE EXTENSION
+-- calls it; call it after CREATE DATABASE from a template that has the
+-- extension.
+CREATE FUNCTION bitdex_sync.start_worker() RETURNS boolean
+  AS 'MODULE_PATHNAME', 'bitdex_sync_start_worker'
+  LANGUAGE C VOLATILE STRICT;
+
 REVOKE ALL ON FUNCTION bitdex_sync.worker_state(), bitdex_sync.status(), bitdex_sync.metrics(),
-  bitdex_sync.wait_for_sync(interval) FROM PUBLIC;
+  bitdex_sync.wait_for_sync(interval), bitdex_sync.start_worker() FROM PUBLIC;
+
+SELECT bitdex_sync.start_worker();

@@ -1,4 +1,5 @@
-// Settings, shared memory, worker registration and the commit wake-up.
+// Settings, shared memory, worker registration and slots, and what happens
+// at commit (waking the worker, asking the launcher for one).
 #include <cstring>
 #include <string>
 #include <vector>
@@ -33,12 +34,13 @@ namespace {
 SharedState* g_shared = nullptr;
 shmem_request_hook_type g_prev_request = nullptr;
 shmem_startup_hook_type g_prev_startup = nullptr;
-bool g_captured = false;  // this transaction emitted capture messages
-int g_registered = 0;     // workers registered by the postmaster
+bool g_captured = false;      // this transaction emitted capture messages
+bool g_start_worker = false;  // this transaction asked for its database's worker
 
 void request_shared_memory() {
   if (g_prev_request) g_prev_request();
   RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+  RequestNamedLWLockTranche("bitdex_sync", 1);
 }
 
 void attach_shared_memory() {
@@ -49,7 +51,7 @@ void attach_shared_memory() {
   if (!found) {
     memset(g_shared, 0, sizeof(SharedState));
     for (WorkerShared& w : g_shared->workers) SpinLockInit(&w.mutex);
-    g_shared->nworkers = g_registered;
+    g_shared->lock = &GetNamedLWLockTranche("bitdex_sync")->lock;
   }
   LWLockRelease(AddinShmemInitLock);
 }
@@ -88,9 +90,11 @@ const struct config_enum_entry kPoisonPolicies[] = {
     {"skip", kPoisonSkip, false}, {"stop", kPoisonStop, false}, {nullptr, 0, false}};
 
 void define_settings() {
-  DefineCustomStringVariable("bitdex_sync.databases", "Databases whose captured ops a worker writes to the ops WAL.",
-                             "Comma-separated; one background worker per database, started with the server.",
-                             &g_databases, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable(
+      "bitdex_sync.databases", "Databases whose captured ops a worker writes to the ops WAL.",
+      "Empty (the default): a launcher starts a worker in every database where the extension is created. "
+      "Otherwise a comma-separated list: one worker per named database, started with the server.",
+      &g_databases, "", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
   DefineCustomStringVariable("bitdex_sync.wal_directory", "Root directory of the ops WALs.",
                              "Relative paths are under the data directory; each database writes to "
                              "<wal_directory>/<database name>.",
@@ -132,10 +136,13 @@ void install_shared_memory_hooks() {
   shmem_startup_hook = attach_shared_memory;
 }
 
+bool automatic_mode() {
+  return database_names().empty();
+}
+
 WorkerShared* worker_for_database(Oid dboid) {
-  if (!g_shared) return nullptr;
-  for (int i = 0; i < g_shared->nworkers && i < kMaxWorkers; i++) {
-    WorkerShared& w = g_shared->workers[i];
+  if (!g_shared || !OidIsValid(dboid)) return nullptr;
+  for (WorkerShared& w : g_shared->workers) {
     SpinLockAcquire(&w.mutex);
     bool match = w.dboid == dboid;
     SpinLockRelease(&w.mutex);
@@ -144,10 +151,80 @@ WorkerShared* worker_for_database(Oid dboid) {
   return nullptr;
 }
 
-// Called from _PG_init in the postmaster: one static worker per database,
-// restarted a second after it exits with an error.
+WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
+  *duplicate = false;
+  LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
+  WorkerShared *mine = nullptr, *free = nullptr;
+  for (WorkerShared& w : g_shared->workers) {
+    if (w.dboid == dboid) mine = &w;
+    if (!free && !OidIsValid(w.dboid)) free = &w;
+  }
+  WorkerShared* w = mine ? mine : free;
+  if (mine && mine->pid != 0 && mine->pid != MyProcPid) {
+    *duplicate = true;
+    w = nullptr;
+  }
+  if (w) {
+    SpinLockAcquire(&w->mutex);
+    if (!mine) {
+      // A fresh slot: nothing of its previous database's counters.
+      slock_t keep = w->mutex;
+      memset(w, 0, sizeof *w);
+      w->mutex = keep;
+    }
+    w->dboid = dboid;
+    strlcpy(w->dbname, dbname, sizeof w->dbname);
+    w->pid = MyProcPid;
+    w->latch = MyLatch;
+    w->state = WorkerState::Starting;
+    w->started_at = GetCurrentTimestamp();
+    SpinLockRelease(&w->mutex);
+  }
+  LWLockRelease(g_shared->lock);
+  return w;
+}
+
+void decline_worker(WorkerShared* w, Oid dboid) {
+  LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
+  if (w) {
+    SpinLockAcquire(&w->mutex);
+    if (w->pid == MyProcPid) {
+      w->dboid = InvalidOid;
+      w->dbname[0] = '\0';
+      w->pid = 0;
+      w->latch = nullptr;
+      w->state = WorkerState::Stopped;
+    }
+    SpinLockRelease(&w->mutex);
+  }
+  Latch* launcher = g_shared->launcher_latch;
+  if (launcher && g_shared->ndeclined < kMaxWorkers) g_shared->declined[g_shared->ndeclined++] = dboid;
+  LWLockRelease(g_shared->lock);
+  if (launcher) SetLatch(launcher);
+}
+
+void start_worker_at_commit() {
+  g_start_worker = true;
+}
+
+// Called from _PG_init in the postmaster. Automatic mode: the launcher, which
+// starts the per-database workers itself. Otherwise one static worker per
+// named database, restarted a second after it exits with an error.
 void register_workers() {
+  BackgroundWorker bgw;
+  memset(&bgw, 0, sizeof bgw);
+  bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+  bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+  bgw.bgw_restart_time = 1;
+  snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bitdex_sync");
   std::vector<std::string> names = database_names();
+  if (names.empty()) {
+    snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bitdex_sync_launcher_main");
+    snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync launcher");
+    snprintf(bgw.bgw_type, BGW_MAXLEN, "bitdex_sync launcher");
+    RegisterBackgroundWorker(&bgw);
+    return;
+  }
   if (names.size() > size_t(kMaxWorkers))
     ereport(ERROR,
             (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -156,24 +233,16 @@ void register_workers() {
     if (names[i].size() >= NAMEDATALEN || names[i].size() >= BGW_EXTRALEN)
       ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                       errmsg("database name \"%s\" in bitdex_sync.databases is too long", names[i].c_str())));
-    BackgroundWorker bgw;
-    memset(&bgw, 0, sizeof bgw);
-    bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-    bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-    bgw.bgw_restart_time = 1;
-    snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bitdex_sync");
     snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bitdex_sync_worker_main");
     snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync worker for %s", names[i].c_str());
     snprintf(bgw.bgw_type, BGW_MAXLEN, "bitdex_sync worker");
     strlcpy(bgw.bgw_extra, names[i].c_str(), BGW_EXTRALEN);
-    bgw.bgw_main_arg = Int32GetDatum(static_cast<int32>(i));
     RegisterBackgroundWorker(&bgw);
   }
-  g_registered = static_cast<int>(names.size());
 }
 
 bool worker_slot_missing() {
-  if (!worker_for_database(MyDatabaseId)) return false;
+  if (!worker_for_database(MyDatabaseId)) return automatic_mode();
   char name[NAMEDATALEN];
   snprintf(name, sizeof name, "bitdex_sync_%u", MyDatabaseId);
   LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
@@ -191,8 +260,20 @@ void at_transaction_end(XactEvent event, void*) {
   if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_ABORT &&
       event != XACT_EVENT_PARALLEL_ABORT)
     return;
-  bool wake = g_captured && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
-  g_captured = false;
+  const bool commit = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
+  bool wake = g_captured && commit;
+  bool start = g_start_worker && commit;
+  g_captured = g_start_worker = false;
+  if (start && g_shared) {
+    // The launcher starts the worker, which finds the extension committed.
+    LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
+    Latch* launcher = g_shared->launcher_latch;
+    bool queued = false;
+    for (int i = 0; i < g_shared->nrequests; i++) queued = queued || g_shared->requests[i] == MyDatabaseId;
+    if (!queued && g_shared->nrequests < kMaxWorkers) g_shared->requests[g_shared->nrequests++] = MyDatabaseId;
+    LWLockRelease(g_shared->lock);
+    if (launcher) SetLatch(launcher);
+  }
   if (!wake) return;
   if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
     SpinLockAcquire(&w->mutex);

@@ -22,6 +22,8 @@ PG_FUNCTION_INFO_V1(bitdex_sync_worker_state);
 Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS);
 PG_FUNCTION_INFO_V1(bitdex_sync_wait_for_sync);
 Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bitdex_sync_start_worker);
+Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS);
 }
 
 namespace {
@@ -30,25 +32,25 @@ constexpr int kColumns = 24;  // worker_state()'s OUT columns
 
 }  // namespace
 
-// One row per worker registered at server start, from a copy taken under
-// its spinlock. No C++ objects here: every call may ereport.
+// One row per worker slot in use (a database with a worker), from a copy
+// taken under its spinlock. No C++ objects here: every call may ereport.
 Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
   using namespace bitdex::pg;
   ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
   InitMaterializedSRF(fcinfo, 0);
   SharedState* st = shared_state();
   if (!st) PG_RETURN_VOID();
-  for (int i = 0; i < st->nworkers && i < kMaxWorkers; i++) {
+  for (WorkerShared& w : st->workers) {
     WorkerShared copy;
-    WorkerShared* w = &st->workers[i];
-    SpinLockAcquire(&w->mutex);
-    memcpy(&copy, w, sizeof copy);
-    SpinLockRelease(&w->mutex);
+    SpinLockAcquire(&w.mutex);
+    memcpy(&copy, &w, sizeof copy);
+    SpinLockRelease(&w.mutex);
+    if (!OidIsValid(copy.dboid)) continue;
     Datum v[kColumns];
     bool null[kColumns];
     memset(null, 0, sizeof null);
     int c = 0;
-    v[c++] = CStringGetTextDatum(copy.dbname[0] ? copy.dbname : "(not started)");
+    v[c++] = CStringGetTextDatum(copy.dbname);
     v[c] = Int32GetDatum(copy.pid);
     null[c++] = copy.pid == 0;
     v[c++] = CStringGetTextDatum(worker_state_name(copy.state));
@@ -89,10 +91,12 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   using namespace bitdex::pg;
   Interval* timeout = PG_GETARG_INTERVAL_P(0);
   WorkerShared* w = worker_for_database(MyDatabaseId);
-  if (!w)
+  const bool automatic = automatic_mode();
+  if (!w && !automatic)
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
-                    errhint("Add the database to bitdex_sync.databases and restart the server.")));
+                    errhint("Add the database to bitdex_sync.databases and restart the server, or empty the "
+                            "setting so that every database with the extension gets a worker.")));
   // The outbox: every row visible now (ids of rows committed later by
   // transactions running now are written after them, never before).
   int64 target_id = 0;
@@ -109,14 +113,30 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   int64 limit_ms = static_cast<int64>(timeout->time / 1000) +
                    (static_cast<int64>(timeout->day) + static_cast<int64>(timeout->month) * 30) * 86400000LL;
   for (;;) {
-    SpinLockAcquire(&w->mutex);
-    XLogRecPtr durable = w->durable_lsn;
-    int64 outbox_done = w->outbox_done;
-    Latch* latch = w->latch;
-    SpinLockRelease(&w->mutex);
-    if (durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);
+    // Automatic mode: the worker may still be starting (CREATE EXTENSION
+    // just committed).
+    if (!w) w = worker_for_database(MyDatabaseId);
+    XLogRecPtr durable = 0;
+    int64 outbox_done = 0;
+    Latch* latch = nullptr;
+    if (w) {
+      SpinLockAcquire(&w->mutex);
+      durable = w->durable_lsn;
+      outbox_done = w->outbox_done;
+      latch = w->latch;
+      SpinLockRelease(&w->mutex);
+    }
+    if (w && durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);
     if (latch) SetLatch(latch);
     long elapsed_ms = static_cast<long>((GetCurrentTimestamp() - start) / 1000);
+    if (elapsed_ms >= limit_ms && !w)
+      ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED),
+                      errmsg("bitdex_sync.wait_for_sync timed out after %ld ms: no worker has started for database "
+                             "\"%s\"",
+                             elapsed_ms, get_database_name(MyDatabaseId)),
+                      errhint("The launcher starts one when CREATE EXTENSION commits; after CREATE DATABASE from a "
+                              "template with the extension, run SELECT bitdex_sync.start_worker(). Check "
+                              "max_worker_processes and the server log.")));
     if (elapsed_ms >= limit_ms)
       ereport(ERROR,
               (errcode(ERRCODE_QUERY_CANCELED), errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),
@@ -128,4 +148,16 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
     ResetLatch(MyLatch);
     CHECK_FOR_INTERRUPTS();
   }
+}
+
+// Asks the launcher to start this database's worker when the transaction
+// commits (the extension script calls it; run it by hand after CREATE
+// DATABASE from a template that has the extension). False when
+// bitdex_sync.databases names the databases: their workers start with the
+// server.
+Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  if (!automatic_mode()) PG_RETURN_BOOL(false);
+  start_worker_at_commit();
+  PG_RETURN_BOOL(true);
 }

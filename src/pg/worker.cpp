@@ -46,6 +46,7 @@ extern "C" {
 #include "access/xlog.h"
 #include "access/xlogutils.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -99,6 +100,7 @@ struct Worker {
   std::vector<Quarantined> quarantine;
   bool slot_stop_requested = false;  // set while decoding; acted on after
   bool slot_stopped = false, outbox_stopped = false;
+  bool automatic = false;                   // started by the launcher: exits when the extension is gone
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   char error[512] = {0};
@@ -575,6 +577,9 @@ void run() {
         close_writer();
       }
       g_worker->run_id = 0;
+      // Started by the launcher: a database without the extension needs no
+      // worker (CREATE EXTENSION asks for one again).
+      if (g_worker->automatic) return;
       set_state(WorkerState::WaitingForExtension);
       pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION bitdex_sync");
     } else {
@@ -615,9 +620,11 @@ void at_worker_exit(int, Datum) {
   if (!g_worker) return;
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
-  w->pid = 0;
-  w->latch = nullptr;
-  if (w->state != WorkerState::Backoff) w->state = WorkerState::Stopped;
+  if (w->pid == MyProcPid) {  // not declined (then the slot may be another's already)
+    w->pid = 0;
+    w->latch = nullptr;
+    if (w->state != WorkerState::Backoff) w->state = WorkerState::Stopped;
+  }
   SpinLockRelease(&w->mutex);
 }
 
@@ -707,28 +714,42 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
 
 }  // namespace bitdex::pg
 
+// Started by the launcher (automatic mode) with the database's OID as its
+// argument, or by the postmaster for a database named in bitdex_sync.databases
+// (its name in bgw_extra).
 void bitdex_sync_worker_main(Datum arg) {
   using namespace bitdex::pg;
   pqsignal(SIGHUP, SignalHandlerForConfigReload);
   pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
   BackgroundWorkerUnblockSignals();
-  const int index = DatumGetInt32(arg);
-  WorkerShared* w = &shared_state()->workers[index];
-  BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, nullptr, 0);
+  const bool automatic = MyBgworkerEntry->bgw_extra[0] == '\0';
+  if (automatic)
+    BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+  else
+    BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, nullptr, 0);
+  char dbname[NAMEDATALEN];
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  strlcpy(dbname, get_database_name(MyDatabaseId), sizeof dbname);
+  CommitTransactionCommand();
+  bool duplicate;
+  WorkerShared* w = claim_worker(MyDatabaseId, dbname, &duplicate);
+  if (!w) {
+    if (duplicate)
+      ereport(LOG, (errmsg("bitdex_sync: a worker already runs for database \"%s\"", dbname)));
+    else
+      ereport(WARNING, (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
+                        errdetail("At most %d databases can have a worker.", kMaxWorkers)));
+    decline_worker(nullptr, MyDatabaseId);
+    proc_exit(0);
+  }
 
   g_worker = new Worker();
   g_worker->shared = w;
+  g_worker->automatic = automatic;
   g_worker->slot_name = "bitdex_sync_" + std::to_string(MyDatabaseId);
   std::string root = g_wal_directory;
-  g_worker->wal_dir = root + "/" + MyBgworkerEntry->bgw_extra;
-  SpinLockAcquire(&w->mutex);
-  strlcpy(w->dbname, MyBgworkerEntry->bgw_extra, sizeof w->dbname);
-  w->dboid = MyDatabaseId;
-  w->pid = MyProcPid;
-  w->latch = MyLatch;
-  w->state = WorkerState::Starting;
-  w->started_at = GetCurrentTimestamp();
-  SpinLockRelease(&w->mutex);
+  g_worker->wal_dir = root + "/" + dbname;
   before_shmem_exit(at_worker_exit, 0);
   CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bitdex_sync worker");
 
@@ -740,6 +761,13 @@ void bitdex_sync_worker_main(Datum arg) {
     proc_exit(1);
   }
   PG_END_TRY();
+  if (!ShutdownRequestPending) {
+    // run() returned without SIGTERM: no extension in an automatic-mode
+    // database. Exit code 0: not restarted.
+    ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
+    decline_worker(w, MyDatabaseId);
+    proc_exit(0);
+  }
   // Exit code 1 even after a clean stop: pg_terminate_backend() of the
   // worker restarts it (a bgworker exiting with 0 is never restarted).
   proc_exit(1);

@@ -1,5 +1,5 @@
-# The capture worker: lifecycle (waits for the extension, SIGHUP, drop
-# extension), then crash loops — kill -9 of the worker and of the postmaster
+# The capture worker: lifecycle (none before the extension exists, SIGHUP),
+# then crash loops — kill -9 of the worker and of the postmaster
 # at random moments under a write load on both sinks (a message source and an
 # outbox source, some transactions writing both) — after which every committed
 # row is in the ops WAL exactly once, in position order per source, no
@@ -23,11 +23,12 @@ sub worker_pid {
     "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'");
 }
 
-# Before CREATE EXTENSION the worker runs and waits quietly.
+# Before CREATE EXTENSION only the launcher runs (005_launcher.pl tests it).
 $node->poll_query_until('postgres',
-  "SELECT query = 'waiting for CREATE EXTENSION bitdex_sync' FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
-  or die "worker not waiting";
-pass('worker waits for the extension');
+  "SELECT count(*) FILTER (WHERE backend_type = 'bitdex_sync launcher') = 1
+      AND count(*) FILTER (WHERE backend_type = 'bitdex_sync worker') = 0 FROM pg_stat_activity")
+  or die "launcher not alone";
+pass('no worker before the extension exists');
 
 # In the transaction that creates the extension the worker cannot have its
 # slot yet: apply_config refuses message sources rather than lose changes.
@@ -159,12 +160,16 @@ diag('records skipped as already durable after restarts: ' .
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty once written');
 is(system("$wal_tool verify $wal_dir > /dev/null"), 0, 'bitdex-wal verify accepts the WAL');
 
-# DROP EXTENSION: the worker drops its slot and waits again.
+# DROP EXTENSION: the worker drops its slot and ends.
 $node->safe_psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE');
 $node->poll_query_until('postgres',
   "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bitdex_sync_%'")
   or die "slot not dropped";
 pass('drop extension drops the slot');
+$node->poll_query_until('postgres',
+  "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  or die "worker still running";
+pass('the worker ends once the extension is dropped');
 
 # SIGTERM: a clean stop. Over the whole run the worker never crashed by
 # itself (only the kills above ended it).

@@ -1,5 +1,7 @@
-// The capture worker (one per database in bitdex_sync.databases) and the
-// state it shares with backends: progress, errors and its latch.
+// The capture workers (one per database: every database where the extension
+// is created, started by the launcher; or the databases named in
+// bitdex_sync.databases) and the state they share with backends: progress,
+// errors, latches, and the launcher's requests.
 #pragma once
 
 #include "bitdex_sync/pg/postgres.hpp"
@@ -7,6 +9,7 @@
 extern "C" {
 #include "replication/logical.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/spin.h"
 }
 
@@ -17,7 +20,7 @@ extern "C" {
 namespace bitdex::pg {
 
 // Settings (GUCs under bitdex_sync.*, defined by define_settings()).
-extern char* g_databases;          // comma-separated; one worker each (postmaster start)
+extern char* g_databases;          // empty: automatic (the launcher); else comma-separated names
 extern char* g_wal_directory;      // ops WAL root; relative to the data directory
 extern int g_wal_segment_size_kb;  // rotate a segment once it reaches this size
 extern int g_batch_max_ops;
@@ -62,19 +65,42 @@ struct WorkerShared {
   uint64 latency_count;
 };
 
+// A worker slot is free while dboid is InvalidOid. dboid and pid change only
+// under `lock` (exclusive) and the slot's mutex; either suffices to read.
 struct SharedState {
-  int nworkers;
+  LWLock* lock;
+  // The launcher (automatic mode): its latch, and what backends and workers
+  // tell it: databases whose CREATE EXTENSION committed (requests) and
+  // workers that ended because their database needs none (declined).
+  Latch* launcher_latch;
+  int nrequests, ndeclined;
+  Oid requests[kMaxWorkers], declined[kMaxWorkers];
   WorkerShared workers[kMaxWorkers];
 };
 
 SharedState* shared_state();  // nullptr before shared memory is attached
 void install_shared_memory_hooks();
-// The registered worker for a database, or nullptr.
+// True when bitdex_sync.databases is empty: the launcher starts a worker in
+// each database where the extension is created.
+bool automatic_mode();
+// The worker claiming a database, or nullptr.
 WorkerShared* worker_for_database(Oid dboid);
+// Called by a starting worker: the slot for its database (kept from its
+// previous run, else a free one, reset), marked with its pid. nullptr when
+// another live worker holds the database (*duplicate) or no slot is free.
+WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate);
+// A worker leaving because its database needs none (no extension, or served
+// by another worker): frees its slot and, in automatic mode, tells the
+// launcher not to start it again.
+void decline_worker(WorkerShared* w, Oid dboid);
 void register_workers();
-// True when a worker runs for this database but has not created its slot
-// yet: messages captured now would precede the slot and never be decoded.
+// True when the worker of this database has not created its slot yet
+// (automatic mode: also while no worker has started): messages captured now
+// would precede the slot and never be decoded.
 bool worker_slot_missing();
+// Asks the launcher to start this database's worker once the current
+// transaction commits (automatic mode; bitdex_sync.start_worker()).
+void start_worker_at_commit();
 
 // Commit hook: a transaction that emitted capture messages wakes its
 // database's worker once it has committed.
@@ -92,4 +118,5 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size);
 
 extern "C" {
 PGDLLEXPORT void bitdex_sync_worker_main(Datum arg);
+PGDLLEXPORT void bitdex_sync_launcher_main(Datum arg);
 }

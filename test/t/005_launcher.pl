@@ -1,0 +1,127 @@
+# Which databases get a worker. Automatic mode (bitdex_sync.databases empty,
+# the default): the launcher starts one in each database where the extension
+# is created (at CREATE EXTENSION's commit, and at server start), none
+# elsewhere, none in templates; it ends when the extension is dropped and
+# comes back after pg_terminate_backend; DROP DATABASE needs DROP EXTENSION
+# first and leaves no worker behind; after CREATE DATABASE from a template with the
+# extension, start_worker() starts one. Named mode: one worker per named
+# database, waiting quietly until the extension exists.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use BitdexTap;
+
+my $node = bitdex_node('launcher');
+sub sql { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
+# Databases with a running worker, sorted, comma-separated.
+sub worker_dbs {
+  return sql("SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_stat_activity
+              WHERE backend_type = 'bitdex_sync worker'");
+}
+sub wait_worker_dbs {
+  my ($want, $what) = @_;
+  $node->poll_query_until('postgres', "SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '')
+      FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'", $want)
+    or diag("workers in: " . worker_dbs());
+  is(worker_dbs(), $want, $what);
+}
+
+is(sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bitdex_sync launcher' AND datname IS NULL"),
+  '1', 'the launcher runs, connected to no database');
+sql("CREATE DATABASE db2");
+sql("CREATE DATABASE db3");
+wait_worker_dbs('', 'no worker while no database has the extension');
+
+sql("CREATE EXTENSION bitdex_sync", 'db2');
+is(sql("SELECT bitdex_sync.wait_for_sync('30s')", 'db2'), 't', 'wait_for_sync right after CREATE EXTENSION');
+wait_worker_dbs('db2', 'CREATE EXTENSION starts a worker in that database only');
+is(sql("SELECT string_agg(DISTINCT database || ':' || state, ',') FROM bitdex_sync.status()", 'db2'),
+  'db2:running', 'status() shows it running');
+my $db2_oid = sql("SELECT oid FROM pg_database WHERE datname = 'db2'");
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bitdex_sync_$db2_oid'"), '1',
+  'it created its slot');
+
+create_extension($node);
+wait_worker_dbs('db2,postgres', 'a second database, a second worker');
+sql("CREATE TABLE t (id int PRIMARY KEY, v int)", 'db2');
+sql(q{SELECT count(*) FROM bitdex_sync.apply_config('{"sources": [{"table": "t", "track_fields": ["v"]}]}'::jsonb)},
+  'db2');
+sql("INSERT INTO t SELECT g, g FROM generate_series(1, 10) g", 'db2');
+sql("SELECT bitdex_sync.wait_for_sync('30s')", 'db2');
+is(sql("SELECT ops_captured FROM bitdex_sync.status() WHERE source = 'slot' AND database = 'db2'", 'db2'), '10',
+  "db2's worker captured db2's changes");
+is(sql("SELECT ops_captured FROM bitdex_sync.status() WHERE source = 'slot' AND database = 'postgres'"), '0',
+  "postgres's worker did not");
+ok(-d $node->data_dir . '/bitdex_sync/db2', 'each database has its own ops WAL directory');
+
+# pg_terminate_backend: the launcher starts it again.
+my $pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2'");
+sql("SELECT pg_terminate_backend($pid)");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+    WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2' AND pid <> $pid")
+  or die 'worker not back';
+pass('a terminated worker is started again');
+
+# DROP EXTENSION: the worker drops its slot and ends for good.
+sql("DROP EXTENSION bitdex_sync CASCADE", 'db2');
+wait_worker_dbs('postgres', 'DROP EXTENSION ends the worker');
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bitdex_sync_$db2_oid'"), '0',
+  'and drops its slot');
+sleep 2;
+is(worker_dbs(), 'postgres', 'it is not started again');
+
+# A template with the extension gets no worker (it would block CREATE
+# DATABASE from it); a copy of it gets one from start_worker().
+sql("CREATE DATABASE tpl IS_TEMPLATE true");
+sql("CREATE EXTENSION bitdex_sync", 'tpl');
+sleep 1;
+is(worker_dbs(), 'postgres', 'no worker in a template database');
+sql("CREATE DATABASE db4 TEMPLATE tpl");
+my ($rc, $out, $err) = $node->psql('db4', "SELECT bitdex_sync.wait_for_sync('1s')");
+like($err, qr/no worker has started for database "db4"/, 'a copy of the template has no worker yet');
+is(sql("SELECT bitdex_sync.start_worker()", 'db4'), 't', 'start_worker() asks for one');
+is(sql("SELECT bitdex_sync.wait_for_sync('30s')", 'db4'), 't', 'and it runs');
+wait_worker_dbs('db4,postgres', 'db4 has a worker');
+
+# A database with the extension cannot be dropped, even WITH (FORCE): its
+# slot holds it. DROP EXTENSION first; the worker ends, then it can.
+sql("CREATE EXTENSION bitdex_sync", 'db3');
+sql("SELECT bitdex_sync.wait_for_sync('30s')", 'db3');
+($rc, $out, $err) = $node->psql('postgres', "DROP DATABASE db3 WITH (FORCE)");
+like($err, qr/database "db3" is used by an active logical replication slot/, 'DROP DATABASE is refused');
+sql("DROP EXTENSION bitdex_sync", 'db3');
+wait_worker_dbs('db4,postgres', 'DROP EXTENSION ends its worker');
+sql("DROP DATABASE db3");
+sleep 2;
+is(worker_dbs(), 'db4,postgres', 'then DROP DATABASE works and nothing restarts');
+my $log = slurp_file($node->logfile);
+unlike($log, qr/FATAL:  database \d+ does not exist/, 'no worker tried the dropped database');
+
+# Server restart: workers where the extension is, nowhere else.
+$node->restart;
+wait_worker_dbs('db4,postgres', 'after a restart the launcher finds the databases with the extension');
+
+# Named mode: no launcher; the named database's worker waits for the extension.
+my $named = bitdex_node('named', "bitdex_sync.databases = 'postgres'\n");
+$named->poll_query_until('postgres', "SELECT query = 'waiting for CREATE EXTENSION bitdex_sync'
+    FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  or die 'named worker not waiting';
+pass('named mode: the worker waits for the extension');
+is($named->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bitdex_sync launcher'"),
+  '0', 'named mode: no launcher');
+$named->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
+is($named->safe_psql('postgres', "SELECT bitdex_sync.start_worker()"), 'f', 'named mode: start_worker() says no');
+is($named->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')"), 't', 'named mode: the worker runs');
+$named->safe_psql('postgres', 'DROP EXTENSION bitdex_sync');
+$named->poll_query_until('postgres', "SELECT query = 'waiting for CREATE EXTENSION bitdex_sync'
+    FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  or die 'named worker not waiting again';
+pass('named mode: after DROP EXTENSION the worker waits again');
+$named->stop('fast');
+
+$node->stop('fast');
+$log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal (11|6)|PANIC/, 'no segfault, abort or PANIC in the server log');
+done_testing();
