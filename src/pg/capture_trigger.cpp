@@ -612,7 +612,7 @@ void emit_keep(Source* s, int64 entity_id) {
     emit_outbox(entity_id);
   else
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
-  bitdex::pg::note_captured();  // wake the worker at commit
+  bitdex::pg::note_captured(s->outbox);  // wake the worker at commit
 }
 
 // Emits g_ops as one record for entity_id, then clears it.

@@ -34,8 +34,9 @@ namespace {
 SharedState* g_shared = nullptr;
 shmem_request_hook_type g_prev_request = nullptr;
 shmem_startup_hook_type g_prev_startup = nullptr;
-bool g_captured = false;      // this transaction emitted capture messages
-bool g_start_worker = false;  // this transaction asked for its database's worker
+bool g_captured = false;         // this transaction captured something
+bool g_captured_outbox = false;  // ... into the outbox
+bool g_start_worker = false;     // this transaction asked for its database's worker
 
 void request_shared_memory() {
   if (g_prev_request) g_prev_request();
@@ -252,8 +253,9 @@ bool worker_slot_missing() {
   return !ready;
 }
 
-void note_captured() {
+void note_captured(bool outbox) {
   g_captured = true;
+  g_captured_outbox = g_captured_outbox || outbox;
 }
 
 void at_transaction_end(XactEvent event, void*) {
@@ -263,7 +265,8 @@ void at_transaction_end(XactEvent event, void*) {
   const bool commit = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
   bool wake = g_captured && commit;
   bool start = g_start_worker && commit;
-  g_captured = g_start_worker = false;
+  bool outbox = g_captured_outbox;
+  g_captured = g_captured_outbox = g_start_worker = false;
   if (start && g_shared) {
     // The launcher starts the worker, which finds the extension committed.
     LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
@@ -278,6 +281,7 @@ void at_transaction_end(XactEvent event, void*) {
   if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
     SpinLockAcquire(&w->mutex);
     Latch* latch = w->latch;
+    if (outbox) w->outbox_rows = true;
     SpinLockRelease(&w->mutex);
     if (latch) SetLatch(latch);
   }

@@ -124,6 +124,9 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
       durable = w->durable_lsn;
       outbox_done = w->outbox_done;
       latch = w->latch;
+      // Rows written without the trigger (which tells the worker) are read
+      // now rather than at the next naptime.
+      if (outbox_done < target_id) w->outbox_rows = true;
       SpinLockRelease(&w->mutex);
     }
     if (w && durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);

@@ -101,6 +101,8 @@ struct Worker {
   bool slot_stop_requested = false;  // set while decoding; acted on after
   bool slot_stopped = false, outbox_stopped = false;
   bool automatic = false;                   // started by the launcher: exits when the extension is gone
+  bool extension_gone = true;               // as of the last look (run() looks first)
+  bool caches_for_decoding = false;         // see use_caches_for_decoding
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   char error[512] = {0};
@@ -221,7 +223,19 @@ void flush_batch() {
   g_worker->batch_opened = 0;
 }
 
+// The catalog caches serve either decoding (historic snapshots) or the
+// worker's own transactions; entries cached for one must not serve the other
+// (logicalfuncs.c invalidates after decoding for the same reason). Switching
+// is what costs: every cached relation is rebuilt. So the caches are
+// invalidated only when the use changes, not every cycle.
+void use_caches_for_decoding(bool decoding) {
+  if (g_worker->caches_for_decoding == decoding) return;
+  InvalidateSystemCaches();
+  g_worker->caches_for_decoding = decoding;
+}
+
 bool extension_installed() {
+  use_caches_for_decoding(false);
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
   bool installed = OidIsValid(get_extension_oid("bitdex_sync", true));
@@ -273,7 +287,9 @@ void stop_decoding(bool drop_slot) {
 void decode_available() {
   LogicalDecodingContext* ctx = g_worker->ctx;
   XLogRecPtr end_of_wal = GetFlushRecPtr(nullptr);
-  InvalidateSystemCaches();
+  // Woken by a commit not flushed yet (synchronous_commit = off): nothing to do.
+  if (ctx->reader->EndRecPtr >= end_of_wal) return;
+  use_caches_for_decoding(true);
   while (ctx->reader->EndRecPtr < end_of_wal) {
     char* errm = nullptr;
     XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
@@ -360,6 +376,7 @@ void write_quarantine() {
 
 // Runs fn in a transaction of its own with SPI connected.
 void in_transaction(void (*fn)()) {
+  use_caches_for_decoding(false);
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
@@ -534,6 +551,10 @@ void outbox_consume() {
 // One pass over the outbox (in a transaction of its own): note a horizon,
 // or consume up to the one noted once its writers have ended.
 void outbox_pass() {
+  if (!OidIsValid(get_extension_oid("bitdex_sync", true))) {
+    g_worker->extension_gone = true;  // dropped since the last look
+    return;
+  }
   // Rows at or below the WAL's outbox mark are already written: only a
   // crash between a batch's fdatasync and its delete leaves any, so look
   // once after opening the WAL, not every pass.
@@ -552,6 +573,7 @@ void outbox_pass() {
 bool read_outbox() {
   if (g_worker->outbox_stopped) return false;
   in_transaction(outbox_pass);
+  if (g_worker->extension_gone) return false;
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
   w->outbox_done = g_worker->outbox_done;
@@ -559,8 +581,24 @@ bool read_outbox() {
   return g_worker->outbox_pending;
 }
 
+// True when a commit wrote outbox rows since the last look (and forgets it).
+bool take_outbox_signal() {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  bool rows = w->outbox_rows;
+  w->outbox_rows = false;
+  SpinLockRelease(&w->mutex);
+  return rows;
+}
+
+// The cycle: decode what is flushed, read the outbox when a commit wrote to
+// it (or rows wait for their writers, or every naptime for rows written
+// without the trigger), sleep until a commit wakes us. Whether the extension
+// exists is looked up every naptime (and by each outbox pass), not every
+// cycle: a busy database wakes the worker thousands of times a second.
 void run() {
   bool outbox_waiting = false;
+  TimestampTz looked = 0;  // last full look: extension, outbox
   while (!ShutdownRequestPending) {
     CHECK_FOR_INTERRUPTS();
     if (ConfigReloadPending) {
@@ -570,8 +608,15 @@ void run() {
       // A stopped source tries again (it stops again if still `stop`).
       g_worker->slot_stopped = g_worker->outbox_stopped = false;
       publish_stops();
+      looked = 0;
     }
-    if (!extension_installed()) {
+    const TimestampTz now = GetCurrentTimestamp();
+    const bool look = g_worker->extension_gone || TimestampDifferenceExceeds(looked, now, g_naptime_ms);
+    if (look) {
+      looked = now;
+      g_worker->extension_gone = !extension_installed();
+    }
+    if (g_worker->extension_gone) {
       if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
         stop_decoding(true);
         close_writer();
@@ -600,7 +645,7 @@ void run() {
         pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
         decode_available();
       }
-      outbox_waiting = read_outbox();
+      if (take_outbox_signal() || outbox_waiting || look) outbox_waiting = read_outbox();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
     // Rows waiting for their writers: look again soon, a writer that ends

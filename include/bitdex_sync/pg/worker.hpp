@@ -54,6 +54,7 @@ struct WorkerShared {
   int64 outbox_done;                  // every outbox row with id <= this is durable in the ops WAL (and deleted)
   uint64 outbox_ops;                  // ops read from the outbox
   bool slot_stopped, outbox_stopped;  // stopped in front of a poison record (policy stop)
+  bool outbox_rows;                   // a commit wrote outbox rows since the worker last looked
   uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
   TimestampTz started_at, last_batch_at;
   int failures;  // consecutive failed runs (backoff exponent)
@@ -104,7 +105,7 @@ void start_worker_at_commit();
 
 // Commit hook: a transaction that emitted capture messages wakes its
 // database's worker once it has committed.
-void note_captured();
+void note_captured(bool outbox);
 void at_transaction_end(XactEvent event, void* arg);
 
 // Output plugin hooks: true when ctx is the worker's own decoding context,
