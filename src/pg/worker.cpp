@@ -38,7 +38,6 @@
 #include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
-#include "bitdex_sync/pg/jsonb_value.hpp"
 #include "bitdex_sync/pg/wall.hpp"
 #include "bitdex_sync/pg/worker.hpp"
 
@@ -485,35 +484,23 @@ void outbox_consume() {
   Datum args[2] = {Int64GetDatum(after), Int64GetDatum(horizon)};
   Oid types[2] = {INT8OID, INT8OID};
   Portal cursor = SPI_cursor_open_with_args(
-      nullptr, "SELECT id, entity_id, ops FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 ORDER BY id", 2, types, args,
-      nullptr, true, CURSOR_OPT_NO_SCROLL | CURSOR_OPT_FAST_PLAN);
-  // Each row's jsonb is walked into tokens (jsonb_value.hpp) in a context
-  // reset per row; the token array itself lives as long as the pass.
-  MemoryContext row_ctx = AllocSetContextCreate(CurrentMemoryContext, "bitdex_sync outbox row", ALLOCSET_DEFAULT_SIZES);
-  JsonbTokens tokens;
-  tokens.capacity = 256;
-  tokens.items = static_cast<JsonbToken*>(palloc(sizeof(JsonbToken) * tokens.capacity));
+      nullptr, "SELECT id, entity_id, ops::text FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 ORDER BY id", 2, types,
+      args, nullptr, true, CURSOR_OPT_NO_SCROLL | CURSOR_OPT_FAST_PLAN);
   for (;;) {
     SPI_cursor_fetch(cursor, true, kOutboxChunk);
     const uint64 rows = SPI_processed;
     for (uint64 i = 0; i < rows; i++) {
-      MemoryContextReset(row_ctx);
       bool isnull;
       const int64 id = spi_int8(static_cast<int>(i), 1, &isnull);
       const int64 entity = spi_int8(static_cast<int>(i), 2, &isnull);
-      Datum datum = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull);
-      MemoryContext outer = MemoryContextSwitchTo(row_ctx);
-      Jsonb* jb = isnull ? nullptr : DatumGetJsonbP(datum);
-      if (jb) jsonb_tokens(jb, &tokens);
-      MemoryContextSwitchTo(outer);
+      const char* text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
       after = id;
       size_t nops = 0;
       bool ok = run_cpp(
           [&] {
-            if (!jb) throw Error(ErrorKind::InvalidInput, "ops is null");
             EntityRecord r;
             r.entity_id = entity;
-            r.ops = parse_ops(value_from_tokens(tokens), "outbox id " + std::to_string(id));
+            r.ops = parse_ops(json::parse(text), "outbox id " + std::to_string(id));
             r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(id), 0};
             nops = r.ops.size();
             g_worker->batcher->add(std::move(r));
@@ -523,7 +510,6 @@ void outbox_consume() {
       if (!ok) {
         char where[32];
         snprintf(where, sizeof where, "id " INT64_FORMAT, id);
-        const char* text = jb ? JsonbToCString(nullptr, &jb->root, VARSIZE(jb)) : "null";
         if (note_poison("outbox", where, g_on_poison_outbox, {nullptr, {}, text, {}, entity, true})) {
           // Stop in front of it: what came before is written and deleted.
           g_worker->outbox_stopped = true;
