@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Capture cost, side by side in one run: pgbench TPS of the single-row
-# workloads of ../shared/bench/pgbench under four variants, interleaved
-# round by round so machine noise hits them alike:
+# workloads of ../shared/bench/pgbench under these variants, interleaved so
+# machine noise hits them alike (per round and workload, every variant runs
+# back to back, in a shuffled order):
 #   none      no capture triggers
 #   noop      the BitDex triggers with an empty PL/pgSQL body (baseline_noop.sql)
 #   v2        BitDex Sync V2 PL/pgSQL triggers into "BitdexOps" (baseline_bitdex_v2.sql)
-#   bitdex    bitdex_sync.apply_config(../shared/bench/config.yaml) (C trigger, message sink)
+#   bitdex    bitdex_sync.apply_config(../shared/bench/config.yaml) (C trigger,
+#             message sink), the database's worker writing the ops WAL
+#   paused    as bitdex, but the worker is paused (SIGSTOP) while pgbench
+#             runs: the capture triggers' cost alone (not in the default set)
 # Starts its own PostgreSQL (synchronous_commit = off, as the baseline).
 #
 #   BENCH_IMAGES (1000000)  BENCH_SECONDS (30)  BENCH_ROUNDS (3)  BENCH_CLIENTS (2)
 #   BENCH_WORKLOADS ("a b c")  BENCH_VARIANTS ("none noop v2 bitdex")
 #   BENCH_DIR (/tmp/bitdex_capture_bench)  BENCH_PORT (54331)  SHARED (../shared)
-# Prints one line per run and a summary table (median TPS, change vs none).
+# Prints one line per run and a summary table: median TPS, and the median
+# over rounds of each run's change against the none run next to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
@@ -44,7 +49,7 @@ use_variant() {
     none) ;;
     noop) "${psql[@]}" -f "$dir/bench/baseline_noop.sql" >/dev/null ;;
     v2) "${psql[@]}" -f "$dir/bench/baseline_bitdex_v2.sql" >/dev/null ;;
-    bitdex)
+    bitdex | paused)
       echo "SELECT count(*) FROM bitdex_sync.apply_config(:'cfg')" |
         "${psql[@]}" -v cfg="$(cat "$dir/bench/config.yaml")" >/dev/null ;;
   esac
@@ -55,16 +60,24 @@ use_variant() {
 
 results=$dir/results.tsv
 : > "$results"
+worker_pid() { "${psql[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"; }
+k=0
 for r in $(seq 1 "$rounds"); do
-  # A different order each round (seeded, so reruns repeat it): no variant
-  # always runs after the same other one.
-  read -r -a order <<<"$(python3 -c "import random,sys; v=sys.argv[2:]; random.Random(int(sys.argv[1])).shuffle(v); print(' '.join(v))" "$r" $variants)"
-  for v in "${order[@]}"; do
-    use_variant "$v"
-    for w in $workloads; do
+  for w in $workloads; do
+    # A different order each time (seeded, so reruns repeat it): no variant
+    # always runs after the same other one.
+    k=$((k + 1))
+    read -r -a order <<<"$(python3 -c "import random,sys; v=sys.argv[2:]; random.Random(int(sys.argv[1])).shuffle(v); print(' '.join(v))" "$k" $variants)"
+    for v in "${order[@]}"; do
+      use_variant "$v"
       f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
+      pid=
+      if [ "$v" = paused ]; then pid=$(worker_pid); kill -STOP "$pid"; fi
       tps=$("${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
               -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
+      if [ -n "$pid" ]; then kill -CONT "$pid"; fi
+      # Every variant starts with the worker caught up.
+      "${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('600s')" >/dev/null
       printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$w" "$tps" | tee -a "$results"
     done
   done
@@ -73,10 +86,11 @@ done
 python3 - "$results" "$variants" "$workloads" <<'PY'
 import sys, statistics
 path, variants, workloads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-runs = {}
+runs, by_round = {}, {}
 for line in open(path):
     r, v, w, tps = line.split('\t')
     runs.setdefault((v, w), []).append(float(tps))
+    by_round[(r, v, w)] = float(tps)
 print()
 print('| workload | ' + ' | '.join(variants) + ' |')
 print('|---' * (len(variants) + 1) + '|')
@@ -87,7 +101,9 @@ for w in workloads:
         m = statistics.median(runs[(v, w)])
         cell = f'{m/1000:.1f} k'
         if base and v != 'none':
-            cell += f' ({(m/base - 1)*100:+.0f}%)'
+            paired = [t / by_round[(r, 'none', w2)] - 1 for (r, v2, w2), t in by_round.items()
+                      if v2 == v and w2 == w and (r, 'none', w2) in by_round]
+            cell += f' ({(m/base - 1)*100:+.0f}%; paired {statistics.median(paired)*100:+.0f}%)'
         cells.append(cell)
     print(f'| ({w}) | ' + ' | '.join(cells) + ' |')
 PY

@@ -29,6 +29,8 @@
 // C++ state lives in one heap object (g_worker) so no frame PostgreSQL may
 // longjmp out of owns a C++ object; C++ calls that may throw run inside
 // run_cpp() and their failure is raised as an ERROR afterwards.
+#include <malloc.h>
+
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -534,6 +536,11 @@ void outbox_consume() {
   }
   SPI_cursor_close(cursor);
   flush_batch();
+  // The delete need not wait for its commit record to be flushed: if a crash
+  // loses it, the rows come back and are deleted as written (they lie at or
+  // below the WAL's outbox mark). Quarantine rows must not be lost.
+  if (g_worker->quarantine.empty() && SPI_execute("SET LOCAL synchronous_commit = off", false, 0) != SPI_OK_UTILITY)
+    elog(ERROR, "bitdex_sync: could not set synchronous_commit");
   write_quarantine();
   // Up to the horizon every id is written, quarantined or was never
   // committed; when stopped early, up to the last row taken.
@@ -767,6 +774,11 @@ void bitdex_sync_worker_main(Datum arg) {
   pqsignal(SIGHUP, SignalHandlerForConfigReload);
   pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
   BackgroundWorkerUnblockSignals();
+  // Batches allocate and free blocks of many megabytes: keep them in the
+  // heap and keep freed memory (up to the batch bound, plus slack) instead of
+  // mapping fresh zeroed pages for every batch.
+  mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
   const bool automatic = MyBgworkerEntry->bgw_extra[0] == '\0';
   if (automatic)
     BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
