@@ -60,7 +60,6 @@ use_variant() {
 
 results=$dir/results.tsv
 : > "$results"
-worker_pid() { "${psql[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"; }
 k=0
 for r in $(seq 1 "$rounds"); do
   for w in $workloads; do
@@ -72,7 +71,7 @@ for r in $(seq 1 "$rounds"); do
       use_variant "$v"
       f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
       pid=
-      if [ "$v" = paused ]; then pid=$(worker_pid); kill -STOP "$pid"; fi
+      if [ "$v" = paused ]; then pid=$(private_pg_worker_pid); kill -STOP "$pid"; fi
       tps=$("${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
               -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
       if [ -n "$pid" ]; then kill -CONT "$pid"; fi

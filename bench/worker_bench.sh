@@ -46,7 +46,6 @@ sources:
 SQL
 # The initial load is in the server WAL too: decode past it before timing.
 "${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('600s')" >/dev/null
-worker_pid() { "${psql[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"; }
 captured() { "${psql[@]}" -At -c "SELECT ops_captured FROM bitdex_sync.status() WHERE source = '$1'"; }
 
 echo "drain: $ops ops per backlog ($rows rows updated in transactions of 5000)"
@@ -55,7 +54,7 @@ results=$dir/drain.tsv
 for r in $(seq 1 "$rounds"); do
   for sink in message outbox; do
     source=slot; [ $sink = outbox ] && source=outbox
-    pid=$(worker_pid)
+    pid=$(private_pg_worker_pid)
     kill -STOP "$pid"
     for start in $(seq 1 5000 "$rows"); do
       echo "UPDATE by_$sink SET v = v + 1 WHERE id BETWEEN $start AND $((start + 4999));"

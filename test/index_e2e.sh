@@ -147,7 +147,7 @@ sync() { "${psql[@]}" -At -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/nul
 # restarts everything; wait until connections are accepted again.
 kill_worker() {
   local pid
-  pid=$("${psql[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
+  pid=$(private_pg_worker_pid)
   [ -n "$pid" ] || fail "no bitdex_sync worker in pg_stat_activity"
   kill -KILL "$pid"
   for _ in $(seq 1 100); do

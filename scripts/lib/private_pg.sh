@@ -10,6 +10,9 @@
 #   private_pg_create_extension
 #     CREATE EXTENSION bitdex_sync, then wait until the database's worker has
 #     created its slot (apply_config refuses message sources before that).
+#   private_pg_worker_pid
+#     the pid of the server's bitdex_sync worker (these scripts use one
+#     database, so there is one).
 #   private_pg_stop
 
 private_pg_start() {
@@ -48,6 +51,10 @@ private_pg_start() {
 private_pg_create_extension() {
   "${PSQL[@]}" -c "CREATE EXTENSION bitdex_sync" >/dev/null
   "${PSQL[@]}" -c "SELECT bitdex_sync.wait_for_sync('60s')" >/dev/null
+}
+
+private_pg_worker_pid() {
+  "${PSQL[@]}" -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"
 }
 
 private_pg_stop() {

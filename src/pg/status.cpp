@@ -91,8 +91,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   using namespace bitdex::pg;
   Interval* timeout = PG_GETARG_INTERVAL_P(0);
   WorkerShared* w = worker_for_database(MyDatabaseId);
-  const bool automatic = automatic_mode();
-  if (!w && !automatic)
+  if (!w && !automatic_mode())
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
                     errhint("Add the database to bitdex_sync.databases and restart the server, or empty the "

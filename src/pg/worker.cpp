@@ -603,7 +603,9 @@ bool take_outbox_signal() {
 // without the trigger), sleep until a commit wakes us. Whether the extension
 // exists is looked up every naptime (and by each outbox pass), not every
 // cycle: a busy database wakes the worker thousands of times a second.
-void run() {
+// Returns true when the worker declines (automatic mode, no extension),
+// false after SIGTERM.
+bool run() {
   bool outbox_waiting = false;
   TimestampTz looked = 0;  // last full look: extension, outbox
   while (!ShutdownRequestPending) {
@@ -631,7 +633,7 @@ void run() {
       g_worker->run_id = 0;
       // Started by the launcher: a database without the extension needs no
       // worker (CREATE EXTENSION asks for one again).
-      if (g_worker->automatic) return;
+      if (g_worker->automatic) return true;
       set_state(WorkerState::WaitingForExtension);
       pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION bitdex_sync");
     } else {
@@ -666,6 +668,7 @@ void run() {
     g_run_status = "success";
     in_transaction(record_run_end);
   }
+  return false;
 }
 
 void at_worker_exit(int, Datum) {
@@ -810,17 +813,17 @@ void bitdex_sync_worker_main(Datum arg) {
   before_shmem_exit(at_worker_exit, 0);
   CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bitdex_sync worker");
 
+  volatile bool declined = false;  // set in PG_TRY, read after it
   PG_TRY();
-  { run(); }
+  { declined = run(); }
   PG_CATCH();
   {
     after_error();
     proc_exit(1);
   }
   PG_END_TRY();
-  if (!ShutdownRequestPending) {
-    // run() returned without SIGTERM: no extension in an automatic-mode
-    // database. Exit code 0: not restarted.
+  if (declined) {
+    // No extension in an automatic-mode database. Exit code 0: not restarted.
     ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
     decline_worker(w, MyDatabaseId);
     proc_exit(0);
