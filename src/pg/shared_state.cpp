@@ -8,6 +8,7 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "postmaster/bgworker.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
@@ -279,9 +280,16 @@ void at_transaction_end(XactEvent event, void*) {
   }
   if (!wake) return;
   if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
+    // An asynchronous commit cannot be decoded before its WAL is flushed:
+    // waking the worker for it now (thousands of times a second under
+    // load) would find nothing to do. Outbox rows can be read at once.
+    const XLogRecPtr end = XactLastCommitEnd;
+    const bool flushed = outbox || end <= GetFlushRecPtr(nullptr);
     SpinLockAcquire(&w->mutex);
     Latch* latch = w->latch;
     if (outbox) w->outbox_rows = true;
+    if (!flushed && end > w->async_commit_end) w->async_commit_end = end;
+    if (!flushed && w->async_polling) latch = nullptr;  // it looks again soon anyway
     SpinLockRelease(&w->mutex);
     if (latch) SetLatch(latch);
   }

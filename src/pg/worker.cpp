@@ -105,6 +105,7 @@ struct Worker {
   bool automatic = false;                   // started by the launcher: exits when the extension is gone
   bool extension_gone = true;               // as of the last look (run() looks first)
   bool caches_for_decoding = false;         // see use_caches_for_decoding
+  bool wal_unflushed = false;               // decoding reached a record not flushed whole yet
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   char error[512] = {0};
@@ -120,10 +121,23 @@ void publish_stops();
 Worker* g_worker = nullptr;
 
 // Reads a WAL page for decoding. A record may cross the flush pointer the
-// worker decodes up to; then we wait for the rest to be flushed, like
-// read_local_xlog_page, but also leave if the postmaster died (which would
-// never flush it).
+// worker decodes up to: then the page is "not available" (-1), XLogReadRecord
+// returns no record and no error, and the cycle ends there; the next one
+// reads the record again from its start once the rest is flushed (the commit
+// that flushes it wakes the worker). Waiting here instead would poll for
+// every such record, hundreds of times a second under load.
 int read_wal_page(XLogReaderState* state, XLogRecPtr page, int want, XLogRecPtr record, char* buf) {
+  if (page + want > GetFlushRecPtr(nullptr)) {
+    g_worker->wal_unflushed = true;
+    return -1;
+  }
+  return read_local_xlog_page(state, page, want, record, buf);
+}
+
+// Creating the slot must find its start point in WAL that may not be
+// flushed yet: it waits, like read_local_xlog_page, but also leaves if the
+// postmaster died (which would never flush it) or SIGTERM came.
+int read_wal_page_waiting(XLogReaderState* state, XLogRecPtr page, int want, XLogRecPtr record, char* buf) {
   while (page + want > GetFlushRecPtr(nullptr)) {
     if (!PostmasterIsAlive() || ShutdownRequestPending) proc_exit(1);
     CHECK_FOR_INTERRUPTS();
@@ -134,6 +148,7 @@ int read_wal_page(XLogReaderState* state, XLogRecPtr page, int want, XLogRecPtr 
 
 // XL_ROUTINE is C only.
 XLogReaderRoutine g_wal_routine = {read_wal_page, wal_segment_open, wal_segment_close};
+XLogReaderRoutine g_wal_routine_waiting = {read_wal_page_waiting, wal_segment_open, wal_segment_close};
 
 void set_state(WorkerState s) {
   WorkerShared* w = g_worker->shared;
@@ -250,8 +265,8 @@ void create_slot_if_missing() {
   if (SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) return;
   CheckLogicalDecodingRequirements();
   ReplicationSlotCreate(g_worker->slot_name.c_str(), true, RS_EPHEMERAL, false);
-  LogicalDecodingContext* c = CreateInitDecodingContext("bitdex_sync", NIL, false, InvalidXLogRecPtr, &g_wal_routine,
-                                                        nullptr, nullptr, nullptr);
+  LogicalDecodingContext* c = CreateInitDecodingContext("bitdex_sync", NIL, false, InvalidXLogRecPtr,
+                                                        &g_wal_routine_waiting, nullptr, nullptr, nullptr);
   DecodingContextFindStartpoint(c);
   FreeDecodingContext(c);
   ReplicationSlotPersist();
@@ -292,10 +307,12 @@ void decode_available() {
   // Woken by a commit not flushed yet (synchronous_commit = off): nothing to do.
   if (ctx->reader->EndRecPtr >= end_of_wal) return;
   use_caches_for_decoding(true);
+  g_worker->wal_unflushed = false;
   while (ctx->reader->EndRecPtr < end_of_wal) {
     char* errm = nullptr;
     XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
     if (errm) elog(ERROR, "bitdex_sync: could not read WAL for decoding: %s", errm);
+    if (!record && g_worker->wal_unflushed) break;  // the rest of it is not flushed yet
     if (record) LogicalDecodingProcessRecord(ctx, ctx->reader);
     if (g_worker->batch_opened &&
         TimestampDifferenceExceeds(g_worker->batch_opened, GetCurrentTimestamp(), g_batch_max_delay_ms))
@@ -476,6 +493,11 @@ bool outbox_horizon_settled() {
 // Adds every row up to the horizon to the batch, in id order, writes it,
 // then deletes the rows (committed with the caller's transaction).
 void outbox_consume() {
+  // A row is visible once its transaction committed, but a commit made with
+  // synchronous_commit = off may not be flushed yet: a crash would undo it
+  // after its ops were written. Flushing the WAL up to where it is now
+  // covers every commit the pass's snapshot sees, before any batch is.
+  XLogFlush(GetXLogInsertRecPtr());
   int64 after = g_worker->outbox_done;
   const int64 horizon = g_worker->outbox_horizon;
   bool horizon_reached = true;
@@ -598,6 +620,21 @@ bool take_outbox_signal() {
   return rows;
 }
 
+// True while a commit made with synchronous_commit = off lies beyond what
+// was decoded: then its backend did not wake us (see at_transaction_end),
+// and the worker looks again after batch_max_delay. The flag is set in the
+// same critical section that reads the position, so a commit either sees it
+// or wakes the worker.
+bool poll_async_commits() {
+  const XLogRecPtr decoded = g_worker->ctx ? g_worker->ctx->reader->EndRecPtr : InvalidXLogRecPtr;
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->async_polling = g_worker->ctx && w->async_commit_end > decoded;
+  const bool polling = w->async_polling;
+  SpinLockRelease(&w->mutex);
+  return polling;
+}
+
 // The cycle: decode what is flushed, read the outbox when a commit wrote to
 // it (or rows wait for their writers, or every naptime for rows written
 // without the trigger), sleep until a commit wakes us. Whether the extension
@@ -657,9 +694,9 @@ bool run() {
       if (take_outbox_signal() || outbox_waiting || look) outbox_waiting = read_outbox();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
-    // Rows waiting for their writers: look again soon, a writer that ends
-    // without capturing does not wake us.
-    long nap = outbox_waiting ? std::max(1, g_batch_max_delay_ms) : g_naptime_ms;
+    // Rows waiting for their writers, or asynchronous commits waiting for
+    // their WAL flush: look again soon (neither wakes us).
+    long nap = outbox_waiting || poll_async_commits() ? std::max(1, g_batch_max_delay_ms) : g_naptime_ms;
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, nap, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
   }
@@ -678,6 +715,7 @@ void at_worker_exit(int, Datum) {
   if (w->pid == MyProcPid) {  // not declined (then the slot may be another's already)
     w->pid = 0;
     w->latch = nullptr;
+    w->async_polling = false;
     if (w->state != WorkerState::Backoff) w->state = WorkerState::Stopped;
   }
   SpinLockRelease(&w->mutex);

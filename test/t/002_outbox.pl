@@ -8,6 +8,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
+use Time::HiRes qw(usleep);
 use Test::More;
 use BitdexTap;
 
@@ -143,6 +144,26 @@ for my $line (split /\n/, `$wal_tool dump $wal_dir`) {
 is(scalar(keys %box), $n, "every outbox row of the comparison is in the ops WAL ($n)");
 is_deeply(\%box, \%msg, 'the outbox gives the same ops as the message sink for the same changes');
 like(join("\n", map { @$_ } values %box), qr/\\ud83d\\ude80|🚀/, 'the comparison covers non-BMP unicode');
+
+# A row committed with synchronous_commit = off is visible before its commit
+# is flushed. The worker must not make its ops durable before that commit is:
+# a crash would undo the row and leave its op invented. The WAL writer is
+# held back (10 s) so that only the worker can flush the commit; then the
+# server crashes right after the op is written.
+$node->safe_psql('postgres', "ALTER SYSTEM SET wal_writer_delay = '10s'");
+$node->reload;
+$node->safe_psql('postgres', 'SET synchronous_commit = off; INSERT INTO box VALUES (900, 9)');
+my $until = time + 30;
+usleep(10_000) until written() =~ /:900\b/ || time > $until;
+like(written(), qr/:900\b/, 'an asynchronously committed outbox row is written');
+$node->stop('immediate');
+$node->start;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM box WHERE id = 900'), '1',
+  'after a crash right after, its row exists: the worker flushed its commit before writing the op');
+my %in_table = map { $_ => 1 } split /\n/, $node->safe_psql('postgres', 'SELECT id FROM box');
+my @invented = grep { $_ < 10000 && !$in_table{$_} } map { (split /:/)[1] } split / /, written();
+is("@invented", '', 'every entity written from table box exists in it');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET wal_writer_delay');
 
 $node->stop('fast');
 done_testing();
