@@ -1,15 +1,14 @@
 // bitdex_sync as a logical decoding output plugin: prints each captured row
 // change (a "bitdex_sync" logical message) as one JSON line
 // {"entity_id":..,"ops":[..]}. Row changes and other messages are skipped.
-// Used by the tests through pg_logical_slot_peek_changes(). The worker
-// decodes in-process with the same callbacks: for its own decoding context
-// they hand the messages to it instead of writing text.
+// Used by the tests and tools through pg_logical_slot_peek_changes(). The
+// worker's own slot has this plugin too, but the worker decodes in
+// fast-forward mode and reads the messages itself (src/pg/worker.cpp).
 #include <cstring>
 #include <string>
 
 #include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
 #include "replication/logical.h"
@@ -38,25 +37,13 @@ bool to_json(const char* data, Size len) noexcept {
 void startup(LogicalDecodingContext*, OutputPluginOptions* opt, bool) {
   opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
 }
-void begin(LogicalDecodingContext* ctx, ReorderBufferTXN* txn) {
-  if (bitdex::pg::is_worker_context(ctx)) bitdex::pg::worker_begin(txn);
-}
+void begin(LogicalDecodingContext*, ReorderBufferTXN*) {}
 void commit(LogicalDecodingContext*, ReorderBufferTXN*, XLogRecPtr) {}
-// The worker's own writes (outbox deletes, quarantine, run history) carry
-// its replication origin: the worker's decoding skips them before they
-// reach the reorder buffer (a 500k-row DELETE would otherwise spill to disk).
-bool filter_by_origin(LogicalDecodingContext* ctx, RepOriginId origin) {
-  return bitdex::pg::is_worker_context(ctx) && bitdex::pg::is_worker_origin(origin);
-}
 void change(LogicalDecodingContext*, ReorderBufferTXN*, Relation, ReorderBufferChange*) {}
 
-void message(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr, bool transactional, const char* prefix,
+void message(LogicalDecodingContext* ctx, ReorderBufferTXN*, XLogRecPtr, bool transactional, const char* prefix,
              Size size, const char* data) {
   if (!transactional || strcmp(prefix, bitdex::capture::kMessagePrefix) != 0) return;
-  if (bitdex::pg::is_worker_context(ctx)) {
-    bitdex::pg::worker_message(txn, data, size);
-    return;
-  }
   if (!to_json(data, size))
     ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bad bitdex_sync capture message: %s", g_error)));
   OutputPluginPrepareWrite(ctx, true);
@@ -72,5 +59,4 @@ void _PG_output_plugin_init(OutputPluginCallbacks* cb) {
   cb->change_cb = change;
   cb->commit_cb = commit;
   cb->message_cb = message;
-  cb->filter_by_origin_cb = filter_by_origin;
 }

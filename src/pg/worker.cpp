@@ -1,8 +1,20 @@
 // The capture worker: decodes its database's logical slot in-process with a
-// long-lived decoding context (this library is the slot's output plugin),
-// collects the capture messages in commit order with their source position
-// (commit LSN, index in transaction), and writes them to the ops WAL in
-// deduplicated batches: append + fdatasync first, THEN confirm the slot.
+// long-lived decoding context, collects the capture messages in commit order
+// with their source position (commit LSN, index in transaction), and writes
+// them to the ops WAL in deduplicated batches: append + fdatasync first, THEN
+// confirm the slot.
+//
+// How it decodes: the context runs in fast-forward mode, so PostgreSQL keeps
+// the slot's bookkeeping (snapshot builder, restart position, the oldest
+// transaction still running) but queues no changes and replays nothing —
+// its reorder buffer would queue every row change of the database and
+// replay each committed transaction inside a transaction of its own (a
+// start and an abort per decoded transaction, most of the worker's time
+// under a write load). The worker reads the records it needs itself: the
+// capture messages (held per transaction in TxnMessages, spilling past
+// logical_decoding_work_mem), commits (read the transaction's messages and
+// its subtransactions' in WAL order), aborts and running-transactions
+// records (drop them).
 //
 // Why replaying is safe: the slot's confirmed position reaches disk lazily,
 // so after a crash the slot may hand out transactions the WAL already holds.
@@ -39,6 +51,7 @@
 #include "bitdex_sync/core/batcher.hpp"
 #include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/core/json.hpp"
+#include "bitdex_sync/core/txn_messages.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/pg/wall.hpp"
 #include "bitdex_sync/pg/worker.hpp"
@@ -46,7 +59,9 @@
 extern "C" {
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlogreader.h"
 #include "access/xlogutils.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -55,11 +70,16 @@ extern "C" {
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/decode.h"
+#include "replication/message.h"
+#include "replication/reorderbuffer.h"
+#include "replication/snapbuild.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/pmsignal.h"
 #include "storage/proc.h"
+#include "storage/standbydefs.h"
 #include "tcop/tcopprot.h"
 #include "utils/inval.h"
 #include "utils/resowner.h"
@@ -83,10 +103,10 @@ struct Worker {
   std::string wal_dir;
   std::unique_ptr<wal::WalWriter> writer;
   std::unique_ptr<pipeline::Batcher> batcher;
-  LogicalDecodingContext* ctx = nullptr;  // while the slot is acquired
-  uint32_t txn_index = 0;                 // capture messages seen in the transaction being replayed
-  TimestampTz batch_opened = 0;           // 0: the batch is empty
-  std::vector<TimestampTz> commit_times;  // of the transactions in the open batch
+  LogicalDecodingContext* ctx = nullptr;            // while the slot is acquired
+  std::unique_ptr<pipeline::TxnMessages> messages;  // of transactions in progress, while ctx
+  TimestampTz batch_opened = 0;                     // 0: the batch is empty
+  std::vector<TimestampTz> commit_times;            // of the transactions in the open batch
   XLogRecPtr confirmed = InvalidXLogRecPtr;
   // Outbox: every row with id <= outbox_done is durable in the WAL (or was
   // an aborted id). While outbox_pending, rows up to outbox_horizon wait for
@@ -115,6 +135,8 @@ struct Worker {
 constexpr int kOutboxChunk = 10000;
 
 void in_transaction(void (*fn)());
+void take_record(LogicalDecodingContext* ctx);
+[[noreturn]] void messages_failed();
 void write_quarantine();
 void publish_stops();
 
@@ -279,7 +301,19 @@ void create_slot_if_missing() {
 void start_decoding() {
   if (g_worker->ctx) return;
   ReplicationSlotAcquire(g_worker->slot_name.c_str(), true);
-  g_worker->ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false, &g_wal_routine, nullptr, nullptr, nullptr);
+  // Spill files go with the slot: dropping it removes its directory.
+  char spill_dir[MAXPGPATH];
+  snprintf(spill_dir, sizeof spill_dir, "pg_replslot/%s", g_worker->slot_name.c_str());
+  if (!run_cpp(
+          [&] {
+            g_worker->messages =
+                std::make_unique<pipeline::TxnMessages>(spill_dir, size_t(logical_decoding_work_mem) * 1024);
+            return true;
+          },
+          g_worker->error, sizeof g_worker->error))
+    ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: %s", g_worker->error)));
+  // Fast-forward: see the top of this file.
+  g_worker->ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, true, &g_wal_routine, nullptr, nullptr, nullptr);
   // The whole of every transaction committed after confirmed_flush must be
   // seen, so reading starts at restart_lsn.
   XLogBeginRead(g_worker->ctx->reader, MyReplicationSlot->data.restart_lsn);
@@ -291,6 +325,12 @@ void stop_decoding(bool drop_slot) {
     FreeDecodingContext(g_worker->ctx);
     g_worker->ctx = nullptr;
     ReplicationSlotRelease();
+    run_cpp(
+        [] {
+          g_worker->messages.reset();
+          return true;
+        },
+        g_worker->error, sizeof g_worker->error);
   }
   if (drop_slot && SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
     ReplicationSlotDrop(g_worker->slot_name.c_str(), true);
@@ -313,7 +353,10 @@ void decode_available() {
     XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
     if (errm) elog(ERROR, "bitdex_sync: could not read WAL for decoding: %s", errm);
     if (!record && g_worker->wal_unflushed) break;  // the rest of it is not flushed yet
-    if (record) LogicalDecodingProcessRecord(ctx, ctx->reader);
+    if (record) {
+      LogicalDecodingProcessRecord(ctx, ctx->reader);
+      take_record(ctx);
+    }
     if (g_worker->batch_opened &&
         TimestampDifferenceExceeds(g_worker->batch_opened, GetCurrentTimestamp(), g_batch_max_delay_ms))
       flush_batch();
@@ -394,13 +437,22 @@ void write_quarantine() {
 }
 
 // Runs fn in a transaction of its own with SPI connected.
+// Runs fn in a transaction of its own, with SPI and a snapshot. The tables
+// fn uses belong to the extension: it is locked against DROP EXTENSION for
+// the transaction (a drop committing between two statements would make them
+// vanish mid-pass); when it is gone, fn is skipped and extension_gone set.
 void in_transaction(void (*fn)()) {
   use_caches_for_decoding(false);
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
+  const Oid ext = get_extension_oid("bitdex_sync", true);
+  if (OidIsValid(ext)) LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+  // A drop that committed while we waited for the lock: look again.
+  const bool present = OidIsValid(ext) && get_extension_oid("bitdex_sync", true) == ext;
+  g_worker->extension_gone = !present;
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
   PushActiveSnapshot(GetTransactionSnapshot());
-  fn();
+  if (present) fn();
   SPI_finish();
   PopActiveSnapshot();
   CommitTransactionCommand();
@@ -580,10 +632,6 @@ void outbox_consume() {
 // One pass over the outbox (in a transaction of its own): note a horizon,
 // or consume up to the one noted once its writers have ended.
 void outbox_pass() {
-  if (!OidIsValid(get_extension_oid("bitdex_sync", true))) {
-    g_worker->extension_gone = true;  // dropped since the last look
-    return;
-  }
   // Rows at or below the WAL's outbox mark are already written: only a
   // crash between a batch's fdatasync and its delete leaves any, so look
   // once after opening the WAL, not every pass.
@@ -651,6 +699,13 @@ bool run() {
       ConfigReloadPending = false;
       ProcessConfigFile(PGC_SIGHUP);
       if (g_worker->batcher) g_worker->batcher->set_limits(batch_limits());
+      if (g_worker->messages && !run_cpp(
+                                    [] {
+                                      g_worker->messages->set_max_bytes(size_t(logical_decoding_work_mem) * 1024);
+                                      return true;
+                                    },
+                                    g_worker->error, sizeof g_worker->error))
+        messages_failed();
       // A stopped source tries again (it stops again if still `stop`).
       g_worker->slot_stopped = g_worker->outbox_stopped = false;
       publish_stops();
@@ -757,29 +812,49 @@ void after_error() {
   (void)WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms, PG_WAIT_EXTENSION);
 }
 
-}  // namespace
-
-bool is_worker_context(LogicalDecodingContext* ctx) {
-  return g_worker && ctx && g_worker->ctx == ctx;
-}
-
 bool is_worker_origin(RepOriginId origin) {
-  return g_worker && origin != InvalidRepOriginId && origin == g_worker->origin;
+  return origin != InvalidRepOriginId && origin == g_worker->origin;
 }
 
-void worker_begin(ReorderBufferTXN*) {
-  g_worker->txn_index = 0;
+// Raises the error run_cpp recorded.
+[[noreturn]] void messages_failed() {
+  ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: decoding: %s", g_worker->error)));
 }
 
-// One capture message of a committed transaction, in commit order.
-void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
-  const uint32_t index = g_worker->txn_index++;
+// A transactional capture message of this database: held until its
+// transaction ends. Like PostgreSQL's own decoding, only once the snapshot
+// builder can decode whole transactions (any transaction committing after
+// the slot's start began after that).
+void hold_message(LogicalDecodingContext* ctx, XLogReaderState* r) {
+  if ((XLogRecGetInfo(r) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE) return;
+  const auto* m = reinterpret_cast<const xl_logical_message*>(XLogRecGetData(r));
+  if (!m->transactional || m->dbId != MyDatabaseId || is_worker_origin(XLogRecGetOrigin(r))) return;
+  if (m->prefix_size != sizeof capture::kMessagePrefix ||
+      memcmp(m->message, capture::kMessagePrefix, sizeof capture::kMessagePrefix) != 0)
+    return;
+  if (SnapBuildCurrentState(ctx->snapshot_builder) < SNAPBUILD_FULL_SNAPSHOT) return;
+  const TransactionId xid = XLogRecGetXid(r);
+  const XLogRecPtr lsn = r->ReadRecPtr;
+  const auto* data = reinterpret_cast<const uint8_t*>(m->message + m->prefix_size);
+  const size_t size = m->message_size;
+  if (!run_cpp(
+          [&] {
+            g_worker->messages->add(xid, lsn, data, size);
+            return true;
+          },
+          g_worker->error, sizeof g_worker->error))
+    messages_failed();
+}
+
+// One capture message of a committed transaction, in commit order: decoded
+// into the open batch, or quarantined.
+void take_message(XLogRecPtr commit_lsn, TimestampTz commit_time, uint32_t index, const uint8_t* data, size_t size) {
   if (g_worker->slot_stop_requested) return;  // stopped in front of a poison record
   bool added = false;
   bool ok = run_cpp(
       [&] {
-        EntityRecord r = capture::decode(reinterpret_cast<const uint8_t*>(data), size);
-        r.pos = SourcePos{Stream::Slot, txn->final_lsn, index};
+        EntityRecord r = capture::decode(data, size);
+        r.pos = SourcePos{Stream::Slot, commit_lsn, index};
         added = g_worker->batcher->add(std::move(r));
         return true;
       },
@@ -787,12 +862,12 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
   if (!ok) {
     // A payload the trigger could not have written.
     char where[64];
-    snprintf(where, sizeof where, "%X/%X:%u", BDX_LSN_ARGS(txn->final_lsn), index);
+    snprintf(where, sizeof where, "%X/%X:%u", BDX_LSN_ARGS(commit_lsn), index);
     static const char hex[] = "0123456789abcdef";
     std::string payload = "\\x";
-    for (Size i = 0; i < size; i++) {
-      payload.push_back(hex[static_cast<uint8_t>(data[i]) >> 4]);
-      payload.push_back(hex[static_cast<uint8_t>(data[i]) & 15]);
+    for (size_t i = 0; i < size; i++) {
+      payload.push_back(hex[data[i] >> 4]);
+      payload.push_back(hex[data[i] & 15]);
     }
     if (note_poison("slot", where, g_on_poison_slot, {nullptr, {}, std::move(payload), {}, 0, false}))
       g_worker->slot_stop_requested = true;
@@ -800,10 +875,100 @@ void worker_message(ReorderBufferTXN* txn, const char* data, Size size) {
   }
   if (!added) return;
   if (!g_worker->batch_opened) g_worker->batch_opened = GetCurrentTimestamp();
-  if (g_worker->commit_times.empty() || g_worker->commit_times.back() != txn->xact_time.commit_time)
-    g_worker->commit_times.push_back(txn->xact_time.commit_time);
+  if (g_worker->commit_times.empty() || g_worker->commit_times.back() != commit_time)
+    g_worker->commit_times.push_back(commit_time);
   if (g_worker->batcher->full()) flush_batch();
 }
+
+static_assert(sizeof(TransactionId) == sizeof(uint32_t));
+
+// A commit: its messages and those of its committed subtransactions, in WAL
+// order, numbered from 0 — unless PostgreSQL's decoding would skip it
+// (committed before the slot's confirmed start) or it is the worker's own.
+void commit_record(LogicalDecodingContext* ctx, XLogReaderState* r, uint8 info) {
+  xl_xact_parsed_commit parsed;
+  ParseCommitRecord(XLogRecGetInfo(r), reinterpret_cast<xl_xact_commit*>(XLogRecGetData(r)), &parsed);
+  const TransactionId xid = info == XLOG_XACT_COMMIT_PREPARED ? parsed.twophase_xid : XLogRecGetXid(r);
+  const XLogRecPtr commit_lsn = r->ReadRecPtr;
+  const bool skip = SnapBuildXactNeedsSkip(ctx->snapshot_builder, commit_lsn) || is_worker_origin(XLogRecGetOrigin(r));
+  if (!run_cpp(
+          [&] {
+            if (skip)
+              g_worker->messages->forget(xid, parsed.subxacts, size_t(parsed.nsubxacts));
+            else
+              g_worker->messages->open(xid, parsed.subxacts, size_t(parsed.nsubxacts));
+            return true;
+          },
+          g_worker->error, sizeof g_worker->error))
+    messages_failed();
+  if (skip) return;
+  for (uint32_t index = 0;; index++) {
+    uint64_t lsn;
+    const uint8_t* data;
+    size_t size;
+    bool more = false;
+    if (!run_cpp(
+            [&] {
+              more = g_worker->messages->next(&lsn, &data, &size);
+              return true;
+            },
+            g_worker->error, sizeof g_worker->error))
+      messages_failed();
+    if (!more) break;
+    take_message(commit_lsn, parsed.xact_time, index, data, size);
+  }
+  run_cpp(
+      [] {
+        g_worker->messages->close();
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+}
+
+// An abort (of a transaction, a subtransaction or a prepared transaction):
+// its messages and those of the subtransactions it lists are dropped.
+void abort_record(XLogReaderState* r, uint8 info) {
+  xl_xact_parsed_abort parsed;
+  ParseAbortRecord(XLogRecGetInfo(r), reinterpret_cast<xl_xact_abort*>(XLogRecGetData(r)), &parsed);
+  const TransactionId xid = info == XLOG_XACT_ABORT_PREPARED ? parsed.twophase_xid : XLogRecGetXid(r);
+  run_cpp(
+      [&] {
+        g_worker->messages->forget(xid, parsed.subxacts, size_t(parsed.nsubxacts));
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+}
+
+// What the worker reads of a record PostgreSQL's decoding has just processed
+// (fast-forward: it kept only the slot's bookkeeping).
+void take_record(LogicalDecodingContext* ctx) {
+  XLogReaderState* r = ctx->reader;
+  switch (XLogRecGetRmid(r)) {
+    case RM_LOGICALMSG_ID: hold_message(ctx, r); break;
+    case RM_XACT_ID: {
+      const uint8 info = XLogRecGetInfo(r) & XLOG_XACT_OPMASK;
+      if (info == XLOG_XACT_COMMIT || info == XLOG_XACT_COMMIT_PREPARED) commit_record(ctx, r, info);
+      if (info == XLOG_XACT_ABORT || info == XLOG_XACT_ABORT_PREPARED) abort_record(r, info);
+      break;
+    }
+    case RM_STANDBY_ID:
+      // Transactions older than the oldest still running ended in a crash
+      // without an abort record (PostgreSQL's ReorderBufferAbortOld).
+      if ((XLogRecGetInfo(r) & ~XLR_INFO_MASK) == XLOG_RUNNING_XACTS) {
+        const TransactionId oldest = reinterpret_cast<const xl_running_xacts*>(XLogRecGetData(r))->oldestRunningXid;
+        run_cpp(
+            [&] {
+              g_worker->messages->forget_older_than(oldest);
+              return true;
+            },
+            g_worker->error, sizeof g_worker->error);
+      }
+      break;
+    default: break;
+  }
+}
+
+}  // namespace
 
 }  // namespace bitdex::pg
 

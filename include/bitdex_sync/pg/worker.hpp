@@ -114,13 +114,6 @@ void start_worker_at_commit();
 void note_captured(bool outbox);
 void at_transaction_end(XactEvent event, void* arg);
 
-// Output plugin hooks: true when ctx is the worker's own decoding context,
-// which takes the messages instead of the plugin's text output.
-bool is_worker_context(LogicalDecodingContext* ctx);
-bool is_worker_origin(RepOriginId origin);
-void worker_begin(ReorderBufferTXN* txn);
-void worker_message(ReorderBufferTXN* txn, const char* data, Size size);
-
 }  // namespace bitdex::pg
 
 extern "C" {
