@@ -10,7 +10,13 @@
 #             message sink), the database's worker writing the ops WAL
 #   paused    as bitdex, but the worker is paused (SIGSTOP) while pgbench
 #             runs: the capture triggers' cost alone (not in the default set)
-# Starts its own PostgreSQL (synchronous_commit = off, as the baseline).
+#   bare      as none, with the worker paused: not even decoding (in none the
+#             worker decodes every transaction and finds nothing to capture;
+#             not in the default set)
+# Starts its own PostgreSQL (synchronous_commit = off, as the baseline), with
+# autovacuum off: every variant starts from freshly vacuumed tables instead
+# of meeting an autovacuum of the 1M-row table at a random moment (each run
+# updates a quarter of it, over autovacuum's threshold).
 #
 #   BENCH_IMAGES (1000000)  BENCH_SECONDS (30)  BENCH_ROUNDS (3)  BENCH_CLIENTS (2)
 #   BENCH_WORKLOADS ("a b c")  BENCH_VARIANTS ("none noop v2 bitdex")
@@ -34,7 +40,7 @@ rm -rf "$dir" && mkdir -p "$dir"
 cp -r "$shared/bench" "$dir/bench"
 . scripts/lib/private_pg.sh
 private_pg_start "$dir" "$port" "synchronous_commit = off" "shared_buffers = 1GB" "max_wal_size = 8GB" \
-  "checkpoint_timeout = 30min"
+  "checkpoint_timeout = 30min" "autovacuum = off"
 trap private_pg_stop EXIT
 psql=("${PSQL[@]}")
 posts=$((images / 5)); [ $posts -lt 1 ] && posts=1
@@ -46,7 +52,7 @@ use_variant() {
   "${psql[@]}" -f "$dir/bench/baseline_drop.sql" >/dev/null
   "${psql[@]}" -c "SELECT count(*) FROM bitdex_sync.apply_config('{\"sources\":[]}')" >/dev/null
   case $1 in
-    none) ;;
+    none | bare) ;;
     noop) "${psql[@]}" -f "$dir/bench/baseline_noop.sql" >/dev/null ;;
     v2) "${psql[@]}" -f "$dir/bench/baseline_bitdex_v2.sql" >/dev/null ;;
     bitdex | paused)
@@ -54,8 +60,9 @@ use_variant() {
         "${psql[@]}" -v cfg="$(cat "$dir/bench/config.yaml")" >/dev/null ;;
   esac
   # Start every variant from the same state: no outbox backlog from the last
-  # one, nothing dirty.
-  "${psql[@]}" -c "TRUNCATE \"BitdexOps\", bitdex_sync.ops" -c "CHECKPOINT" >/dev/null
+  # one, no dead rows, nothing dirty.
+  "${psql[@]}" -c "TRUNCATE \"BitdexOps\", bitdex_sync.ops" -c "VACUUM \"Image\", \"TagsOnImage\", \"Post\"" \
+    -c "CHECKPOINT" >/dev/null
 }
 
 results=$dir/results.tsv
@@ -71,7 +78,7 @@ for r in $(seq 1 "$rounds"); do
       use_variant "$v"
       f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
       pid=
-      if [ "$v" = paused ]; then pid=$(private_pg_worker_pid); kill -STOP "$pid"; fi
+      if [ "$v" = paused ] || [ "$v" = bare ]; then pid=$(private_pg_worker_pid); kill -STOP "$pid"; fi
       tps=$("${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
               -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
       if [ -n "$pid" ]; then kill -CONT "$pid"; fi
@@ -93,16 +100,23 @@ for line in open(path):
 print()
 print('| workload | ' + ' | '.join(variants) + ' |')
 print('|---' * (len(variants) + 1) + '|')
+def change(v, w, against):
+    base = statistics.median(runs[(against, w)])
+    m = statistics.median(runs[(v, w)])
+    paired = [t / by_round[(r, against, w2)] - 1 for (r, v2, w2), t in by_round.items()
+              if v2 == v and w2 == w and (r, against, w2) in by_round]
+    return f'{(m/base - 1)*100:+.1f}%; paired {statistics.median(paired)*100:+.1f}%'
 for w in workloads:
-    base = statistics.median(runs[('none', w)]) if ('none', w) in runs else None
     cells = []
     for v in variants:
-        m = statistics.median(runs[(v, w)])
-        cell = f'{m/1000:.1f} k'
-        if base and v != 'none':
-            paired = [t / by_round[(r, 'none', w2)] - 1 for (r, v2, w2), t in by_round.items()
-                      if v2 == v and w2 == w and (r, 'none', w2) in by_round]
-            cell += f' ({(m/base - 1)*100:+.0f}%; paired {statistics.median(paired)*100:+.0f}%)'
+        cell = f'{statistics.median(runs[(v, w)])/1000:.1f} k'
+        if v != 'none' and ('none', w) in runs:
+            cell += f' ({change(v, w, "none")})'
         cells.append(cell)
     print(f'| ({w}) | ' + ' | '.join(cells) + ' |')
+if 'bare' in variants:
+    print()
+    print('Against bare (no triggers, worker paused):')
+    for w in workloads:
+        print(f'  ({w}) ' + ', '.join(f'{v} {change(v, w, "bare")}' for v in variants if v != 'bare'))
 PY
