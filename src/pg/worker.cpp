@@ -69,6 +69,7 @@ extern "C" {
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "postmaster/walwriter.h"
 #include "replication/decode.h"
 #include "replication/message.h"
 #include "replication/reorderbuffer.h"
@@ -670,7 +671,7 @@ bool take_outbox_signal() {
 
 // True while a commit made with synchronous_commit = off lies beyond what
 // was decoded: then its backend did not wake us (see at_transaction_end),
-// and the worker looks again after batch_max_delay. The flag is set in the
+// and the worker looks again after wal_writer_delay. The flag is set in the
 // same critical section that reads the position, so a commit either sees it
 // or wakes the worker.
 bool poll_async_commits() {
@@ -749,9 +750,13 @@ bool run() {
       if (take_outbox_signal() || outbox_waiting || look) outbox_waiting = read_outbox();
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
-    // Rows waiting for their writers, or asynchronous commits waiting for
-    // their WAL flush: look again soon (neither wakes us).
-    long nap = outbox_waiting || poll_async_commits() ? std::max(1, g_batch_max_delay_ms) : g_naptime_ms;
+    // Rows waiting for their writers: look again soon (their commit does
+    // not wake us). Asynchronous commits waiting for their WAL flush: look
+    // again after wal_writer_delay, the pace PostgreSQL itself makes them
+    // durable at (each cycle that finds them ends in an fdatasync).
+    long nap = g_naptime_ms;
+    if (poll_async_commits()) nap = std::min<long>(nap, std::max(1, WalWriterDelay));
+    if (outbox_waiting) nap = std::min<long>(nap, std::max(1, g_batch_max_delay_ms));
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, nap, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
   }

@@ -5,7 +5,8 @@
 # place; nothing of ROLLBACK PREPARED, of aborts, or of a transaction a
 # server crash ended. With logical_decoding_work_mem at its 64kB minimum,
 # large transactions go through spill files, which are removed after.
-# (The crash loops of 001 cover ordinary transactions across restarts.)
+# An asynchronous commit is picked up without a wake-up. (The crash loops of
+# 001 cover ordinary transactions across restarts.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -163,6 +164,19 @@ sql('CHECKPOINT');
 sql("COMMIT PREPARED 'p3'");
 sync();
 is(entities_since($mark), '62 60 61', 'a transaction prepared before a restart and committed after it');
+
+# An asynchronous commit does not wake the worker (nothing to decode before
+# the WAL writer flushes it); the worker looks again every wal_writer_delay
+# until it has it. With naptime at an hour, only that can find it.
+sql("ALTER SYSTEM SET bitdex_sync.naptime = '1h'");
+$node->reload;
+sleep 1;
+$mark = scalar(created());
+sql('SET synchronous_commit = off; INSERT INTO t VALUES (70, 70)');
+my $until = time + 30;
+sleep 1 while entities_since($mark) ne '70' && time < $until;
+is(entities_since($mark), '70', 'an asynchronous commit is written without a wake-up or wait_for_sync');
+sql('ALTER SYSTEM RESET bitdex_sync.naptime');
 
 $node->stop('fast');
 done_testing();

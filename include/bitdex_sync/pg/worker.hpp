@@ -57,8 +57,8 @@ struct WorkerShared {
   bool outbox_rows;                   // a commit wrote outbox rows since the worker last looked
   // Commits made with synchronous_commit = off are decodable only once
   // PostgreSQL flushes them: they raise async_commit_end instead of waking
-  // the worker, which looks every batch_max_delay while it is ahead of what
-  // it decoded (async_polling) and sleeps on its latch otherwise.
+  // the worker, which looks every wal_writer_delay while it is ahead of
+  // what it decoded (async_polling) and sleeps on its latch otherwise.
   uint64 async_commit_end;
   bool async_polling;
   uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
