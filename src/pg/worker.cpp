@@ -129,6 +129,7 @@ struct Worker {
   bool wal_unflushed = false;               // decoding reached a record not flushed whole yet
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
+  bool origin_dropped = false;              // by this process, since the extension went
   char error[512] = {0};
 };
 
@@ -339,6 +340,32 @@ void stop_decoding(bool drop_slot) {
   }
 }
 
+// The worker's replication origin: "bitdex_sync_<database oid>".
+void origin_name(char (&name)[NAMEDATALEN]) {
+  snprintf(name, sizeof name, "bitdex_sync_%u", MyDatabaseId);
+}
+
+// The extension is gone: its replication origin goes too (CREATE EXTENSION
+// makes a new one), once per process. The session lets go of it first: a
+// drop refuses an origin in use.
+void drop_origin() {
+  if (g_worker->origin_dropped) return;
+  if (g_worker->origin != InvalidRepOriginId) {
+    replorigin_session_reset();
+    replorigin_session_origin = InvalidRepOriginId;
+    g_worker->origin = InvalidRepOriginId;
+  }
+  char name[NAMEDATALEN];
+  origin_name(name);
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  const bool existed = replorigin_by_name(name, true) != InvalidRepOriginId;
+  if (existed) replorigin_drop_by_name(name, true, false);
+  CommitTransactionCommand();
+  g_worker->origin_dropped = true;
+  if (existed) ereport(LOG, (errmsg("bitdex_sync: extension dropped, dropped replication origin \"%s\"", name)));
+}
+
 // Decodes everything flushed so far; batches are written as they fill or
 // age, and the rest at the end. Then confirms the slot up to where decoding
 // stopped: every transaction committed before it is durable in the ops WAL.
@@ -463,10 +490,12 @@ void in_transaction(void (*fn)()) {
 // "bitdex_sync_<database oid>" (created once), so the worker's decoding
 // skips its own writes.
 void set_up_origin() {
-  std::string name = "bitdex_sync_" + std::to_string(MyDatabaseId);
-  RepOriginId id = replorigin_by_name(name.c_str(), true);
-  if (id == InvalidRepOriginId) id = replorigin_create(name.c_str());
+  char name[NAMEDATALEN];
+  origin_name(name);
+  RepOriginId id = replorigin_by_name(name, true);
+  if (id == InvalidRepOriginId) id = replorigin_create(name);
   g_worker->origin = id;
+  g_worker->origin_dropped = false;
 }
 
 // bitdex_sync.runs: this run's row, after marking rows of runs that ended
@@ -723,6 +752,7 @@ bool run() {
         stop_decoding(true);
         close_writer();
       }
+      drop_origin();
       g_worker->run_id = 0;
       // Started by the launcher: a database without the extension needs no
       // worker (CREATE EXTENSION asks for one again).

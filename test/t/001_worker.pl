@@ -160,7 +160,9 @@ diag('records skipped as already durable after restarts: ' .
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty once written');
 is(system("$wal_tool verify $wal_dir > /dev/null"), 0, 'bitdex-wal verify accepts the WAL');
 
-# DROP EXTENSION: the worker drops its slot and ends.
+# DROP EXTENSION: the worker drops its slot and replication origin, and ends.
+my $origins = "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bitdex_sync_%'";
+is($node->safe_psql('postgres', $origins), '1', 'the worker has its replication origin');
 $node->safe_psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE');
 $node->poll_query_until('postgres',
   "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bitdex_sync_%'")
@@ -170,6 +172,7 @@ $node->poll_query_until('postgres',
   "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'")
   or die "worker still running";
 pass('the worker ends once the extension is dropped');
+is($node->safe_psql('postgres', $origins), '0', 'drop extension drops the replication origin');
 
 # SIGTERM: a clean stop. Over the whole run the worker never crashed by
 # itself (only the kills above ended it).
