@@ -27,6 +27,7 @@ int g_batch_max_ops = 100000;
 int g_batch_max_delay_ms = 10;
 int g_batch_max_memory_kb = 64 * 1024;
 int g_naptime_ms = 1000;
+bool g_fault_injection = false;
 
 const double kLatencyBoundsMs[kLatencyBuckets - 1] = {1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000, 30000};
 
@@ -125,6 +126,11 @@ void define_settings() {
                           "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
                           "dropped extension.",
                           &g_naptime_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomBoolVariable("bitdex_sync.fault_injection", "For tests: crash points the test suite can arm.",
+                           "When on, a worker that finds the file bitdex_sync.kill_after_batch in the data directory "
+                           "removes it and kills itself right after its next batch is durable.",
+                           &g_fault_injection, false, PGC_SIGHUP, GUC_NOT_IN_SAMPLE | GUC_NO_SHOW_ALL, nullptr, nullptr,
+                           nullptr);
 }
 
 SharedState* shared_state() {

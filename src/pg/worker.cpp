@@ -42,6 +42,8 @@
 // longjmp out of owns a C++ object; C++ calls that may throw run inside
 // run_cpp() and their failure is raised as an ERROR afterwards.
 #include <malloc.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
@@ -114,6 +116,7 @@ struct Worker {
   // the transactions in outbox_snapshot's in-progress list to end.
   int64 outbox_done = 0;
   bool outbox_leftovers_deleted = false;  // once per writer open: see outbox_delete_through
+  bool outbox_cut = false;                // the pass ended at a quarantined row: another follows
   bool outbox_pending = false;
   int64 outbox_horizon = 0;
   std::string outbox_snapshot;
@@ -262,6 +265,12 @@ void flush_batch() {
   publish_batch(GetCurrentTimestamp());
   g_worker->commit_times.clear();
   g_worker->batch_opened = 0;
+  // The crash window a test wants to hit: the batch is durable, nothing after
+  // it (slot confirm, quarantine, outbox delete) is.
+  if (g_fault_injection && unlink(kFaultFile) == 0) {
+    ereport(LOG, (errmsg("bitdex_sync: fault injection: killing the worker after a durable batch")));
+    raise(SIGKILL);
+  }
 }
 
 // The catalog caches serve either decoding (historic snapshots) or the
@@ -616,20 +625,25 @@ void outbox_consume() {
       if (!ok) {
         char where[32];
         snprintf(where, sizeof where, "id " INT64_FORMAT, id);
+        horizon_reached = false;
         if (note_poison("outbox", where, g_on_poison_outbox, {nullptr, {}, text, {}, entity, true})) {
           // Stop in front of it: what came before is written and deleted.
           g_worker->outbox_stopped = true;
-          horizon_reached = false;
           after = id - 1;
-          break;
+        } else {
+          // Quarantined: the pass ends with it, so that no batch passes a
+          // poison row before its quarantine row commits (a crash in between
+          // would delete the row as written at the restart). The next pass
+          // goes on after it.
+          g_worker->outbox_cut = true;
         }
-        continue;
+        break;
       }
       ops += nops;
       if (!g_worker->batch_opened) g_worker->batch_opened = GetCurrentTimestamp();
       if (g_worker->batcher->full()) flush_batch();
     }
-    if (g_worker->outbox_stopped) break;
+    if (g_worker->outbox_stopped || g_worker->outbox_cut) break;
     SPI_freetuptable(SPI_tuptable);
     if (rows < static_cast<uint64>(kOutboxChunk)) break;
     if (ShutdownRequestPending) {
@@ -647,7 +661,7 @@ void outbox_consume() {
     elog(ERROR, "bitdex_sync: could not set synchronous_commit");
   write_quarantine();
   // Up to the horizon every id is written, quarantined or was never
-  // committed; when stopped early, up to the last row taken.
+  // committed; when ended early, up to the last row taken.
   const int64 done = horizon_reached ? horizon : after;
   outbox_delete_through(done);
   g_worker->outbox_done = done;
@@ -679,7 +693,10 @@ void outbox_pass() {
 // Returns true while rows wait for their writers.
 bool read_outbox() {
   if (g_worker->outbox_stopped) return false;
-  in_transaction(outbox_pass);
+  do {
+    g_worker->outbox_cut = false;
+    in_transaction(outbox_pass);
+  } while (g_worker->outbox_cut && !g_worker->extension_gone && !ShutdownRequestPending);
   if (g_worker->extension_gone) return false;
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);

@@ -7,6 +7,8 @@
 #   nothing twice.
 # - bitdex_sync.runs: a run killed with -9 is marked failed by the next one;
 #   a clean stop is a success.
+# - a crash between a durable batch and the commit of its quarantine rows
+#   loses no quarantine row (fault injection).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -132,5 +134,34 @@ $node->restart;
 $node->poll_query_until('postgres', "SELECT count(*) = 3 FROM bitdex_sync.runs", 't') or die 'no run after restart';
 is(sql("SELECT status || ' ' || coalesce(error, '-') FROM bitdex_sync.runs ORDER BY id LIMIT 1 OFFSET 1"), 'success -',
   'a clean stop is a success');
+
+# --- a crash right after a batch that passed a poison outbox row ----------------
+# The batch is durable, the quarantine row and the outbox delete are not: the
+# poison row must still reach the quarantine after the restart.
+sql('ALTER SYSTEM SET bitdex_sync.fault_injection = on');
+sql('SELECT pg_reload_conf()');
+$node->poll_query_until('postgres', "SELECT current_setting('bitdex_sync.fault_injection') = 'on'");
+my $fault = $node->data_dir . '/bitdex_sync.kill_after_batch';
+open(my $fh, '>', $fault) or die "cannot create $fault: $!";
+close($fh);
+sql("BEGIN; INSERT INTO box VALUES (1005, 5); " . sprintf($bad_row, 902) . "; INSERT INTO box VALUES (1006, 6); COMMIT");
+$node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM bitdex_sync.ops)")
+  or die 'the outbox was not emptied';
+ok(!-e $fault, 'crash: the worker was killed after a durable batch');
+like(slurp_file($node->logfile), qr/bitdex_sync worker.*was terminated by signal 9/, 'crash: ... by signal 9');
+sync();
+is(created(1005) . created(1006), '11', 'crash: the rows around the poison are written once');
+is(sql("SELECT count(*) FROM bitdex_sync.quarantine WHERE source = 'outbox' AND entity_id = 902"), '1',
+  'crash: the poison row is quarantined');
+# The same for the slot: its quarantine row commits before the slot is
+# confirmed, so the message is decoded again after the crash.
+open($fh, '>', $fault) or die "cannot create $fault: $!";
+close($fh);
+sql("BEGIN; INSERT INTO img VALUES (6, 6); $garbage; INSERT INTO img VALUES (7, 7); COMMIT");
+$node->poll_query_until('postgres', "SELECT count(*) = 3 FROM bitdex_sync.quarantine WHERE source = 'slot'")
+  or die 'the third bad message was not quarantined';
+ok(!-e $fault, 'crash, slot: the worker was killed after a durable batch');
+sync();
+is(created(6) . created(7), '11', 'crash, slot: the records around the poison are written once');
 $node->stop('fast');
 done_testing();

@@ -30,6 +30,10 @@ extern int g_naptime_ms;
 constexpr int kPoisonSkip = 0, kPoisonStop = 1;
 extern int g_on_poison_slot;  // kPoisonSkip or kPoisonStop
 extern int g_on_poison_outbox;
+// Tests only: the worker kills itself (SIGKILL) right after a batch is
+// durable, once per file kFaultFile in the data directory (it removes it).
+extern bool g_fault_injection;
+constexpr const char* kFaultFile = "bitdex_sync.kill_after_batch";
 void define_settings();
 
 constexpr int kMaxWorkers = 16;
