@@ -8,7 +8,9 @@
 // Afterwards it starts one when CREATE EXTENSION (or start_worker()) commits,
 // and starts a worker again a second after it ended for any other reason
 // (error, pg_terminate_backend) while its database still exists. A worker
-// that declined (extension dropped) is not started again.
+// that declined (extension dropped) is not started again. A launcher started
+// again after it ended finds its predecessor's workers still running: it
+// watches them (their end sets its latch) and starts none beside them.
 #include <algorithm>
 
 #include "bitdex_sync/pg/worker.hpp"
@@ -49,6 +51,7 @@ struct Tracked {
   TimestampTz start_at;            // when to (re)start it
   bool requested;                  // CREATE EXTENSION committed since the last start
   bool declined;                   // the worker said its database needs none
+  bool watched;                    // a worker this launcher did not start runs there
 };
 
 Tracked* g_tracked = nullptr;
@@ -67,7 +70,7 @@ Tracked* track(Oid db, TimestampTz start_at) {
     g_tracked = static_cast<Tracked*>(g_tracked ? repalloc(g_tracked, sizeof(Tracked) * g_capacity)
                                                 : MemoryContextAlloc(TopMemoryContext, sizeof(Tracked) * g_capacity));
   }
-  g_tracked[g_ntracked] = Tracked{db, nullptr, start_at, false, false};
+  g_tracked[g_ntracked] = Tracked{db, nullptr, start_at, false, false, false};
   return &g_tracked[g_ntracked++];
 }
 
@@ -149,14 +152,23 @@ long tend(TimestampTz now) {
   long sleep_ms = kIdleWaitMs;
   for (int i = 0; i < g_ntracked;) {
     Tracked* t = &g_tracked[i];
-    if (t->handle) {
-      pid_t pid;
-      if (GetBackgroundWorkerPid(t->handle, &pid) != BGWH_STOPPED) {
-        i++;
-        continue;
+    if (t->handle || t->watched) {
+      if (t->handle) {
+        pid_t pid;
+        if (GetBackgroundWorkerPid(t->handle, &pid) != BGWH_STOPPED) {
+          i++;
+          continue;
+        }
+        pfree(t->handle);
+        t->handle = nullptr;
+      } else {
+        // Its end sets our latch (at_worker_exit).
+        if (live_worker_pid(t->db) != 0) {
+          i++;
+          continue;
+        }
+        t->watched = false;
       }
-      pfree(t->handle);
-      t->handle = nullptr;
       // Declined with no CREATE EXTENSION since: done. Otherwise it ended
       // with an error or was terminated, or declined just before a CREATE
       // EXTENSION committed: start it again.
@@ -173,6 +185,13 @@ long tend(TimestampTz now) {
         untrack(t);
         continue;
       }
+      // A worker started by the previous launcher (this one was restarted
+      // after it ended): watch it instead of starting a second one.
+      if (live_worker_pid(t->db) != 0) {
+        t->watched = true;
+        i++;
+        continue;
+      }
       if (start_worker(t->db, name, &t->handle)) {
         t->requested = false;
       } else {
@@ -184,7 +203,7 @@ long tend(TimestampTz now) {
                                   "database with the extension.")));
       }
     }
-    if (!t->handle) {
+    if (!t->handle && !t->watched) {
       long until = static_cast<long>((t->start_at - now) / 1000);
       sleep_ms = std::min(sleep_ms, std::max(until, 1L));
     }

@@ -159,6 +159,22 @@ WorkerShared* worker_for_database(Oid dboid) {
   return nullptr;
 }
 
+int live_worker_pid(Oid dboid) {
+  WorkerShared* w = worker_for_database(dboid);
+  if (!w) return 0;
+  SpinLockAcquire(&w->mutex);
+  const int pid = w->dboid == dboid ? w->pid : 0;
+  SpinLockRelease(&w->mutex);
+  return pid;
+}
+
+void wake_launcher() {
+  LWLockAcquire(g_shared->lock, LW_SHARED);
+  Latch* launcher = g_shared->launcher_latch;
+  LWLockRelease(g_shared->lock);
+  if (launcher) SetLatch(launcher);
+}
+
 WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
   *duplicate = false;
   LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);

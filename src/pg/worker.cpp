@@ -826,6 +826,10 @@ void at_worker_exit(int, Datum) {
     if (w->state != WorkerState::Backoff) w->state = WorkerState::Stopped;
   }
   SpinLockRelease(&w->mutex);
+  // The launcher that started this worker hears of its end from the
+  // postmaster; a launcher started since (its predecessor ended) watches it
+  // and hears of it here.
+  if (automatic_mode()) wake_launcher();
 }
 
 // After an error: record it, wait out the backoff (1 s doubling to 60 s
@@ -1049,12 +1053,15 @@ void bitdex_sync_worker_main(Datum arg) {
   CommitTransactionCommand();
   bool duplicate;
   WorkerShared* w = claim_worker(MyDatabaseId, dbname, &duplicate);
+  if (!w && duplicate) {
+    // Exit code 0: not restarted. Not declined either: the launcher watches
+    // the worker that runs.
+    ereport(LOG, (errmsg("bitdex_sync: a worker already runs for database \"%s\"", dbname)));
+    proc_exit(0);
+  }
   if (!w) {
-    if (duplicate)
-      ereport(LOG, (errmsg("bitdex_sync: a worker already runs for database \"%s\"", dbname)));
-    else
-      ereport(WARNING, (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
-                        errdetail("At most %d databases can have a worker.", kMaxWorkers)));
+    ereport(WARNING, (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
+                      errdetail("At most %d databases can have a worker.", kMaxWorkers)));
     decline_worker(nullptr, MyDatabaseId);
     proc_exit(0);
   }

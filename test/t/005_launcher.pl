@@ -2,7 +2,8 @@
 # the default): the launcher starts one in each database where the extension
 # is created (at CREATE EXTENSION's commit, and at server start), none
 # elsewhere, none in templates; it ends when the extension is dropped and
-# comes back after pg_terminate_backend; DROP DATABASE needs DROP EXTENSION
+# comes back after pg_terminate_backend (also after the launcher's own, which
+# the postmaster restarts); DROP DATABASE needs DROP EXTENSION
 # first and leaves no worker behind; after CREATE DATABASE from a template with the
 # extension, start_worker() starts one. Named mode: one worker per named
 # database, waiting quietly until the extension exists.
@@ -64,6 +65,26 @@ $node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
   or die 'worker not back';
 pass('a terminated worker is started again');
 
+# pg_terminate_backend of the launcher: the postmaster starts it again; the
+# new one starts no second worker beside the running ones and restarts them
+# when they end, like its predecessor.
+my $launcher = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync launcher'");
+$pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2'");
+my $log_offset = -s $node->logfile;
+sql("SELECT pg_terminate_backend($launcher)");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+    WHERE backend_type = 'bitdex_sync launcher' AND pid <> $launcher AND wait_event = 'Extension'")
+  or die 'launcher not back';
+sleep 2;
+is(sql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2'"),
+  $pid, 'a restarted launcher keeps the running worker');
+unlike(slurp_file($node->logfile, $log_offset), qr/a worker already runs/, '... and starts no second one');
+sql("SELECT pg_terminate_backend($pid)");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity
+    WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2' AND pid <> $pid")
+  or die 'worker not back after the launcher restart';
+pass("... and starts it again when it ends");
+
 # DROP EXTENSION: the worker drops its slot and ends for good.
 sql("DROP EXTENSION bitdex_sync CASCADE", 'db2');
 wait_worker_dbs('postgres', 'DROP EXTENSION ends the worker');
@@ -98,6 +119,16 @@ sleep 2;
 is(worker_dbs(), 'db4,postgres', 'then DROP DATABASE works and nothing restarts');
 my $log = slurp_file($node->logfile);
 unlike($log, qr/FATAL:  database \d+ does not exist/, 'no worker tried the dropped database');
+
+# The postgres worker is still the one the first launcher started (watched
+# by the second): DROP EXTENSION ends it for good too; CREATE EXTENSION
+# brings it back.
+sql("DROP EXTENSION bitdex_sync CASCADE");
+wait_worker_dbs('db4', 'DROP EXTENSION ends a watched worker');
+sleep 2;
+is(worker_dbs(), 'db4', 'it is not started again');
+create_extension($node);
+wait_worker_dbs('db4,postgres', 'CREATE EXTENSION starts it again');
 
 # Server restart: workers where the extension is, nowhere else.
 $node->restart;

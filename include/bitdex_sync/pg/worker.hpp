@@ -96,12 +96,16 @@ void install_shared_memory_hooks();
 bool automatic_mode();
 // The worker claiming a database, or nullptr.
 WorkerShared* worker_for_database(Oid dboid);
+// The pid of the live worker of a database, 0 when none runs.
+int live_worker_pid(Oid dboid);
+// Sets the launcher's latch (when it runs): a worker ended.
+void wake_launcher();
 // Called by a starting worker: the slot for its database (kept from its
 // previous run, else a free one, reset), marked with its pid. nullptr when
 // another live worker holds the database (*duplicate) or no slot is free.
 WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate);
-// A worker leaving because its database needs none (no extension, or served
-// by another worker): frees its slot and, in automatic mode, tells the
+// A worker leaving because its database needs none (no extension) or gets
+// none (no slot left): frees its slot and, in automatic mode, tells the
 // launcher not to start it again.
 void decline_worker(WorkerShared* w, Oid dboid);
 void register_workers();
