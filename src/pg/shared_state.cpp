@@ -14,6 +14,7 @@ extern "C" {
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 }
 
 namespace bitdex::pg {
@@ -39,6 +40,8 @@ shmem_startup_hook_type g_prev_startup = nullptr;
 bool g_captured = false;         // this transaction captured something
 bool g_captured_outbox = false;  // ... into the outbox
 bool g_start_worker = false;     // this transaction asked for its database's worker
+bool g_commit_prepared = false;  // this transaction runs COMMIT PREPARED
+ProcessUtility_hook_type g_prev_utility = nullptr;
 
 void request_shared_memory() {
   if (g_prev_request) g_prev_request();
@@ -281,15 +284,37 @@ void note_captured(bool outbox) {
   g_captured_outbox = g_captured_outbox || outbox;
 }
 
+// COMMIT PREPARED commits a transaction that may have captured ops in
+// another session (whose PREPARE did not wake the worker): its commit wakes
+// the worker as if it had captured them itself, into the outbox too.
+void note_commit_prepared(PlannedStmt* pstmt, const char* query, bool read_only_tree, ProcessUtilityContext context,
+                          ParamListInfo params, QueryEnvironment* env, DestReceiver* dest, QueryCompletion* qc) {
+  Node* utility = pstmt->utilityStmt;
+  if (IsA(utility, TransactionStmt) && castNode(TransactionStmt, utility)->kind == TRANS_STMT_COMMIT_PREPARED)
+    g_commit_prepared = true;
+  if (g_prev_utility)
+    g_prev_utility(pstmt, query, read_only_tree, context, params, env, dest, qc);
+  else
+    standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc);
+}
+
+void install_commit_prepared_hook() {
+  g_prev_utility = ProcessUtility_hook;
+  ProcessUtility_hook = note_commit_prepared;
+}
+
 void at_transaction_end(XactEvent event, void*) {
+  // PREPARE TRANSACTION: nothing is committed yet (COMMIT PREPARED wakes the
+  // worker); the ops this transaction captured are done with here.
+  if (event == XACT_EVENT_PREPARE) g_captured = g_captured_outbox = false;
   if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_ABORT &&
       event != XACT_EVENT_PARALLEL_ABORT)
     return;
   const bool commit = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
-  bool wake = g_captured && commit;
+  bool wake = (g_captured || g_commit_prepared) && commit;
   bool start = g_start_worker && commit;
-  bool outbox = g_captured_outbox;
-  g_captured = g_captured_outbox = g_start_worker = false;
+  bool outbox = g_captured_outbox || g_commit_prepared;
+  g_captured = g_captured_outbox = g_start_worker = g_commit_prepared = false;
   if (start && g_shared) {
     // The launcher starts the worker, which finds the extension committed.
     LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);

@@ -5,7 +5,8 @@
 # place; nothing of ROLLBACK PREPARED, of aborts, or of a transaction a
 # server crash ended. With logical_decoding_work_mem at its 64kB minimum,
 # large transactions go through spill files, which are removed after.
-# An asynchronous commit is picked up without a wake-up. (The crash loops of
+# An asynchronous commit is picked up without a wake-up; COMMIT PREPARED
+# wakes the worker. (The crash loops of
 # 001 cover ordinary transactions across restarts.)
 use strict;
 use warnings;
@@ -176,6 +177,15 @@ sql('SET synchronous_commit = off; INSERT INTO t VALUES (70, 70)');
 my $until = time + 30;
 sleep 1 while entities_since($mark) ne '70' && time < $until;
 is(entities_since($mark), '70', 'an asynchronous commit is written without a wake-up or wait_for_sync');
+
+# COMMIT PREPARED wakes the worker, in a session that captured nothing itself
+# (naptime is still an hour).
+$mark = scalar(created());
+sql("BEGIN; INSERT INTO t VALUES (80, 80); PREPARE TRANSACTION 'p4'");
+sql("COMMIT PREPARED 'p4'");
+$until = time + 30;
+sleep 1 while entities_since($mark) ne '80' && time < $until;
+is(entities_since($mark), '80', 'COMMIT PREPARED wakes the worker');
 sql('ALTER SYSTEM RESET bitdex_sync.naptime');
 
 $node->stop('fast');

@@ -121,6 +121,8 @@ void start_worker_at_commit();
 // database's worker once it has committed.
 void note_captured(bool outbox);
 void at_transaction_end(XactEvent event, void* arg);
+// ... and so does COMMIT PREPARED (a ProcessUtility hook notes it).
+void install_commit_prepared_hook();
 
 }  // namespace bitdex::pg
 
