@@ -6,8 +6,8 @@
 # server crash ended. With logical_decoding_work_mem at its 64kB minimum,
 # large transactions go through spill files, which are removed after.
 # An asynchronous commit is picked up without a wake-up; COMMIT PREPARED
-# wakes the worker. (The crash loops of
-# 001 cover ordinary transactions across restarts.)
+# wakes the worker. (The crash loops of 001 cover ordinary transactions
+# across restarts.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
