@@ -3,7 +3,7 @@
 // {"entity_id":..,"ops":[..]}. Row changes and other messages are skipped.
 // Used by the tests and tools through pg_logical_slot_peek_changes(). The
 // worker's own slot has this plugin too, but the worker decodes in
-// fast-forward mode and reads the messages itself (src/pg/worker.cpp).
+// fast-forward mode and reads the messages itself (src/pg/decode_slot.cpp).
 #include <cstring>
 #include <string>
 

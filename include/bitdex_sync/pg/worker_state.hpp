@@ -1,0 +1,95 @@
+// The capture worker's own state and the steps its three files share:
+// worker.cpp (lifecycle, batches, run history), decode_slot.cpp (the slot)
+// and outbox_reader.cpp (the outbox). One Worker per process (g_worker).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/core/batcher.hpp"
+#include "bitdex_sync/core/txn_messages.hpp"
+#include "bitdex_sync/core/wal_writer.hpp"
+#include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
+
+extern "C" {
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "utils/timestamp.h"
+}
+
+namespace bitdex::pg::bgw {
+
+struct Quarantined {
+  const char* source;  // "slot" or "outbox"
+  std::string position, payload, reason;
+  int64 entity_id;
+  bool has_entity;
+};
+
+struct Worker {
+  WorkerShared* shared = nullptr;
+  std::string slot_name;
+  std::string wal_dir;
+  std::unique_ptr<wal::WalWriter> writer;
+  std::unique_ptr<pipeline::Batcher> batcher;
+  LogicalDecodingContext* ctx = nullptr;            // while the slot is acquired
+  std::unique_ptr<pipeline::TxnMessages> messages;  // of transactions in progress, while ctx
+  TimestampTz batch_opened = 0;                     // 0: the batch is empty
+  std::vector<TimestampTz> commit_times;            // of the transactions in the open batch
+  XLogRecPtr confirmed = InvalidXLogRecPtr;
+  // Outbox: every row with id <= outbox_done is durable in the WAL (or was
+  // an aborted id). While outbox_pending, rows up to outbox_horizon wait for
+  // the transactions in outbox_snapshot's in-progress list to end.
+  int64 outbox_done = 0;
+  bool outbox_leftovers_deleted = false;  // once per writer open: see outbox_delete_through
+  bool outbox_cut = false;                // the pass ended at a quarantined row: another follows
+  bool outbox_pending = false;
+  int64 outbox_horizon = 0;
+  std::string outbox_snapshot;
+  // Poison: records that failed to decode, waiting to be written to
+  // bitdex_sync.quarantine; a source whose policy is `stop` stops at its
+  // first one until the settings are reloaded.
+  std::vector<Quarantined> quarantine;
+  bool slot_stop_requested = false;  // set while decoding; acted on after
+  bool slot_stopped = false, outbox_stopped = false;
+  bool automatic = false;                   // started by the launcher: exits when the extension is gone
+  bool extension_gone = true;               // as of the last look (run() looks first)
+  bool caches_for_decoding = false;         // see use_caches_for_decoding
+  bool wal_unflushed = false;               // decoding reached a record not flushed whole yet
+  int64 run_id = 0;                         // this run's row in bitdex_sync.runs
+  RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
+  bool origin_dropped = false;              // by this process, since the extension went
+  char error[512] = {0};
+};
+
+extern Worker* g_worker;
+
+// worker.cpp
+void set_state(WorkerState s);
+void open_writer();
+void close_writer();
+void flush_batch();
+void use_caches_for_decoding(bool decoding);
+bool extension_installed();
+bool note_poison(const char* source, const char* where, int policy, Quarantined q);
+void publish_stops();
+void write_quarantine();
+void in_transaction(void (*fn)());
+
+// decode_slot.cpp
+void create_slot_if_missing();
+void start_decoding();
+void stop_decoding(bool drop_slot);
+void set_up_origin();
+void drop_origin();
+void decode_available();
+bool poll_async_commits();
+[[noreturn]] void messages_failed();
+
+// outbox_reader.cpp
+bool read_outbox();
+bool take_outbox_signal();
+
+}  // namespace bitdex::pg::bgw
