@@ -19,6 +19,9 @@ extern "C" {
 #include "utils/timestamp.h"
 }
 
+// Internal to the library: not exported, so calls and g_worker need no
+// indirection through the symbol table.
+#pragma GCC visibility push(hidden)
 namespace bitdex::pg::bgw {
 
 struct Quarantined {
@@ -93,3 +96,4 @@ bool read_outbox();
 bool take_outbox_signal();
 
 }  // namespace bitdex::pg::bgw
+#pragma GCC visibility pop
