@@ -131,11 +131,12 @@ bool start_worker(Oid db, const char* name, BackgroundWorkerHandle** handle) {
 // Takes what backends and workers left in shared memory.
 void take_messages(TimestampTz now) {
   SharedState* st = shared_state();
-  Oid requests[kMaxWorkers], declined[kMaxWorkers];
+  Oid* requests = static_cast<Oid*>(palloc(sizeof(Oid) * st->max_databases));
+  Oid* declined = static_cast<Oid*>(palloc(sizeof(Oid) * st->max_databases));
   LWLockAcquire(st->lock, LW_EXCLUSIVE);
   const int nrequests = st->nrequests, ndeclined = st->ndeclined;
-  memcpy(requests, st->requests, sizeof(Oid) * nrequests);
-  memcpy(declined, st->declined, sizeof(Oid) * ndeclined);
+  memcpy(requests, st->requests(), sizeof(Oid) * nrequests);
+  memcpy(declined, st->declined(), sizeof(Oid) * ndeclined);
   st->nrequests = st->ndeclined = 0;
   LWLockRelease(st->lock);
   for (int i = 0; i < nrequests; i++) {
@@ -145,6 +146,8 @@ void take_messages(TimestampTz now) {
   }
   for (int i = 0; i < ndeclined; i++)
     if (Tracked* t = find(declined[i])) t->declined = true;
+  pfree(requests);
+  pfree(declined);
 }
 
 // Notices ended workers and starts the ones due; returns how long to sleep.

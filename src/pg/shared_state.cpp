@@ -28,6 +28,7 @@ int g_batch_max_ops = 100000;
 int g_batch_max_delay_ms = 10;
 int g_batch_max_memory_kb = 64 * 1024;
 int g_naptime_ms = 1000;
+int g_max_databases = 16;
 bool g_fault_injection = false;
 
 const double kLatencyBoundsMs[kLatencyBuckets - 1] = {1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000, 30000};
@@ -45,7 +46,7 @@ ProcessUtility_hook_type g_prev_utility = nullptr;
 
 void request_shared_memory() {
   if (g_prev_request) g_prev_request();
-  RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+  RequestAddinShmemSpace(MAXALIGN(SharedState::size(g_max_databases)));
   RequestNamedLWLockTranche("bitdex_sync", 1);
 }
 
@@ -53,10 +54,12 @@ void attach_shared_memory() {
   if (g_prev_startup) g_prev_startup();
   LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
   bool found = false;
-  g_shared = static_cast<SharedState*>(ShmemInitStruct("bitdex_sync", sizeof(SharedState), &found));
+  const size_t size = SharedState::size(g_max_databases);
+  g_shared = static_cast<SharedState*>(ShmemInitStruct("bitdex_sync", size, &found));
   if (!found) {
-    memset(g_shared, 0, sizeof(SharedState));
-    for (WorkerShared& w : g_shared->workers) SpinLockInit(&w.mutex);
+    memset(g_shared, 0, size);
+    g_shared->max_databases = g_max_databases;
+    for (WorkerShared& w : g_shared->workers()) SpinLockInit(&w.mutex);
     g_shared->lock = &GetNamedLWLockTranche("bitdex_sync")->lock;
   }
   LWLockRelease(AddinShmemInitLock);
@@ -129,6 +132,9 @@ void define_settings() {
                           "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
                           "dropped extension.",
                           &g_naptime_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.max_databases", "How many databases can have a worker at the same time.",
+                          "Each takes a slot of shared memory (about 1 kB) and a background worker process.",
+                          &g_max_databases, 16, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
   DefineCustomBoolVariable("bitdex_sync.fault_injection", "For tests: crash points the test suite can arm.",
                            "When on, a worker that finds the file bitdex_sync.kill_after_batch in the data directory "
                            "removes it and kills itself right after its next batch is durable.",
@@ -153,7 +159,7 @@ bool automatic_mode() {
 
 WorkerShared* worker_for_database(Oid dboid) {
   if (!g_shared || !OidIsValid(dboid)) return nullptr;
-  for (WorkerShared& w : g_shared->workers) {
+  for (WorkerShared& w : g_shared->workers()) {
     SpinLockAcquire(&w.mutex);
     bool match = w.dboid == dboid;
     SpinLockRelease(&w.mutex);
@@ -182,7 +188,7 @@ WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
   *duplicate = false;
   LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
   WorkerShared *mine = nullptr, *free = nullptr;
-  for (WorkerShared& w : g_shared->workers) {
+  for (WorkerShared& w : g_shared->workers()) {
     if (w.dboid == dboid) mine = &w;
     if (!free && !OidIsValid(w.dboid)) free = &w;
   }
@@ -225,7 +231,7 @@ void decline_worker(WorkerShared* w, Oid dboid) {
     SpinLockRelease(&w->mutex);
   }
   Latch* launcher = g_shared->launcher_latch;
-  if (launcher && g_shared->ndeclined < kMaxWorkers) g_shared->declined[g_shared->ndeclined++] = dboid;
+  if (launcher && g_shared->ndeclined < g_shared->max_databases) g_shared->declined()[g_shared->ndeclined++] = dboid;
   LWLockRelease(g_shared->lock);
   if (launcher) SetLatch(launcher);
 }
@@ -252,10 +258,11 @@ void register_workers() {
     RegisterBackgroundWorker(&bgw);
     return;
   }
-  if (names.size() > size_t(kMaxWorkers))
-    ereport(ERROR,
-            (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-             errmsg("bitdex_sync.databases names %zu databases, at most %d are supported", names.size(), kMaxWorkers)));
+  if (names.size() > size_t(g_max_databases))
+    ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                    errmsg("bitdex_sync.databases names %zu databases, more than bitdex_sync.max_databases (%d)",
+                           names.size(), g_max_databases),
+                    errhint("Raise bitdex_sync.max_databases.")));
   for (size_t i = 0; i < names.size(); i++) {
     if (names[i].size() >= NAMEDATALEN || names[i].size() >= BGW_EXTRALEN)
       ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -320,8 +327,9 @@ void at_transaction_end(XactEvent event, void*) {
     LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
     Latch* launcher = g_shared->launcher_latch;
     bool queued = false;
-    for (int i = 0; i < g_shared->nrequests; i++) queued = queued || g_shared->requests[i] == MyDatabaseId;
-    if (!queued && g_shared->nrequests < kMaxWorkers) g_shared->requests[g_shared->nrequests++] = MyDatabaseId;
+    Oid* requests = g_shared->requests();
+    for (int i = 0; i < g_shared->nrequests; i++) queued = queued || requests[i] == MyDatabaseId;
+    if (!queued && g_shared->nrequests < g_shared->max_databases) requests[g_shared->nrequests++] = MyDatabaseId;
     LWLockRelease(g_shared->lock);
     if (launcher) SetLatch(launcher);
   }

@@ -40,7 +40,7 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
   InitMaterializedSRF(fcinfo, 0);
   SharedState* st = shared_state();
   if (!st) PG_RETURN_VOID();
-  for (WorkerShared& w : st->workers) {
+  for (WorkerShared& w : st->workers()) {
     WorkerShared copy;
     SpinLockAcquire(&w.mutex);
     memcpy(&copy, &w, sizeof copy);

@@ -445,7 +445,15 @@ void bitdex_sync_worker_main(Datum arg) {
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
   strlcpy(dbname, get_database_name(MyDatabaseId), sizeof dbname);
+  const bool installed = OidIsValid(get_extension_oid("bitdex_sync", true));
   CommitTransactionCommand();
+  if (automatic && !installed) {
+    // The launcher's probe at server start: leave before taking a worker
+    // slot, which a database with the extension may need.
+    ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
+    decline_worker(nullptr, MyDatabaseId);
+    proc_exit(0);
+  }
   bool duplicate;
   WorkerShared* w = claim_worker(MyDatabaseId, dbname, &duplicate);
   if (!w && duplicate) {
@@ -456,7 +464,9 @@ void bitdex_sync_worker_main(Datum arg) {
   }
   if (!w) {
     ereport(WARNING, (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
-                      errdetail("At most %d databases can have a worker.", kMaxWorkers)));
+                      errdetail("bitdex_sync.max_databases (%d) databases have a worker already.",
+                                shared_state()->max_databases),
+                      errhint("Raise bitdex_sync.max_databases (takes a server restart).")));
     decline_worker(nullptr, MyDatabaseId);
     proc_exit(0);
   }

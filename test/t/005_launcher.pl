@@ -6,7 +6,8 @@
 # the postmaster restarts); DROP DATABASE needs DROP EXTENSION
 # first and leaves no worker behind; after CREATE DATABASE from a template with the
 # extension, start_worker() starts one. Named mode: one worker per named
-# database, waiting quietly until the extension exists.
+# database, waiting quietly until the extension exists. bitdex_sync.
+# max_databases bounds how many databases have a worker.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -151,6 +152,34 @@ $named->poll_query_until('postgres', "SELECT query = 'waiting for CREATE EXTENSI
   or die 'named worker not waiting again';
 pass('named mode: after DROP EXTENSION the worker waits again');
 $named->stop('fast');
+
+# bitdex_sync.max_databases: past it a database gets no worker, says so, and
+# the others keep theirs.
+my $small = bitdex_node('small', "bitdex_sync.max_databases = 1\n");
+create_extension($small);
+$small->safe_psql('postgres', 'CREATE DATABASE db2');
+my $small_log = -s $small->logfile;
+$small->safe_psql('db2', 'CREATE EXTENSION bitdex_sync');
+$small->wait_for_log(qr/no worker slot left for database "db2"/, $small_log);
+like(slurp_file($small->logfile, $small_log),
+  qr/WARNING:  bitdex_sync: no worker slot left for database "db2".*\n.*DETAIL:  bitdex_sync.max_databases \(1\) databases have a worker already.\n.*HINT:  Raise bitdex_sync.max_databases/,
+  'max_databases: the database past it gets no worker, with a warning and a hint');
+sleep 2;
+is($small->safe_psql('postgres', "SELECT string_agg(datname, ',') FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"),
+  'postgres', 'max_databases: the first database keeps its worker, no retry loop for the other');
+# At server start the launcher probes every database at once: one without
+# the extension leaves before taking the only slot.
+$small->safe_psql('postgres', 'DROP EXTENSION bitdex_sync');
+$small_log = -s $small->logfile;
+$small->restart;
+$small->poll_query_until('postgres', "SELECT string_agg(datname, ',') FROM pg_stat_activity
+    WHERE backend_type = 'bitdex_sync worker'", 'db2')
+  or diag('workers: ' . $small->safe_psql('postgres', "SELECT string_agg(datname, ',') FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"));
+sleep 1;
+is($small->safe_psql('postgres', "SELECT string_agg(datname, ',') FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"),
+  'db2', 'max_databases: after a restart the database with the extension has the slot');
+unlike(slurp_file($small->logfile, $small_log), qr/no worker slot left/, '... the probe of the other did not take it');
+$small->stop('fast');
 
 $node->stop('fast');
 $log = slurp_file($node->logfile);

@@ -27,6 +27,7 @@ extern int g_batch_max_ops;
 extern int g_batch_max_delay_ms;
 extern int g_batch_max_memory_kb;
 extern int g_naptime_ms;
+extern int g_max_databases;  // worker slots in shared memory (databases with a worker at once)
 constexpr int kPoisonSkip = 0, kPoisonStop = 1;
 extern int g_on_poison_slot;  // kPoisonSkip or kPoisonStop
 extern int g_on_poison_outbox;
@@ -36,7 +37,6 @@ extern bool g_fault_injection;
 constexpr const char* kFaultFile = "bitdex_sync.kill_after_batch";
 void define_settings();
 
-constexpr int kMaxWorkers = 16;
 constexpr int kLatencyBuckets = 12;
 // Upper bounds (ms) of the commit -> durable latency histogram buckets; the
 // last bucket is +Inf.
@@ -78,15 +78,33 @@ struct WorkerShared {
 
 // A worker slot is free while dboid is InvalidOid. dboid and pid change only
 // under `lock` (exclusive) and the slot's mutex; either suffices to read.
+// In shared memory the header is followed by max_databases worker slots,
+// then the launcher's two queues of max_databases entries each.
 struct SharedState {
   LWLock* lock;
+  int max_databases;  // bitdex_sync.max_databases at server start
   // The launcher (automatic mode): its latch, and what backends and workers
   // tell it: databases whose CREATE EXTENSION committed (requests) and
   // workers that ended because their database needs none (declined).
   Latch* launcher_latch;
   int nrequests, ndeclined;
-  Oid requests[kMaxWorkers], declined[kMaxWorkers];
-  WorkerShared workers[kMaxWorkers];
+
+  struct Slots {
+    WorkerShared *first, *last;
+    WorkerShared* begin() const { return first; }
+    WorkerShared* end() const { return last; }
+  };
+  Slots workers() { return {slot0(), slot0() + max_databases}; }
+  Oid* requests() { return reinterpret_cast<Oid*>(slot0() + max_databases); }
+  Oid* declined() { return requests() + max_databases; }
+  static size_t size(int max_databases) {
+    return MAXALIGN(sizeof(SharedState)) + size_t(max_databases) * (sizeof(WorkerShared) + 2 * sizeof(Oid));
+  }
+
+ private:
+  WorkerShared* slot0() {
+    return reinterpret_cast<WorkerShared*>(reinterpret_cast<char*>(this) + MAXALIGN(sizeof *this));
+  }
 };
 
 SharedState* shared_state();  // nullptr before shared memory is attached
