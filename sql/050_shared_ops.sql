@@ -25,6 +25,11 @@ SELECT v.label, bitdex_sync.op_value_text(v.x) AS text, bitdex_sync.op_value_tex
   FROM (VALUES ('digits', 42::text), ('quote', 'say "hi"\\'), ('control', E'tab\there\nline'), ('unicode', 'ünï €'), ('null', NULL)) v(label, x);
 SELECT bitdex_sync.op_value_text(n) AS text, bitdex_sync.op_value_text(n)::jsonb = bitdex_sync.op_value(n) AS same
   FROM unnest(ARRAY[1.50, -2, 'NaN', 1e30]::numeric[]) n;
+-- Floats PostgreSQL prints with an exponent: written as numeric prints them,
+-- as to_jsonb (and so the outbox) stores them.
+SELECT f::text AS float, bitdex_sync.op_value_text(f) AS text, bitdex_sync.op_value_text(f)::jsonb = to_jsonb(f) AS same
+  FROM unnest(ARRAY[1e20, 2.5e-30, -1.5e-10, 0.1, 0.30000000000000004, 'Infinity']::float8[]) f;
+SELECT bitdex_sync.op_value_text(1e20::float4) AS float4_text, bitdex_sync.op_value_text(1e20::float4)::jsonb = to_jsonb(1e20::float4) AS same;
 SELECT bitdex_sync.op_value_text(b) AS bool_text, bitdex_sync.op_value_text(t) AS ts_text,
        bitdex_sync.op_value_text(i) AS int8_text
   FROM (VALUES (true, '2026-11-22 10:00:00.123'::timestamp, 9007199254740993::int8), (false, NULL, -1)) v(b, t, i);

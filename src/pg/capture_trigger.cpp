@@ -36,6 +36,7 @@ extern "C" {
 #include "rewrite/rewriteHandler.h"
 #include "utils/datetime.h"
 #include "utils/datum.h"
+#include "utils/fmgrprotos.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -454,6 +455,15 @@ void put_value(InfoOut& out, Compiled* c, Datum d, bool isnull) {
     }
     case Conv::Number: {
       char* s = OutputFunctionCall(&c->out, d);
+      // A float printed with an exponent (1e+20, 2.5e-300) is written as
+      // numeric prints it (100000000000000000000, 0.000…25), as to_jsonb
+      // stores it: one value, one text, whichever the sink (numeric itself
+      // never prints an exponent; NaN and the infinities have no 'e').
+      if (strpbrk(s, "eE")) {
+        Datum n = DirectFunctionCall3(numeric_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+        pfree(s);
+        s = DatumGetCString(DirectFunctionCall1(numeric_out, n));
+      }
       // NaN and infinities are not JSON numbers; to_jsonb gives them as strings.
       bool number = (s[0] == '-' || (s[0] >= '0' && s[0] <= '9')) && strcmp(s, "-Infinity") != 0;
       // A whole number is the same value as an integer column's (the same

@@ -98,8 +98,8 @@ is($node->safe_psql('postgres', "SELECT confirmed_id FROM bitdex_sync.status() W
 # The outbox reader walks the stored jsonb itself (no text round trip): the
 # same changes captured through both sinks give the same ops in the WAL.
 # Values with escapes, unicode, big, negative and scaled numbers, NaN,
-# booleans, NULLs, timestamps. (Not floats that print with an exponent: the
-# outbox stores jsonb, which prints 2.5e-300 in plain decimal; docs/config.md.)
+# booleans, NULLs, timestamps, floats PostgreSQL prints with an exponent
+# (both sinks write them as numeric prints them, as the outbox's jsonb does).
 $node->safe_psql('postgres', q{
 CREATE TABLE via_msg (id int PRIMARY KEY, s text, n numeric, f float8, b boolean, i bigint, t timestamptz);
 CREATE TABLE via_box (LIKE via_msg INCLUDING ALL);
@@ -124,7 +124,10 @@ my @rows = (
   q{'ünïcødé ✓ 🚀', 123456789012345678901234567890.123456789, 'NaN', NULL, 9223372036854775807, 'infinity'},
   q{'', 1.50, 'Infinity', true, 0, '1999-12-31 23:59:59+00'},
   q{NULL, NULL, NULL, NULL, NULL, NULL},
-  q{E'\\u0001 control', 0, 0, false, 42, now()});
+  q{E'\\u0001 control', 0, 0, false, 42, now()},
+  q{'exponents', 1e-7, 1e20, true, 1, NULL},
+  q{'small', 2, 2.5e-300, false, 2, NULL},
+  q{'negative', 3, -1.5e-10, NULL, 3, NULL});
 my $n = scalar(@rows);
 for my $k (1 .. $n) {
   my $values = $rows[ $k - 1 ];
@@ -144,6 +147,8 @@ for my $line (split /\n/, `$wal_tool dump $wal_dir`) {
 is(scalar(keys %box), $n, "every outbox row of the comparison is in the ops WAL ($n)");
 is_deeply(\%box, \%msg, 'the outbox gives the same ops as the message sink for the same changes');
 like(join("\n", map { @$_ } values %box), qr/\\ud83d\\ude80|🚀/, 'the comparison covers non-BMP unicode');
+like(join("\n", map { @$_ } values %msg), qr/^(?=.*"value":100000000000000000000\}).*"value":-0\.00000000015\}/s,
+  'floats with an exponent are written in plain decimal by the message sink too');
 
 # A row committed with synchronous_commit = off is visible before its commit
 # is flushed. The worker must not make its ops durable before that commit is:
