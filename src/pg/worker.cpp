@@ -262,7 +262,6 @@ void record_run_start() {
 }
 
 const char* g_run_status = nullptr;
-
 const char* g_run_error = nullptr;
 
 void record_run_end() {
@@ -382,6 +381,14 @@ void at_worker_exit(int, Datum) {
   if (automatic_mode()) wake_launcher();
 }
 
+// No extension in an automatic-mode database: frees the slot (when taken),
+// tells the launcher, and exits with 0 (not restarted).
+[[noreturn]] void leave_without_extension(WorkerShared* w, const char* dbname) {
+  ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
+  decline_worker(w, MyDatabaseId);
+  proc_exit(0);
+}
+
 // After an error: record it, wait out the backoff (1 s doubling to 60 s
 // over consecutive failures), and let the caller exit for a clean restart.
 void after_error() {
@@ -447,13 +454,9 @@ void bitdex_sync_worker_main(Datum arg) {
   strlcpy(dbname, get_database_name(MyDatabaseId), sizeof dbname);
   const bool installed = OidIsValid(get_extension_oid("bitdex_sync", true));
   CommitTransactionCommand();
-  if (automatic && !installed) {
-    // The launcher's probe at server start: leave before taking a worker
-    // slot, which a database with the extension may need.
-    ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
-    decline_worker(nullptr, MyDatabaseId);
-    proc_exit(0);
-  }
+  // The launcher's probe at server start leaves before taking a worker slot,
+  // which a database with the extension may need.
+  if (automatic && !installed) leave_without_extension(nullptr, dbname);
   bool duplicate;
   WorkerShared* w = claim_worker(MyDatabaseId, dbname, &duplicate);
   if (!w && duplicate) {
@@ -489,12 +492,7 @@ void bitdex_sync_worker_main(Datum arg) {
     proc_exit(1);
   }
   PG_END_TRY();
-  if (declined) {
-    // No extension in an automatic-mode database. Exit code 0: not restarted.
-    ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
-    decline_worker(w, MyDatabaseId);
-    proc_exit(0);
-  }
+  if (declined) leave_without_extension(w, dbname);
   // Exit code 1 even after a clean stop: pg_terminate_backend() of the
   // worker restarts it (a bgworker exiting with 0 is never restarted).
   proc_exit(1);
