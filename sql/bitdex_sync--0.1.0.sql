@@ -27,7 +27,10 @@ CREATE TABLE bitdex_sync.ops (
 );
 COMMENT ON TABLE bitdex_sync.ops IS 'Outbox sink of the capture triggers (capture: outbox)';
 
--- The sources apply_config installed, with the trigger each one owns.
+-- The sources apply_config installed, with the trigger each one owns. The
+-- capture trigger reads its definition here, by its OID (spec: what to
+-- capture; compiled: the analysed expression and query trees, resolved once
+-- by apply_config); a trigger not recorded here captures nothing.
 CREATE TABLE bitdex_sync.sources (
   name         text PRIMARY KEY,
   table_oid    oid NOT NULL,
@@ -35,7 +38,10 @@ CREATE TABLE bitdex_sync.sources (
   trigger_name text NOT NULL,
   config       jsonb NOT NULL,
   helpers      text[] NOT NULL DEFAULT '{}',  -- shared_ops_fields functions, schema-qualified
-  applied_at   timestamptz NOT NULL DEFAULT now()
+  applied_at   timestamptz NOT NULL DEFAULT now(),
+  trigger_oid  oid NOT NULL UNIQUE,
+  spec         text NOT NULL,
+  compiled     text NOT NULL
 );
 CREATE TABLE bitdex_sync.config_history (
   id         bigserial PRIMARY KEY,
@@ -51,6 +57,9 @@ CREATE FUNCTION bitdex_sync.capture() RETURNS trigger
   AS 'MODULE_PATHNAME', 'bitdex_sync_capture'
   LANGUAGE C;
 COMMENT ON FUNCTION bitdex_sync.capture() IS 'Capture trigger behind every trigger apply_config creates';
+-- Creating a trigger needs EXECUTE on its function (firing one does not):
+-- only apply_config's callers create capture triggers.
+REVOKE ALL ON FUNCTION bitdex_sync.capture() FROM PUBLIC;
 
 CREATE FUNCTION bitdex_sync.apply_config(config text, dry_run boolean DEFAULT false)
   RETURNS TABLE (source text, action text, trigger_name text, table_name text)

@@ -158,10 +158,50 @@ std::string trigger_name(const std::string& qualified_table, const config::Sourc
 std::string create_sql(const std::string& qualified_table, const config::Source& s, const Resolved& r) {
   if (s.kind == SourceKind::RowFanOut && r.child_table.empty())
     throw Error(ErrorKind::Internal, "source \"" + s.name + "\": child table not resolved");
+  // No argument: the trigger reads its definition from bitdex_sync.sources,
+  // where apply_config records it under the trigger's OID.
   std::string name = config::quote_ident(trigger_name(qualified_table, s, r));
   return "CREATE TRIGGER " + name + " " + trigger_events(s) + " ON " + qualified_table +
-         " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture(" + config::quote_literal(capture_spec(s, r)) +
-         ");\nALTER TABLE " + qualified_table + " ENABLE ALWAYS TRIGGER " + name + ";\n";
+         " FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture();\nALTER TABLE " + qualified_table +
+         " ENABLE ALWAYS TRIGGER " + name + ";\n";
+}
+
+std::vector<std::string> spec_expressions(const json::Value& spec) {
+  auto str = [](const json::Value& obj, const char* key) -> const std::string& {
+    const json::Value* v = obj.type == json::Type::Object ? obj.find(key) : nullptr;
+    if (!v || v->type != json::Type::String)
+      throw Error(ErrorKind::InvalidInput, std::string("capture spec lacks \"") + key + "\"");
+    return v->text;
+  };
+  auto items = [](const json::Value& obj, const char* key) -> const std::vector<json::Value>* {
+    const json::Value* v = obj.find(key);
+    return v && v->type == json::Type::Array ? &v->items : nullptr;
+  };
+  std::vector<std::string> out{str(spec, "slot")};
+  const std::string& kind = str(spec, "kind");
+  const bool join = kind == "join";
+  if (join) {
+    const json::Value* value = spec.find("value");
+    if (!value) throw Error(ErrorKind::InvalidInput, "capture spec lacks \"value\"");
+    out.push_back(str(*value, "sql"));
+    if (const auto* computed = items(spec, "computed"))
+      for (const json::Value& cf : *computed) {
+        out.push_back(str(cf, "sql"));
+        out.push_back(str(cf, "cond"));
+      }
+    if (spec.find("filter")) out.push_back(str(spec, "filter"));
+  } else {
+    const auto* fields = items(spec, "fields");
+    if (!fields) throw Error(ErrorKind::InvalidInput, "capture spec lacks \"fields\"");
+    for (const json::Value& f : *fields) out.push_back(str(f, "sql"));
+  }
+  if (const auto* qcols = items(spec, "query_cols"))
+    for (const json::Value& c : *qcols) out.push_back(config::quote_ident(c.text));
+  if (const auto* params = items(spec, "ids_params"))
+    for (const json::Value& p : *params) out.push_back(p.text);
+  if (kind == "fan_out_per_row") out.push_back(str(spec, "parent_key"));
+  if (!join && spec.find("filter")) out.push_back(str(spec, "filter"));
+  return out;
 }
 
 std::string helper_name(const config::Source& s, const std::string& field) {

@@ -1,9 +1,10 @@
-// The capture trigger: one C function, bitdex_sync.capture(spec), behind every
-// generated trigger. At the first row in a backend it compiles the spec (its
-// argument) against the table: expressions are parsed and analysed once, as
-// PostgreSQL does for generated columns, and kept as ExprStates; plain columns
-// are read straight from the slot. Per row it evaluates them on OLD/NEW,
-// encodes the BitDex ops in the ops WAL's binary form and emits them as a
+// The capture trigger: one C function, bitdex_sync.capture(), behind every
+// trigger apply_config creates. At the first row in a backend it compiles the
+// definition apply_config recorded for the firing trigger in
+// bitdex_sync.sources (the spec and its analysed expression trees; a trigger
+// that was not recorded is refused) and keeps ExprStates; plain columns are
+// read straight from the slot. Per row it evaluates them on OLD/NEW, encodes
+// the BitDex ops in the ops WAL's binary form and emits them as a
 // transactional logical decoding message (or an outbox row).
 //
 // Wall: everything from here down runs inside PostgreSQL's executor and may
@@ -20,7 +21,17 @@
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
+#include "access/attmap.h"
+#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_trigger.h"
+#include "rewrite/rewriteManip.h"
+#include "utils/fmgroids.h"
+#include "utils/snapmgr.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -56,63 +67,6 @@ Datum bitdex_sync_op_value_text(PG_FUNCTION_ARGS);
 
 namespace bitdex::pg {
 
-Conv conv_for_type(Oid type) {
-  Oid base = getBaseType(type);
-  switch (base) {
-    case INT2OID: return Conv::Int2;
-    case INT4OID: return Conv::Int4;
-    case INT8OID: return Conv::Int8;
-    case BOOLOID: return Conv::Bool;
-    case TEXTOID:
-    case VARCHAROID:
-    case BPCHAROID: return Conv::Text;
-    case NAMEOID: return Conv::Name;
-    case UUIDOID: return Conv::Output;
-    case FLOAT4OID:
-    case FLOAT8OID:
-    case NUMERICOID: return Conv::Number;
-    case DATEOID:
-    case TIMESTAMPOID:
-    case TIMESTAMPTZOID:
-    case TIMEOID:
-    case TIMETZOID: return Conv::DateTime;
-    default: return type_is_enum(base) ? Conv::Output : Conv::Unsupported;
-  }
-}
-
-List* analyze_expressions(Oid relid, const char* select_list) {
-  char* nsp = get_namespace_name(get_rel_namespace(relid));
-  char* rel = get_rel_name(relid);
-  if (!nsp || !rel) elog(ERROR, "bitdex_sync: relation %u vanished", relid);
-  char* sql = psprintf("SELECT %s FROM ONLY %s", select_list, quote_qualified_identifier(nsp, rel));
-  // Names in expressions resolve in pg_catalog, then public, whatever the
-  // session's search_path: a writer cannot redirect a captured expression.
-  int nest = NewGUCNestLevel();
-  (void)set_config_option("search_path", "pg_catalog, public", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-                          false);
-  List* raw = raw_parser(sql, RAW_PARSE_DEFAULT);
-  if (list_length(raw) != 1)
-    ereport(ERROR,
-            (errcode(ERRCODE_SYNTAX_ERROR), errmsg("expression list \"%s\" is not one select list", select_list)));
-  Query* q = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql, nullptr, 0, nullptr);
-  AtEOXact_GUC(true, nest);
-  if (q->hasSubLinks)
-    ereport(ERROR,
-            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("subqueries are not supported in capture expressions"),
-             errhint("Capture expressions are evaluated on the changed row alone.")));
-  if (q->hasAggs || q->hasWindowFuncs || q->hasTargetSRFs)
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("aggregates, window functions and set-returning functions are not allowed in capture "
-                           "expressions")));
-  List* out = NIL;
-  ListCell* lc;
-  foreach (lc, q->targetList) {
-    TargetEntry* te = lfirst_node(TargetEntry, lc);
-    out = lappend(out, te->expr);
-  }
-  return out;
-}
-
 namespace {
 
 using bitdex::OpKind;
@@ -141,7 +95,7 @@ struct Field {
 enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
 
 struct Source {
-  Oid tgoid;
+  Oid tgoid;  // the firing trigger (a partition's clone of the recorded one, or that one)
   Oid relid;
   bool valid;
   Kind kind;
@@ -154,29 +108,40 @@ struct Source {
   Compiled filter;
   const char* query;  // fan-out template
   int nqcols;
-  Compiled* qcols;      // one per column placeholder, in order ({ids} excluded)
-  const char* ids_sql;  // fan-out with expression: the query computing {ids}
+  Compiled* qcols;   // one per column placeholder, in order ({ids} excluded)
+  StoredQuery* ids;  // fan-out with expression: the query computing {ids}
   int nids;
   Compiled* ids_params;  // its $1..$n
-  SPIPlanPtr ids_plan;
-  const char* rows_sql;  // fan_out_per_row: child slots for a parent key
+  StoredQuery* rows;     // fan_out_per_row: child slots for a parent key ($1)
   Compiled parent_key;
-  SPIPlanPtr rows_plan;
   MemoryContext cxt;
   ExprContext* econtext;
   Source* next;
 };
 
 Source* g_sources = nullptr;
-bool g_callback_registered = false;
+bool g_callbacks_registered = false;
 
-// Relcache invalidation of a captured table (ALTER TABLE, ...): recompile.
-void invalidate(Datum, Oid relid) {
-  for (Source* s = g_sources; s; s = s->next)
-    if (relid == InvalidOid || s->relid == relid) s->valid = false;
+void drop_plans(Source* s, Oid relid) {
+  if (s->ids) invalidate_stored_query(s->ids, relid);
+  if (s->rows) invalidate_stored_query(s->rows, relid);
 }
 
-// ---- the spec, parsed by the C++ JSON reader into static storage --------------
+// Relcache invalidation of a captured table (ALTER TABLE, ...): recompile;
+// of a table a fan-out reads: plan its query again.
+void invalidate_relation(Datum, Oid relid) {
+  for (Source* s = g_sources; s; s = s->next) {
+    if (relid == InvalidOid || s->relid == relid) s->valid = false;
+    drop_plans(s, relid);
+  }
+}
+
+// A function changed (CREATE OR REPLACE, ALTER): plans may have inlined it.
+void invalidate_functions(Datum, int, uint32) {
+  for (Source* s = g_sources; s; s = s->next) drop_plans(s, InvalidOid);
+}
+
+// ---- the recorded definition ---------------------------------------------------
 
 bitdex::json::Value g_spec;
 char g_spec_error[512];
@@ -198,13 +163,77 @@ const char* spec_str(const bitdex::json::Value& obj, const char* key) {
   const bitdex::json::Value* v = spec_get(obj, key);
   if (!v || v->type != bitdex::json::Type::String)
     ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bitdex_sync capture spec lacks \"%s\"", key),
-                    errhint("Re-create the trigger with bitdex_sync.apply_config().")));
+                    errhint("Apply the config again with bitdex_sync.apply_config().")));
   return v->text.c_str();
 }
 
 bool spec_bool(const bitdex::json::Value& obj, const char* key) {
   const bitdex::json::Value* v = spec_get(obj, key);
   return v && v->type == bitdex::json::Type::Bool && v->boolean;
+}
+
+int spec_count(const bitdex::json::Value& obj, const char* key) {
+  const bitdex::json::Value* v = spec_get(obj, key);
+  return v && v->type == bitdex::json::Type::Array ? static_cast<int>(v->items.size()) : 0;
+}
+
+// The trigger apply_config created: the firing one, or for a partition's
+// clone the trigger on the partitioned table it was cloned from.
+Oid recorded_trigger(const Trigger* t) {
+  Oid oid = t->tgoid;
+  if (!t->tgisclone) return oid;
+  Relation tgrel = table_open(TriggerRelationId, AccessShareLock);
+  for (;;) {
+    ScanKeyData key;
+    ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(oid));
+    SysScanDesc scan = systable_beginscan(tgrel, TriggerOidIndexId, true, nullptr, 1, &key);
+    HeapTuple tup = systable_getnext(scan);
+    Oid parent = HeapTupleIsValid(tup) ? ((Form_pg_trigger)GETSTRUCT(tup))->tgparentid : InvalidOid;
+    systable_endscan(scan);
+    if (!OidIsValid(parent)) break;
+    oid = parent;
+  }
+  table_close(tgrel, AccessShareLock);
+  return oid;
+}
+
+// What apply_config recorded for trigger `tgoid` in bitdex_sync.sources:
+// its table, spec and analysed trees (palloc'd text). False when nothing is.
+// Read directly with the latest snapshot, not through SPI: the writer has no
+// rights on the table, and a transaction whose snapshot predates the
+// apply_config that created the trigger must still find its row.
+bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
+  Oid nsp = get_namespace_oid("bitdex_sync", true);
+  Oid relid = OidIsValid(nsp) ? get_relname_relid("sources", nsp) : InvalidOid;
+  if (!OidIsValid(relid)) return false;
+  Relation rel = table_open(relid, AccessShareLock);
+  const AttrNumber a_trigger = get_attnum(relid, "trigger_oid"), a_table = get_attnum(relid, "table_oid"),
+                   a_spec = get_attnum(relid, "spec"), a_compiled = get_attnum(relid, "compiled");
+  if (a_trigger == InvalidAttrNumber || a_table == InvalidAttrNumber || a_spec == InvalidAttrNumber ||
+      a_compiled == InvalidAttrNumber)
+    elog(ERROR, "bitdex_sync: bitdex_sync.sources lacks the columns of this version");
+  Snapshot snap = RegisterSnapshot(GetLatestSnapshot());
+  TableScanDesc scan = table_beginscan(rel, snap, 0, nullptr);
+  TupleDesc desc = RelationGetDescr(rel);
+  bool found = false;
+  HeapTuple tup;
+  while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
+    bool null_trigger, null_table, null_spec, null_compiled;
+    Datum trigger = heap_getattr(tup, a_trigger, desc, &null_trigger);
+    if (null_trigger || DatumGetObjectId(trigger) != tgoid) continue;
+    Datum t = heap_getattr(tup, a_table, desc, &null_table);
+    Datum sp = heap_getattr(tup, a_spec, desc, &null_spec);
+    Datum c = heap_getattr(tup, a_compiled, desc, &null_compiled);
+    if (null_table || null_spec || null_compiled) continue;
+    *table = DatumGetObjectId(t);
+    *spec = TextDatumGetCString(sp);
+    *compiled = TextDatumGetCString(c);
+    found = true;
+  }
+  table_endscan(scan);
+  UnregisterSnapshot(snap);
+  table_close(rel, AccessShareLock);
+  return found;
 }
 
 // What an expression is for: a captured value (must be capturable), a
@@ -240,8 +269,19 @@ void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
   }
 }
 
-// Builds the compiled form of `s` from g_spec (already loaded).
-void compile(Source* s, Relation rel) {
+StoredQuery* stored_query(Node* tree) {
+  if (!tree) return nullptr;
+  auto* q = static_cast<StoredQuery*>(palloc0(sizeof(StoredQuery)));
+  q->query = castNode(Query, tree);
+  return q;
+}
+
+// Builds the compiled form of `s` from g_spec (already loaded) and the
+// analysed trees apply_config stored: a List of (the select list's Query
+// over the recorded table, the {ids} Query or NULL, the children's Query or
+// NULL). `recorded` is the table they were analysed against; when the
+// trigger fires on a partition, column numbers are mapped to the partition's.
+void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   const bitdex::json::Value& spec = g_spec;
   const char* kind = spec_str(spec, "kind");
   s->kind = strcmp(kind, "join") == 0              ? Kind::Join
@@ -254,73 +294,54 @@ void compile(Source* s, Relation rel) {
   s->outbox = strcmp(spec_str(spec, "sink"), "outbox") == 0;
   s->alive = spec_bool(spec, "alive");
   s->del = spec_bool(spec, "delete");
-
-  // One select list for everything: slot, fields (and conditions), filter, query columns.
-  StringInfoData list;
-  initStringInfo(&list);
-  appendStringInfoString(&list, spec_str(spec, "slot"));
-  int nfields = 0, nconds = 0;
-  const bitdex::json::Value* fields = nullptr;
-  const bitdex::json::Value* computed = nullptr;
-  if (s->kind == Kind::Join) {
-    const bitdex::json::Value* value = spec_get(spec, "value");
-    if (!value) ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"value\"")));
-    appendStringInfo(&list, ", %s", spec_str(*value, "sql"));
-    nfields = 1;
-    computed = spec_get(spec, "computed");
-    if (computed && computed->type == bitdex::json::Type::Array) {
-      for (const auto& cf : computed->items)
-        appendStringInfo(&list, ", %s, %s", spec_str(cf, "sql"), spec_str(cf, "cond"));
-      nfields += static_cast<int>(computed->items.size());
-      nconds = static_cast<int>(computed->items.size());
-    }
-    s->has_filter = spec_get(spec, "filter") != nullptr;
-    if (s->has_filter) appendStringInfo(&list, ", %s", spec_str(spec, "filter"));
-  } else {
-    fields = spec_get(spec, "fields");
-    if (!fields || fields->type != bitdex::json::Type::Array)
-      ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"fields\"")));
-    for (const auto& f : fields->items) appendStringInfo(&list, ", %s", spec_str(f, "sql"));
-    nfields = static_cast<int>(fields->items.size());
-  }
-  const bitdex::json::Value* qcols = nullptr;
-  if (s->kind == Kind::QueryFanOut) {
-    s->query = MemoryContextStrdup(s->cxt, spec_str(spec, "query"));
-    qcols = spec_get(spec, "query_cols");
-    s->nqcols = qcols ? static_cast<int>(qcols->items.size()) : 0;
-    for (int i = 0; i < s->nqcols; i++) appendStringInfo(&list, ", %s", quote_identifier(qcols->items[i].text.c_str()));
-  }
-  const bitdex::json::Value* ids_params = spec_get(spec, "ids_params");
-  if (spec_get(spec, "ids_sql")) {
-    s->ids_sql = MemoryContextStrdup(s->cxt, spec_str(spec, "ids_sql"));
-    s->nids = ids_params ? static_cast<int>(ids_params->items.size()) : 0;
-    for (int i = 0; i < s->nids; i++) appendStringInfo(&list, ", %s", ids_params->items[i].text.c_str());
-  }
-  if (s->kind == Kind::RowFanOut) {
-    s->rows_sql = MemoryContextStrdup(s->cxt, spec_str(spec, "rows_sql"));
-    appendStringInfo(&list, ", %s", spec_str(spec, "parent_key"));
-  }
-  if (s->kind != Kind::Join && spec_get(spec, "filter")) {  // fan-outs: last in the list
-    s->has_filter = true;
-    appendStringInfo(&list, ", %s", spec_str(spec, "filter"));
-  }
+  const bool join = s->kind == Kind::Join;
+  const int nconds = join ? spec_count(spec, "computed") : 0;
+  s->nfields = join ? 1 + nconds : spec_count(spec, "fields");
+  s->has_filter = spec_get(spec, "filter") != nullptr;
+  s->nqcols = spec_count(spec, "query_cols");
+  s->nids = spec_count(spec, "ids_params");
+  if (s->kind == Kind::QueryFanOut) s->query = MemoryContextStrdup(s->cxt, spec_str(spec, "query"));
+  // The order of trigger_gen::spec_expressions.
   const int expected =
-      1 + nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids + (s->kind == Kind::RowFanOut ? 1 : 0);
+      1 + s->nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids + (s->kind == Kind::RowFanOut ? 1 : 0);
 
   MemoryContext old = MemoryContextSwitchTo(s->cxt);
-  List* exprs = analyze_expressions(RelationGetRelid(rel), list.data);
+  List* trees = castNode(List, stringToNode(compiled));
+  if (list_length(trees) != 3) elog(ERROR, "bitdex_sync: the recorded capture definition is malformed");
+  Query* select = castNode(Query, linitial(trees));
+  List* exprs = NIL;
+  ListCell* lc;
+  foreach (lc, select->targetList) exprs = lappend(exprs, lfirst_node(TargetEntry, lc)->expr);
   if (list_length(exprs) != expected)
-    elog(ERROR, "bitdex_sync: capture spec compiled to %d expressions, expected %d", list_length(exprs), expected);
+    elog(ERROR, "bitdex_sync: capture definition has %d expressions, expected %d", list_length(exprs), expected);
+  if (RelationGetRelid(rel) != recorded) {
+    Relation parent = table_open(recorded, AccessShareLock);
+    AttrMap* map = build_attrmap_by_name(RelationGetDescr(rel), RelationGetDescr(parent));
+    table_close(parent, AccessShareLock);
+    bool whole_row = false;
+    exprs = (List*)map_variable_attnos((Node*)exprs, 1, 0, map, InvalidOid, &whole_row);
+    if (whole_row)
+      ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                      errmsg("bitdex_sync: whole-row references cannot be captured on partitions")));
+  }
+  s->ids = stored_query((Node*)lsecond(trees));
+  s->rows = stored_query((Node*)lthird(trees));
+  if ((s->nids > 0 || s->kind == Kind::QueryFanOut) && spec_get(spec, "ids_params") && !s->ids)
+    elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
+  if (s->kind == Kind::RowFanOut && !s->rows)
+    elog(ERROR, "bitdex_sync: the recorded capture definition lacks its children query");
+
   int at = 0;
   compile_one(s, (Expr*)list_nth(exprs, at++), &s->slot, Use::Value, "the slot column");
   if (s->slot.conv != Conv::Int2 && s->slot.conv != Conv::Int4 && s->slot.conv != Conv::Int8)
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: the slot column must be an integer")));
-  s->nfields = nfields;
-  s->fields = (Field*)palloc0(sizeof(Field) * (nfields > 0 ? nfields : 1));
-  if (s->kind == Kind::Join) {
+  s->fields = (Field*)palloc0(sizeof(Field) * (s->nfields > 0 ? s->nfields : 1));
+  if (join) {
     const bitdex::json::Value* value = spec_get(spec, "value");
+    if (!value) ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"value\"")));
     s->fields[0].target = pstrdup(spec_str(*value, "f"));
     compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[0].value, Use::Value, "the join value");
+    const bitdex::json::Value* computed = spec_get(spec, "computed");
     for (int i = 0; i < nconds; i++) {
       Field* f = &s->fields[1 + i];
       f->target = pstrdup(spec_str(computed->items[i], "f"));
@@ -329,7 +350,8 @@ void compile(Source* s, Relation rel) {
     }
     if (s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   } else {
-    for (int i = 0; i < nfields; i++) {
+    const bitdex::json::Value* fields = spec_get(spec, "fields");
+    for (int i = 0; i < s->nfields; i++) {
       s->fields[i].target = pstrdup(spec_str(fields->items[i], "f"));
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[i].value, Use::Value, s->fields[i].target);
     }
@@ -352,28 +374,43 @@ void compile(Source* s, Relation rel) {
   }
   if (s->kind == Kind::RowFanOut)
     compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, Use::Bound, "the parent key");
-  if (s->kind != Kind::Join && s->has_filter)
-    compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
+  if (!join && s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
-  pfree(list.data);
   s->valid = true;
 }
 
+void free_source(Source* s) {
+  for (StoredQuery* q : {s->ids, s->rows})
+    if (q && q->cxt) MemoryContextDelete(q->cxt);
+  MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
+}
+
+// The compiled source of the firing trigger: compiled at its first row in
+// this backend (again after an invalidation) from what apply_config recorded
+// for it. A trigger apply_config did not record captures nothing: its
+// statement fails, whoever created it and whatever its arguments say.
 Source* get_source(TriggerData* td) {
   Oid tgoid = td->tg_trigger->tgoid;
   Source* s = g_sources;
   while (s && s->tgoid != tgoid) s = s->next;
   if (s && s->valid) return s;
-  if (!g_callback_registered) {
-    CacheRegisterRelcacheCallback(invalidate, (Datum)0);
-    g_callback_registered = true;
+  if (!g_callbacks_registered) {
+    CacheRegisterRelcacheCallback(invalidate_relation, (Datum)0);
+    CacheRegisterSyscacheCallback(PROCOID, invalidate_functions, (Datum)0);
+    g_callbacks_registered = true;
   }
-  if (td->tg_trigger->tgnargs != 1)
-    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                    errmsg("bitdex_sync.capture() takes one argument, the capture spec"),
-                    errhint("Create capture triggers with bitdex_sync.apply_config().")));
-  if (!load_spec(td->tg_trigger->tgargs[0]))
+  Oid table = InvalidOid;
+  char *spec = nullptr, *compiled = nullptr;
+  Oid recorded = recorded_trigger(td->tg_trigger);
+  if (!recorded_source(recorded, &table, &spec, &compiled))
+    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                    errmsg("trigger \"%s\" on table \"%s\" is not a capture trigger of bitdex_sync",
+                           td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation)),
+                    errdetail("bitdex_sync.capture() acts only for the triggers bitdex_sync.apply_config() created and "
+                              "recorded in bitdex_sync.sources."),
+                    errhint("Drop this trigger, or apply the config again to let apply_config create its own.")));
+  if (!load_spec(spec))
     ereport(ERROR,
             (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bad bitdex_sync capture spec: %s", g_spec_error)));
   if (!s) {
@@ -382,9 +419,7 @@ Source* get_source(TriggerData* td) {
     s->next = g_sources;
     g_sources = s;
   } else if (s->cxt) {
-    if (s->ids_plan) SPI_freeplan(s->ids_plan);
-    if (s->rows_plan) SPI_freeplan(s->rows_plan);
-    MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
+    free_source(s);
     Source* next = s->next;
     memset(s, 0, sizeof *s);
     s->tgoid = tgoid;
@@ -392,7 +427,7 @@ Source* get_source(TriggerData* td) {
   }
   s->relid = RelationGetRelid(td->tg_relation);
   s->cxt = AllocSetContextCreate(CacheMemoryContext, "bitdex_sync capture", ALLOCSET_SMALL_SIZES);
-  compile(s, td->tg_relation);
+  compile(s, td->tg_relation, table, compiled);
   return s;
 }
 
@@ -536,7 +571,6 @@ bool distinct(Compiled* c, Datum a, bool anull, Datum b, bool bnull) {
   return g_a.len != g_b.len || memcmp(g_a.data, g_b.data, g_a.len) != 0;
 }
 
-Oid g_outbox_owner = InvalidOid;
 SPIPlanPtr g_outbox_plan = nullptr;
 std::string* g_json = nullptr;  // static-lifetime scratch for the outbox JSON
 char g_json_error[256];
@@ -554,23 +588,6 @@ bool payload_to_json(const char* data, int len) noexcept {
       g_json_error, sizeof g_json_error);
 }
 
-// The owner of bitdex_sync.ops (the extension's owner): capture's own reads
-// and writes run as this role, so writers of captured tables need no rights
-// on schema bitdex_sync or on the tables a fan-out reads.
-Oid capture_owner() {
-  if (!OidIsValid(g_outbox_owner)) {
-    Oid nsp = get_namespace_oid("bitdex_sync", false);
-    Oid rel = get_relname_relid("ops", nsp);
-    if (!OidIsValid(rel))
-      ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("bitdex_sync.ops does not exist"),
-                      errhint("Is the extension installed in this database?")));
-    HeapTuple tup = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
-    g_outbox_owner = ((Form_pg_class)GETSTRUCT(tup))->relowner;
-    ReleaseSysCache(tup);
-  }
-  return g_outbox_owner;
-}
-
 struct AsOwner {
   Oid user;
   int sec;
@@ -580,7 +597,7 @@ struct AsOwner {
 // as_owner_end; on error, transaction abort restores both).
 AsOwner as_owner_begin() {
   AsOwner a;
-  Oid owner = capture_owner();
+  Oid owner = extension_owner();
   GetUserIdAndSecContext(&a.user, &a.sec);
   SetUserIdAndSecContext(owner, a.sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
@@ -751,56 +768,66 @@ void join_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot
 }
 
 std::string* g_ids = nullptr;  // static-lifetime scratch
+char g_ids_error[256];
 
-// "[1,2,"x"]" -> "1, 2, \"x\""; a scalar -> itself. False for null or [].
-bool ids_list(const char* json_text) noexcept {
-  try {
-    if (!g_ids) g_ids = new std::string();
-    g_ids->clear();
-    bitdex::json::Value v = bitdex::json::parse(json_text);
-    if (v.type == bitdex::json::Type::Null) return false;
-    if (v.type != bitdex::json::Type::Array) {
-      bitdex::json::write(*g_ids, v);
-      return true;
-    }
-    for (size_t i = 0; i < v.items.size(); i++) {
-      if (i) *g_ids += ", ";
-      bitdex::json::write(*g_ids, v.items[i]);
-    }
-    return !v.items.empty();
-  } catch (...) {
-    return false;
+// "[1,2,"x"]" -> "1, 2, \"x\""; a scalar -> itself, into *g_ids. 1 when
+// there are ids, 0 for null or [], -1 when the text is not JSON (g_ids_error).
+int ids_list(const char* json_text) noexcept {
+  int n = 0;
+  bool ok = run_cpp(
+      [&] {
+        if (!g_ids) g_ids = new std::string();
+        g_ids->clear();
+        bitdex::json::Value v = bitdex::json::parse(json_text);
+        if (v.type == bitdex::json::Type::Null) return true;
+        if (v.type != bitdex::json::Type::Array) {
+          bitdex::json::write(*g_ids, v);
+          n = 1;
+          return true;
+        }
+        for (size_t i = 0; i < v.items.size(); i++) {
+          if (i) *g_ids += ", ";
+          bitdex::json::write(*g_ids, v.items[i]);
+        }
+        n = v.items.empty() ? 0 : 1;
+        return true;
+      },
+      g_ids_error, sizeof g_ids_error);
+  return ok ? n : -1;
+}
+
+// Evaluates a compiled source's parameter expressions on `row`.
+void eval_params(Source* s, Compiled* params, int n, TupleTableSlot* row, Datum* values, bool* nulls, Oid* types) {
+  for (int i = 0; i < n; i++) {
+    values[i] = eval(s, &params[i], row, &nulls[i]);
+    types[i] = params[i].type;
   }
 }
 
-// Runs the fan-out's expression for `row` (as the capture owner) and leaves
-// the {ids} text in *g_ids. False when it yields NULL or nothing.
+// The first row's value (jsonb) as text, or nullptr when NULL.
+bool first_jsonb_text(TupleTableSlot* slot, void* arg) {
+  bool isnull;
+  Datum d = slot_getattr(slot, 1, &isnull);
+  *static_cast<char**>(arg) = isnull ? nullptr : DatumGetCString(DirectFunctionCall1(jsonb_out, d));
+  return false;
+}
+
+// Runs the fan-out's expression for `row` (with the writer's rights) and
+// leaves the {ids} text in *g_ids. False when it yields NULL or nothing.
 bool compute_ids(Source* s, TupleTableSlot* row) {
-  Datum* values = (Datum*)palloc(sizeof(Datum) * (s->nids > 0 ? s->nids : 1));
-  char* nulls = (char*)palloc(s->nids > 0 ? s->nids : 1);
-  Oid* types = (Oid*)palloc(sizeof(Oid) * (s->nids > 0 ? s->nids : 1));
-  for (int i = 0; i < s->nids; i++) {
-    bool isnull;
-    values[i] = eval(s, &s->ids_params[i], row, &isnull);
-    nulls[i] = isnull ? 'n' : ' ';
-    types[i] = s->ids_params[i].type;
-  }
-  AsOwner owner = as_owner_begin();
-  if (!s->ids_plan) {
-    SPIPlanPtr p = SPI_prepare(s->ids_sql, s->nids, types);
-    if (!p) elog(ERROR, "bitdex_sync: could not prepare the fan-out expression");
-    SPI_keepplan(p);
-    s->ids_plan = p;
-  }
-  if (SPI_execute_plan(s->ids_plan, values, nulls, true, 1) != SPI_OK_SELECT)
-    elog(ERROR, "bitdex_sync: the fan-out expression failed");
-  bool ok = false;
-  if (SPI_processed > 0) {
-    char* text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-    ok = text && ids_list(text);
-  }
-  as_owner_end(owner);
-  return ok;
+  const int n = s->nids > 0 ? s->nids : 1;
+  Datum* values = (Datum*)palloc(sizeof(Datum) * n);
+  bool* nulls = (bool*)palloc(sizeof(bool) * n);
+  Oid* types = (Oid*)palloc(sizeof(Oid) * n);
+  eval_params(s, s->ids_params, s->nids, row, values, nulls, types);
+  char* text = nullptr;
+  run_stored_query(s->ids, s->nids, types, values, nulls, first_jsonb_text, &text);
+  if (!text) return false;
+  const int got = ids_list(text);
+  if (got < 0)
+    ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+                    errmsg("bitdex_sync: the fan-out expression gave \"%s\": %s", text, g_ids_error)));
+  return got > 0;
 }
 
 // The BitDex query with every {col} replaced by that column's text on `row`
@@ -882,7 +909,7 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
     }
   }
   // With an expression, its result picks the slots; no result, nothing to do.
-  if (nested_ops > 0 && s->ids_sql && !compute_ids(s, row)) nested_ops = 0;
+  if (nested_ops > 0 && s->ids && !compute_ids(s, row)) nested_ops = 0;
   if (nested_ops > 0) {
     StringInfoData query;
     initStringInfo(&query);
@@ -900,31 +927,33 @@ void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableS
   pfree(nested.data);
 }
 
-// The child slots of parent key `key`, read as the capture owner inside the
-// writing transaction. Returns a palloc'd array of *n ids.
+struct Children {
+  Oid type;
+  int64* ids;
+  int n, cap;
+};
+
+bool add_child(TupleTableSlot* slot, void* arg) {
+  auto* c = static_cast<Children*>(arg);
+  bool isnull;
+  Datum d = slot_getattr(slot, 1, &isnull);
+  if (isnull) return true;  // a child without a slot id cannot be addressed
+  if (c->n == c->cap) {
+    c->cap = c->cap ? 2 * c->cap : 16;
+    c->ids = c->ids ? (int64*)repalloc(c->ids, sizeof(int64) * c->cap) : (int64*)palloc(sizeof(int64) * c->cap);
+  }
+  c->ids[c->n++] = c->type == INT2OID ? DatumGetInt16(d) : c->type == INT4OID ? DatumGetInt32(d) : DatumGetInt64(d);
+  return true;
+}
+
+// The child slots of parent key `key`, read with the writer's rights inside
+// the writing transaction. Returns a palloc'd array of *n ids.
 int64* child_slots(Source* s, Datum key, int* n) {
-  AsOwner owner = as_owner_begin();
-  if (!s->rows_plan) {
-    SPIPlanPtr p = SPI_prepare(s->rows_sql, 1, &s->parent_key.type);
-    if (!p) elog(ERROR, "bitdex_sync: could not prepare the fan_out_per_row query");
-    SPI_keepplan(p);
-    s->rows_plan = p;
-  }
-  if (SPI_execute_plan(s->rows_plan, &key, nullptr, true, 0) != SPI_OK_SELECT)
-    elog(ERROR, "bitdex_sync: the fan_out_per_row query failed");
-  *n = static_cast<int>(SPI_processed);
-  int64* ids = (int64*)SPI_palloc(sizeof(int64) * (*n > 0 ? *n : 1));  // survives SPI_finish
-  Oid type = SPI_gettypeid(SPI_tuptable->tupdesc, 1);
-  int kept = 0;
-  for (int i = 0; i < *n; i++) {
-    bool isnull;
-    Datum d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-    if (isnull) continue;  // a child without a slot id cannot be addressed
-    ids[kept++] = type == INT2OID ? DatumGetInt16(d) : type == INT4OID ? DatumGetInt32(d) : DatumGetInt64(d);
-  }
-  *n = kept;
-  as_owner_end(owner);
-  return ids;
+  Children c{exprType((Node*)linitial_node(TargetEntry, s->rows->query->targetList)->expr), nullptr, 0, 0};
+  bool isnull = false;
+  run_stored_query(s->rows, 1, &s->parent_key.type, &key, &isnull, add_child, &c);
+  *n = c.n;
+  return c.ids;
 }
 
 // fan_out_per_row: the parent's field ops, once per child row that references it.
@@ -954,7 +983,7 @@ void row_fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTa
   int n = 0;
   int64* children = child_slots(s, key, &n);
   for (int i = 0; i < n; i++) emit_keep(s, children[i]);
-  pfree(children);
+  if (children) pfree(children);
 }
 
 }  // namespace

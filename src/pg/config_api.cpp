@@ -14,14 +14,18 @@
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/tuplestore.h"
 }
 
@@ -46,6 +50,12 @@ struct Planned {
   std::string trigger;
   std::string create;
   std::vector<std::string> helpers;  // qualified names of the shared_ops_fields functions
+  std::string spec;                  // trigger_gen::capture_spec
+  // The analysed trees the trigger runs (see store_trees): the select list
+  // over the table, the {ids} query, the children query (nullptr: none).
+  Query* select = nullptr;
+  Query* ids = nullptr;
+  Query* rows = nullptr;
 };
 
 // The message of a caught PostgreSQL error.
@@ -98,17 +108,34 @@ std::string qualified_name(Oid relid) {
   return config::quote_ident(nsp) + "." + config::quote_ident(rel);
 }
 
-// Prepares `sql` with parameters of `types` to check it before any trigger exists.
-void check_query(const std::string& where, const std::string& key, const std::string& sql, std::vector<Oid> types) {
+// Refuses a tree that calls a function owned by a role that is neither a
+// superuser nor the role applying the config: capture runs it as whoever
+// writes to the table.
+void check_owners(const std::string& where, const std::string& key, Node* tree) {
+  Oid applier = pg_guard([] { return GetUserId(); });
+  Oid fn = pg_guard([&] { return untrusted_function(tree, applier); });
+  if (!OidIsValid(fn)) return;
+  std::string name = pg_guard([&] { return format_procedure_qualified(fn); });
+  Oid owner = pg_guard([&] { return function_owner(fn); });
+  std::string owner_name = pg_guard([&] { return GetUserNameFromId(owner, false); });
+  throw Error(ErrorKind::InsufficientPrivilege,
+              where + ", " + key + ": function " + name + " is owned by role \"" + owner_name +
+                  "\", which is neither a superuser nor the role applying the config",
+              "Capture runs the functions of a config as whoever writes to the captured table.",
+              "Qualify the function you mean (e.g. pg_catalog.lower), or have a superuser own the function.");
+}
+
+// Analyses `sql` with parameters of `types` (names resolved now, once) and
+// checks whom the functions it calls belong to.
+Query* check_query(const std::string& where, const std::string& key, const std::string& sql, std::vector<Oid> types) {
+  Query* q = nullptr;
   try {
-    pg_guard([&] {
-      SPIPlanPtr plan = SPI_prepare(sql.c_str(), static_cast<int>(types.size()), types.data());
-      if (!plan) elog(ERROR, "%s", SPI_result_code_string(SPI_result));
-      SPI_freeplan(plan);
-    });
+    q = pg_guard([&] { return analyze_query(sql.c_str(), types.data(), static_cast<int>(types.size())); });
   } catch (const PgError& e) {
     throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
   }
+  check_owners(where, key, reinterpret_cast<Node*>(q));
+  return q;
 }
 
 Planned plan_source(const Source& s, size_t index) {
@@ -179,7 +206,7 @@ Planned plan_source(const Source& s, size_t index) {
       need_column(p.relid, where, key, c, s.table);
       types.push_back(check_expression(p.relid, where, key, config::quote_ident(c)));
     }
-    check_query(where, key, trigger_gen::ids_sql(s), types);
+    p.ids = check_query(where, key, trigger_gen::ids_sql(s), types);
   }
   if (s.kind == SourceKind::RowFanOut) {
     const config::RowsFrom& rf = *s.rows_from;
@@ -192,7 +219,23 @@ Planned plan_source(const Source& s, size_t index) {
       throw Error(ErrorKind::InvalidInput, where + ", rows_from.slot: column \"" + rf.slot + "\" must be an integer");
     p.resolved.child_table = qualified_name(child);
     Oid key_type = check_expression(p.relid, where, "rows_from.parent_key", config::quote_ident(rf.parent_key));
-    check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type});
+    p.rows = check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type});
+  }
+  // The trees the trigger runs: every expression of the spec, analysed in
+  // one select list over the table, in the order the trigger reads them.
+  p.spec = trigger_gen::capture_spec(s, p.resolved);
+  const std::vector<std::string> exprs = trigger_gen::spec_expressions(json::parse(p.spec));
+  std::string list;
+  for (const std::string& e : exprs) list += (list.empty() ? "" : ", ") + e;
+  try {
+    p.select = pg_guard([&] { return analyze_select(p.relid, list.c_str()); });
+  } catch (const PgError& e) {
+    throw Error(ErrorKind::InvalidInput, where + ": " + pg_message(e), "The expressions were: " + list + ".");
+  }
+  for (size_t i = 0; i < exprs.size(); i++) {
+    Node* e = pg_guard(
+        [&] { return reinterpret_cast<Node*>(list_nth_node(TargetEntry, p.select->targetList, int(i))->expr); });
+    check_owners(where, "expression \"" + exprs[i] + "\"", e);
   }
   p.trigger = trigger_gen::trigger_name(p.qualified, s, p.resolved);
   std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(p.relid)); });
@@ -226,12 +269,6 @@ std::string spi_text(int row, int col) {
   return v ? v : "";
 }
 
-struct Recorded {
-  Oid relid;
-  std::string table, trigger;
-  std::vector<std::string> helpers;
-};
-
 bool trigger_exists(Oid relid, const std::string& name) {
   Oid types[2] = {OIDOID, TEXTOID};
   Datum values[2] = {ObjectIdGetDatum(relid), pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
@@ -239,28 +276,103 @@ bool trigger_exists(Oid relid, const std::string& name) {
   return SPI_processed > 0;
 }
 
+struct Recorded {
+  Oid relid = InvalidOid;
+  std::string table, trigger;
+  Oid trigger_oid = InvalidOid;
+  std::string compiled;
+  std::vector<std::string> helpers;
+};
+
+// The recorded trigger as the catalog has it now: present with this OID on
+// this table under this name, and whether it fires always.
+struct TriggerNow {
+  bool present = false;
+  bool always = false;
+};
+
+TriggerNow trigger_now(const Recorded& rec) {
+  Oid types[3] = {OIDOID, OIDOID, TEXTOID};
+  Datum values[3] = {ObjectIdGetDatum(rec.trigger_oid), ObjectIdGetDatum(rec.relid),
+                     pg_guard([&] { return CStringGetTextDatum(rec.trigger.c_str()); })};
+  spi_exec_args(
+      "SELECT tgenabled = 'A' FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3,
+      types, values, true);
+  TriggerNow now;
+  now.present = SPI_processed > 0;
+  now.always = now.present && spi_text(0, 1) == "t";
+  return now;
+}
+
+// Runs bitdex_sync's own bookkeeping (its tables) as the extension's owner,
+// so that EXECUTE on apply_config is all a role needs besides the rights on
+// the captured tables (the DDL runs as the caller and checks those).
+class AsExtensionOwner {
+ public:
+  AsExtensionOwner() {
+    pg_guard([&] { GetUserIdAndSecContext(&user_, &sec_); });
+    Oid owner = pg_guard([] { return extension_owner(); });
+    pg_guard([&] { SetUserIdAndSecContext(owner, sec_ | SECURITY_LOCAL_USERID_CHANGE); });
+  }
+  ~AsExtensionOwner() { SetUserIdAndSecContext(user_, sec_); }
+  AsExtensionOwner(const AsExtensionOwner&) = delete;
+  AsExtensionOwner& operator=(const AsExtensionOwner&) = delete;
+
+ private:
+  Oid user_ = InvalidOid;
+  int sec_ = 0;
+};
+
+// The DDL of apply_config itself is what the capture guard lets through.
+class Applying {
+ public:
+  Applying() { g_applying_config = true; }
+  ~Applying() { g_applying_config = false; }
+};
+
 struct Action {
   std::string source, action, trigger, table;
 };
 
+// Dependencies of the new trigger on what its trees use: the columns of its
+// table, the functions, the tables and columns its queries read. Dropping or
+// retyping one of them is refused (as for a trigger's WHEN clause) unless the
+// trigger goes too.
+void record_dependencies(Oid trigger_oid, const Planned& p) {
+  pg_guard([&] {
+    ObjectAddress self{TriggerRelationId, trigger_oid, 0};
+    List* exprs = NIL;
+    ListCell* lc;
+    foreach (lc, p.select->targetList) exprs = lappend(exprs, lfirst_node(TargetEntry, lc)->expr);
+    recordDependencyOnExpr(&self, (Node*)exprs, p.select->rtable, DEPENDENCY_NORMAL);
+    for (Query* q : {p.ids, p.rows})
+      if (q) recordDependencyOnExpr(&self, (Node*)q, NIL, DEPENDENCY_NORMAL);
+  });
+}
+
 std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Planned>& planned, const char* config_text,
                               bool dry_run) {
   std::vector<Action> actions;
-  // One apply_config at a time; readers of bitdex_sync.sources are not blocked.
-  spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
-  spi_exec(
-      "SELECT name, table_oid, table_name, trigger_name, h FROM bitdex_sync.sources LEFT JOIN LATERAL "
-      "unnest(helpers) h ON true ORDER BY name",
-      SPI_OK_SELECT);
   std::map<std::string, Recorded> recorded;
-  for (uint64 i = 0; i < SPI_processed; i++) {
-    int r = static_cast<int>(i);
-    Recorded& rec = recorded[spi_text(r, 1)];
-    rec.relid = static_cast<Oid>(std::stoul(spi_text(r, 2)));
-    rec.table = spi_text(r, 3);
-    rec.trigger = spi_text(r, 4);
-    std::string h = spi_text(r, 5);
-    if (!h.empty()) rec.helpers.push_back(h);
+  {
+    AsExtensionOwner owner;
+    // One apply_config at a time; readers of bitdex_sync.sources are not blocked.
+    spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
+    spi_exec(
+        "SELECT name, table_oid, table_name, trigger_name, trigger_oid, compiled, h FROM bitdex_sync.sources "
+        "LEFT JOIN LATERAL unnest(helpers) h ON true ORDER BY name",
+        SPI_OK_SELECT);
+    for (uint64 i = 0; i < SPI_processed; i++) {
+      int r = static_cast<int>(i);
+      Recorded& rec = recorded[spi_text(r, 1)];
+      rec.relid = static_cast<Oid>(std::stoul(spi_text(r, 2)));
+      rec.table = spi_text(r, 3);
+      rec.trigger = spi_text(r, 4);
+      rec.trigger_oid = static_cast<Oid>(std::stoul(spi_text(r, 5)));
+      rec.compiled = spi_text(r, 6);
+      std::string h = spi_text(r, 7);
+      if (!h.empty()) rec.helpers.push_back(h);
+    }
   }
   auto drop_helpers = [](const Recorded& rec) {
     std::string sql;
@@ -269,37 +381,47 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   };
 
   std::string ddl;
-  for (const Planned& p : planned) {
+  std::vector<bool> created(planned.size(), false);
+  for (size_t i = 0; i < planned.size(); i++) {
+    const Planned& p = planned[i];
     const std::string& name = p.src->name;
     auto rec = recorded.find(name);
-    bool exists = trigger_exists(p.relid, p.trigger);
-    if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && exists) {
-      actions.push_back({name, "unchanged", p.trigger, p.qualified});
+    const bool exists = trigger_exists(p.relid, p.trigger);
+    TriggerNow now = rec != recorded.end() ? trigger_now(rec->second) : TriggerNow{};
+    if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && now.present) {
+      if (now.always) {
+        actions.push_back({name, "unchanged", p.trigger, p.qualified});
+      } else {
+        // Disabled behind our back: capture fires again from here on.
+        ddl += "ALTER TABLE " + p.qualified + " ENABLE ALWAYS TRIGGER " + config::quote_ident(p.trigger) + ";\n";
+        actions.push_back({name, "enable", p.trigger, p.qualified});
+      }
       continue;
     }
-    if (exists && (rec == recorded.end() || rec->second.trigger != p.trigger))
-      throw Error(ErrorKind::InvalidInput,
-                  "source \"" + name + "\": a trigger named \"" + p.trigger +
-                      "\" exists but was not recorded by "
-                      "bitdex_sync",
-                  {}, "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
+    const bool ours = rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid;
+    if (exists && !ours)
+      throw Error(
+          ErrorKind::InvalidInput,
+          "source \"" + name + "\": a trigger named \"" + p.trigger + "\" exists but was not recorded by bitdex_sync",
+          {}, "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
     if (rec != recorded.end()) {
-      if (trigger_exists(rec->second.relid, rec->second.trigger))
-        ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
-      if (trigger_exists(rec->second.relid, rec->second.trigger) || rec->second.relid == p.relid)
-        ddl += drop_helpers(rec->second);
+      // The recorded trigger, or one of our computed name on the same table
+      // recorded under another OID (a restored dump): ours to replace.
+      const bool present = now.present || (ours && exists);
+      if (present) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      if (present || rec->second.relid == p.relid) ddl += drop_helpers(rec->second);
       actions.push_back({name, "replace", p.trigger, p.qualified});
     } else {
       actions.push_back({name, "create", p.trigger, p.qualified});
     }
     ddl += p.create;
+    created[i] = true;
   }
   for (const auto& [name, rec] : recorded) {
     bool still = false;
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
-    if (trigger_exists(rec.relid, rec.trigger))
-      ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
+    if (trigger_now(rec).present) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
   if (dry_run) return actions;
@@ -310,39 +432,60 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                 "Changes captured as messages before the slot exists would never reach the ops WAL.",
                 "Commit CREATE EXTENSION, run SELECT bitdex_sync.wait_for_sync(); (it returns once the worker is "
                 "decoding), then apply the config.");
-  if (!ddl.empty()) spi_exec(ddl, SPI_OK_UTILITY);
+  if (!ddl.empty()) {
+    Applying applying;
+    spi_exec(ddl, SPI_OK_UTILITY);
+  }
+  // applied_by names the caller, not the owner who writes the row.
+  const std::string applier = pg_guard([] { return GetUserNameFromId(GetUserId(), false); });
+  AsExtensionOwner owner;
   spi_exec("DELETE FROM bitdex_sync.sources", SPI_OK_DELETE);
-  for (const Planned& p : planned) {
+  for (size_t i = 0; i < planned.size(); i++) {
+    const Planned& p = planned[i];
+    Oid trigger_oid = pg_guard([&] { return get_trigger_oid(p.relid, p.trigger.c_str(), false); });
+    std::string compiled;
+    auto rec = recorded.find(p.src->name);
+    if (!created[i] && rec != recorded.end() && !rec->second.compiled.empty()) {
+      compiled = rec->second.compiled;  // resolved when it was created; its dependencies say so
+    } else {
+      compiled = pg_guard([&] { return nodeToString(list_make3(p.select, p.ids, p.rows)); });
+      record_dependencies(trigger_oid, p);
+    }
     std::string raw;
     json::write(raw, p.src->raw);
     std::string helpers = "{";
-    for (size_t i = 0; i < p.helpers.size(); i++) {
-      if (i) helpers += ",";
+    for (size_t h = 0; h < p.helpers.size(); h++) {
+      if (h) helpers += ",";
       helpers += "\"";
-      for (char c : p.helpers[i]) {
+      for (char c : p.helpers[h]) {
         if (c == '"' || c == '\\') helpers += '\\';
         helpers += c;
       }
       helpers += "\"";
     }
     helpers += "}";
-    Oid types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-    Datum values[6] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
+    Oid types[9] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
+    Datum values[9] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
                        ObjectIdGetDatum(p.relid),
                        pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
                        pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
                        pg_guard([&] { return CStringGetTextDatum(raw.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(helpers.c_str()); })};
+                       pg_guard([&] { return CStringGetTextDatum(helpers.c_str()); }),
+                       ObjectIdGetDatum(trigger_oid),
+                       pg_guard([&] { return CStringGetTextDatum(p.spec.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(compiled.c_str()); })};
     int rc = spi_exec_args(
-        "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers) "
-        "VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[])",
-        6, types, values, false);
+        "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers, trigger_oid, "
+        "spec, compiled) VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9)",
+        9, types, values, false);
     if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
   }
-  Oid types[2] = {TEXTOID, TEXTOID};
-  Datum values[2] = {pg_guard([&] { return CStringGetTextDatum(config_text); }),
-                     pg_guard([&] { return CStringGetTextDatum(cfg.index.c_str()); })};
-  spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name) VALUES ($1, $2)", 2, types, values, false);
+  Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};
+  Datum values[3] = {pg_guard([&] { return CStringGetTextDatum(config_text); }),
+                     pg_guard([&] { return CStringGetTextDatum(cfg.index.c_str()); }),
+                     pg_guard([&] { return CStringGetTextDatum(applier.c_str()); })};
+  spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name, applied_by) VALUES ($1, $2, $3::name)", 3,
+                types, values, false);
   return actions;
 }
 

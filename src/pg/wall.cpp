@@ -19,6 +19,7 @@ int sqlstate_for(ErrorKind kind) {
     case ErrorKind::UndefinedColumn: return ERRCODE_UNDEFINED_COLUMN;
     case ErrorKind::NotSupported: return ERRCODE_FEATURE_NOT_SUPPORTED;
     case ErrorKind::NotReady: return ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+    case ErrorKind::InsufficientPrivilege: return ERRCODE_INSUFFICIENT_PRIVILEGE;
   }
   return ERRCODE_INTERNAL_ERROR;
 }

@@ -199,8 +199,9 @@ TEST(TriggerGen, SpecNamesAndDdl) {
   EXPECT_NE(trigger_gen::trigger_name(table, changed), name);
   EXPECT_NE(trigger_gen::trigger_name("\"other\".\"Image\"", c.sources[0]), name);
   std::string ddl = trigger_gen::create_sql(table, c.sources[0]);
+  // No argument: the trigger finds its spec recorded under its OID.
   EXPECT_NE(ddl.find("AFTER INSERT OR UPDATE OR DELETE ON \"public\".\"Image\" FOR EACH ROW EXECUTE FUNCTION "
-                     "bitdex_sync.capture('{"),
+                     "bitdex_sync.capture();"),
             std::string::npos)
       << ddl;
   EXPECT_NE(ddl.find("ENABLE ALWAYS TRIGGER \"" + name + "\""), std::string::npos);
@@ -213,11 +214,42 @@ TEST(TriggerGen, SpecNamesAndDdl) {
             std::string::npos);
   EXPECT_EQ(
       trigger_gen::trigger_name("\"public\".\"TagsOnImage\"", c.sources[1]).rfind("bitdex_tagsonimage_tagids_", 0), 0u);
-  // A quote in a name cannot break out of the generated SQL.
+  // A quote in a name stays inside its JSON string, and the DDL carries no spec.
   Source evil = c.sources[0];
-  evil.track_fields[0].target = "x'); DROP TABLE t; --";
-  std::string evil_ddl = trigger_gen::create_sql(table, evil);
-  EXPECT_NE(evil_ddl.find("x''); DROP TABLE t; --"), std::string::npos);
+  evil.track_fields[0].target = "x\"}); DROP TABLE t; --";
+  EXPECT_EQ(json::parse(trigger_gen::capture_spec(evil)).find("fields")->items[0].find("f")->text,
+            evil.track_fields[0].target);
+  EXPECT_EQ(trigger_gen::create_sql(table, evil).find("DROP TABLE"), std::string::npos);
+}
+
+TEST(TriggerGen, SpecExpressionsInTheOrderTheTriggerReadsThem) {
+  Config c = parse(R"y(
+sources:
+  - table: Image
+    track_fields: [nsfwLevel, "{a} + 1 as b"]
+  - table: TagsOnImage
+    slot_field: imageId
+    field: tagIds
+    value_field: tagId
+    filter: "{ok}"
+    computed_fields:
+      - {target: autoIds, expression: "{auto}", value: "{tagId} * 2"}
+  - table: Model
+    query: "ids in [{ids}] AND n eq {nsfw}"
+    expression: "SELECT 1 WHERE {id} = {kind}"
+    filter: "{live}"
+    track_fields: [poi]
+  - {table: Post, type: fan_out_per_row, rows_from: {table: Image, fk: postId, parent_key: pk}, track_fields: [at]}
+)y");
+  auto exprs = [&](size_t i) {
+    return trigger_gen::spec_expressions(
+        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\""})));
+  };
+  EXPECT_EQ(exprs(0), (std::vector<std::string>{"\"id\"", "\"nsfwLevel\"", "\"a\" + 1"}));
+  EXPECT_EQ(exprs(1), (std::vector<std::string>{"\"imageId\"", "\"tagId\"", "\"tagId\" * 2", "\"auto\"", "\"ok\""}));
+  EXPECT_EQ(exprs(2), (std::vector<std::string>{"\"id\"", "\"poi\"", "\"nsfw\"", "\"id\"", "\"kind\"", "\"live\""}));
+  EXPECT_EQ(exprs(3), (std::vector<std::string>{"\"id\"", "\"at\"", "\"pk\""}));
+  EXPECT_THROW(trigger_gen::spec_expressions(json::parse(R"({"kind":"direct","slot":"x"})")), Error);
 }
 
 TEST(TriggerGen, UnsupportedKeysAreRejectedNotIgnored) {

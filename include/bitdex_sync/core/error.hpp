@@ -8,14 +8,15 @@
 namespace bitdex {
 
 enum class ErrorKind {
-  InvalidInput,     // bad JSON, unknown op, bad argument: the caller can fix it
-  Corrupt,          // on-disk data fails a CRC or length check
-  Io,               // an operating system call failed
-  Internal,         // an invariant broke: a bug
-  UndefinedTable,   // a config names a table that does not exist
-  UndefinedColumn,  // ... or a column
-  NotSupported,     // a key or feature this version rejects rather than ignores
-  NotReady,         // something it depends on is not there yet: retry later
+  InvalidInput,           // bad JSON, unknown op, bad argument: the caller can fix it
+  Corrupt,                // on-disk data fails a CRC or length check
+  Io,                     // an operating system call failed
+  Internal,               // an invariant broke: a bug
+  UndefinedTable,         // a config names a table that does not exist
+  UndefinedColumn,        // ... or a column
+  NotSupported,           // a key or feature this version rejects rather than ignores
+  NotReady,               // something it depends on is not there yet: retry later
+  InsufficientPrivilege,  // the caller (or an object's owner) lacks the rights it needs
 };
 
 class Error : public std::runtime_error {

@@ -35,11 +35,19 @@ std::string trigger_events(const config::Source& s);
 // same name on every run and every machine. At most 63 bytes.
 std::string trigger_name(const std::string& qualified_table, const config::Source& s, const Resolved& r = {});
 
-// CREATE TRIGGER ... EXECUTE FUNCTION bitdex_sync.capture('<spec>'); plus
-// ALTER TABLE ... ENABLE ALWAYS TRIGGER (fires under session_replication_role
-// = replica too).
+// CREATE TRIGGER ... EXECUTE FUNCTION bitdex_sync.capture(); plus ALTER
+// TABLE ... ENABLE ALWAYS TRIGGER (fires under session_replication_role =
+// replica too). The trigger takes no argument: its spec is recorded with its
+// OID in bitdex_sync.sources, where only apply_config writes.
 std::string create_sql(const std::string& qualified_table, const config::Source& s, const Resolved& r = {});
 
+// The SQL expressions of a spec over the source table's row, in the order the
+// capture trigger consumes their analysed trees: the slot; join: the value,
+// then (value, condition) per computed field, then the filter; other kinds:
+// the fields; then one per query placeholder column, the {ids} expression's
+// parameters, the parent key (fan_out_per_row), and a fan-out's filter.
+// Throws Error(InvalidInput) for a spec without the keys its kind needs.
+std::vector<std::string> spec_expressions(const json::Value& spec);
 // The query that lists a fan_out_per_row source's child slots for a parent key ($1).
 std::string rows_sql(const config::Source& s, const Resolved& r);
 // The query that computes {ids} of a fan-out with "expression" ($n = its columns).

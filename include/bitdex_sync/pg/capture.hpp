@@ -1,12 +1,14 @@
-// Compiling the expressions of a capture spec against a table, shared by the
-// capture trigger (at first use) and apply_config (to check a config before
-// anything is created). C-style: these run PostgreSQL code and may ereport.
+// Capture definitions on the PostgreSQL side: analysing them once at
+// apply_config (src/pg/capture_analyze.cpp), and running a stored fan-out
+// query from the capture trigger (src/pg/stored_query.cpp). C-style: these
+// run PostgreSQL code and may ereport.
 #pragma once
 
 #include "bitdex_sync/pg/postgres.hpp"
 
 extern "C" {
 #include "nodes/execnodes.h"
+#include "nodes/parsenodes.h"
 #include "utils/relcache.h"
 }
 
@@ -21,9 +23,47 @@ Conv conv_for_type(Oid type);
 
 // Parses `select_list` (comma-separated SQL expressions over the columns of
 // `relid`) as "SELECT <list> FROM ONLY <relid>" with search_path pinned to
-// pg_catalog, public, and returns the analysed target expressions (a List of
-// Expr*). Errors (syntax, unknown column or function, subqueries) are
-// ereported.
+// pg_catalog, public, pg_temp and returns the analysed query (its target
+// list holds the expressions in order; its range table has the table at
+// varno 1). Errors (syntax, unknown column or function, subqueries,
+// aggregates) are ereported.
+Query* analyze_select(Oid relid, const char* select_list);
+// The target expressions of analyze_select (a List of Expr*).
 List* analyze_expressions(Oid relid, const char* select_list);
+// Parses and analyses a plain SELECT with parameters $1..$n of `types`,
+// search_path pinned as above.
+Query* analyze_query(const char* sql, Oid* types, int ntypes);
+
+// The first function `node` (an expression or a Query) calls whose owner is
+// neither a superuser nor `applier`; InvalidOid when there is none. Capture
+// runs these functions as whoever writes to a captured table.
+Oid untrusted_function(Node* node, Oid applier);
+Oid function_owner(Oid func);
+
+// The owner of the extension's tables (bitdex_sync.ops): outbox rows and
+// bitdex_sync's bookkeeping are written as this role.
+Oid extension_owner();
+
+// True while apply_config runs its own DDL (the capture guard lets it pass).
+extern bool g_applying_config;
+
+// A stored fan-out query, planned once per backend and planned again after
+// an invalidation of a relation it reads or of any function; run with the
+// current user's rights (the writer's), in the active snapshot.
+struct StoredQuery {
+  Query* query;  // analysed, not rewritten (views expand at each planning)
+  MemoryContext cxt;
+  struct PlannedStmt* plan;  // nullptr: plan at the next run
+  List* relations;           // OIDs the plan depends on
+};
+
+// Runs `q` with parameters values[i] (nulls[i]) of types[i]; for each
+// result row calls row(slot, arg) until it returns false, in the caller's
+// memory context (what it allocates outlives the run).
+void run_stored_query(StoredQuery* q, int nparams, Oid* types, Datum* values, bool* nulls,
+                      bool (*row)(TupleTableSlot* slot, void* arg), void* arg);
+// Relation (InvalidOid: any) or function definitions changed: plans that
+// may depend on them are planned again at their next run.
+void invalidate_stored_query(StoredQuery* q, Oid relid);
 
 }  // namespace bitdex::pg

@@ -1,0 +1,115 @@
+-- Attacks by roles without grants (issue 15, items 1, 2 and 4): capture acts
+-- only for triggers apply_config created and recorded, with the definition
+-- recorded for them; no SQL from a definition runs with more rights than the
+-- writer's; functions created after apply_config cannot change what runs.
+SET client_min_messages = warning;
+CREATE ROLE sec_mallory;
+CREATE ROLE sec_writer;
+CREATE TABLE sec_img (id int PRIMARY KEY, lvl int, name varchar(40));
+CREATE TABLE sec_post (id int PRIMARY KEY, lvl int);
+CREATE TABLE sec_child (id int PRIMARY KEY, post_id int);
+GRANT SELECT, INSERT, UPDATE, DELETE ON sec_img, sec_post TO sec_writer;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    sets_alive: true
+    track_fields: [lvl, "lower({name}) as lname"]
+  - table: sec_post
+    type: fan_out_per_row
+    rows_from: {table: sec_child, fk: post_id}
+    track_fields: [lvl]
+$$) ORDER BY source;
+SELECT 'slot' FROM pg_create_logical_replication_slot('sec_test', 'bitdex_sync');
+
+-- 1. A role without grants tries to run SQL of its choosing as the
+-- extension's owner through a capture spec of its own (a query fan-out
+-- whose {ids} expression calls a function that makes it superuser).
+SET ROLE sec_mallory;
+CREATE TEMP TABLE sec_t (id int, x int);
+CREATE FUNCTION pg_temp.evil() RETURNS jsonb LANGUAGE sql AS $$ ALTER ROLE sec_mallory SUPERUSER; SELECT '[1]'::jsonb $$;
+CREATE TRIGGER sec_forged AFTER INSERT ON pg_temp.sec_t FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture('{"v":1,"source":"x","kind":"fan_out","sink":"message","slot":"\"id\"","alive":false,"delete":false,"fields":[{"f":"x","sql":"\"x\""}],"query":"postId in [{ids}]","query_cols":[],"ids_sql":"SELECT pg_temp.evil()","ids_params":[]}');
+INSERT INTO pg_temp.sec_t VALUES (1, 1);
+RESET ROLE;
+SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'sec_mallory';
+
+-- Even a trigger created by a role allowed to (here a superuser) acts only
+-- when apply_config recorded it: the argument is not a definition.
+CREATE TABLE sec_forge (id int PRIMARY KEY, x int);
+CREATE TRIGGER sec_forged AFTER INSERT ON sec_forge FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture();
+INSERT INTO sec_forge VALUES (1, 1);
+-- 2. ... the same for the outbox: no forged rows in bitdex_sync.ops.
+CREATE TRIGGER sec_forged_outbox AFTER INSERT ON sec_forge FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture('{"v":1,"source":"x","kind":"direct","sink":"outbox","slot":"\"id\"","alive":true,"delete":false,"fields":[{"f":"lvl","sql":"42"}]}');
+DROP TRIGGER sec_forged ON sec_forge;
+INSERT INTO sec_forge VALUES (1000, 1);
+SELECT count(*) AS forged_outbox_rows FROM bitdex_sync.ops WHERE entity_id IN (1, 1000);
+DROP TABLE sec_forge;
+
+-- A per-row fan-out reads the children with the writer's rights, not the
+-- extension owner's: a writer that may not read sec_child is refused.
+INSERT INTO sec_child VALUES (100, 1);
+INSERT INTO sec_post VALUES (1, 1);
+SET ROLE sec_writer;
+UPDATE sec_post SET lvl = 2 WHERE id = 1;
+RESET ROLE;
+GRANT SELECT ON sec_child TO sec_writer;
+SET ROLE sec_writer;
+UPDATE sec_post SET lvl = 2 WHERE id = 1;
+RESET ROLE;
+
+-- 4. A role with CREATE on public plants public.lower(varchar), which would
+-- beat pg_catalog.lower(text) for a varchar column if names were resolved
+-- again at the first row of a backend. They are not: the expression was
+-- resolved once by apply_config and stored, so capture still runs
+-- pg_catalog.lower.
+GRANT CREATE ON SCHEMA public TO sec_mallory;
+SET ROLE sec_mallory;
+CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS $$ SELECT 'forged' $$;
+RESET ROLE;
+INSERT INTO sec_img VALUES (1, 3, 'MiXeD');
+SELECT data FROM pg_logical_slot_get_changes('sec_test', NULL, NULL);
+
+-- apply_config resolves names now and refuses functions owned by a role that
+-- is neither a superuser nor the role applying the config.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    sets_alive: true
+    track_fields: [lvl, "lower({name}) as lname", "lower({name}::text) as other"]
+$$);
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.lower({name}) as lname"]
+$$);
+DROP FUNCTION public.lower(varchar);
+REVOKE CREATE ON SCHEMA public FROM sec_mallory;
+
+-- The capture function itself is not for PUBLIC.
+SELECT has_function_privilege('sec_mallory', 'bitdex_sync.capture()', 'EXECUTE') AS public_may_execute_capture;
+
+-- Partitions: the trigger on a partitioned table fires on each partition as
+-- a clone; the clone finds the definition recorded for its parent, and the
+-- columns are mapped to the partition's (here in another order).
+CREATE TABLE sec_part (id int, lvl int, name text) PARTITION BY RANGE (id);
+CREATE TABLE sec_part_1 (name text, lvl int, id int);
+ALTER TABLE sec_part ATTACH PARTITION sec_part_1 FOR VALUES FROM (0) TO (100);
+CREATE TABLE sec_part_2 PARTITION OF sec_part FOR VALUES FROM (100) TO (200);
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+$$);
+INSERT INTO sec_part VALUES (1, 5, 'one'), (150, 6, 'two');
+UPDATE sec_part SET lvl = 7 WHERE id = 150;
+UPDATE sec_part SET lvl = 8 WHERE id = 1;
+SELECT data FROM pg_logical_slot_get_changes('sec_test', NULL, NULL);
+
+SELECT pg_drop_replication_slot('sec_test');
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+DROP TABLE sec_img, sec_post, sec_child, sec_part;
+DROP OWNED BY sec_mallory;
+DROP OWNED BY sec_writer;
+DROP ROLE sec_mallory;
+DROP ROLE sec_writer;
