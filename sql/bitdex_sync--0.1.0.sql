@@ -133,7 +133,8 @@ CREATE FUNCTION bitdex_sync.worker_state(
     OUT batches bigint, OUT wal_bytes_written bigint, OUT poison_ops bigint, OUT errors_total bigint,
     OUT started_at timestamptz, OUT last_batch_at timestamptz, OUT last_error text, OUT last_error_at timestamptz,
     OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint,
-    OUT outbox_done bigint, OUT outbox_ops bigint, OUT slot_stopped boolean, OUT outbox_stopped boolean)
+    OUT outbox_done bigint, OUT outbox_ops bigint, OUT slot_stopped boolean, OUT outbox_stopped boolean,
+    OUT rejected_messages bigint)
   RETURNS SETOF record
   AS 'MODULE_PATHNAME', 'bitdex_sync_worker_state'
   LANGUAGE C VOLATILE;
@@ -150,7 +151,8 @@ CREATE FUNCTION bitdex_sync.status()
                  confirmed_id bigint, lag_bytes numeric, lag_ops bigint, lag_seconds float8,
                  slot_retained_wal_bytes numeric, ops_captured bigint, ops_written bigint, records_skipped bigint,
                  batches bigint, wal_bytes_written bigint, poison_ops bigint, errors_total bigint,
-                 failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz)
+                 failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz,
+                 rejected_messages bigint)
   LANGUAGE sql VOLATILE
   SET search_path = pg_catalog
   AS $$
@@ -160,7 +162,7 @@ CREATE FUNCTION bitdex_sync.status()
               THEN extract(epoch FROM clock_timestamp() - w.last_batch_at)::float8 ELSE 0 END,
          pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn),
          w.ops_captured - w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
-         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, w.rejected_messages
     FROM bitdex_sync.worker_state() w
     LEFT JOIN pg_database d ON d.datname = w.database
     LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
@@ -168,7 +170,7 @@ CREATE FUNCTION bitdex_sync.status()
   SELECT 'outbox', w.database, CASE WHEN w.outbox_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
          coalesce(extract(epoch FROM clock_timestamp() - o.oldest)::float8, 0), NULL,
          w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
-         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, NULL::bigint
     FROM bitdex_sync.worker_state() w
     LEFT JOIN LATERAL (SELECT count(*) AS rows, min(created_at) AS oldest FROM bitdex_sync.ops
                         WHERE id > coalesce(w.outbox_done, 0)) o ON w.database = current_database()
@@ -201,6 +203,8 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
     UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="outbox",database="%s"} %s', database, outbox_ops) FROM w
     UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="all",database="%s"} %s', database, wal_bytes_written) FROM w
     UNION ALL SELECT 6, format('bitdex_sync_errors_total{database="%s"} %s', database, errors_total) FROM w
+    UNION ALL SELECT 10, format('bitdex_sync_rejected_messages_total{database="%s"} %s', database, rejected_messages)
+                 FROM w
     UNION ALL
     SELECT 7, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
                      (SELECT sum(x) FROM unnest(w.latency_buckets[1:b.i]) x))

@@ -5,13 +5,40 @@
 #include "bitdex_sync/core/cpp_only.hpp"
 
 namespace bitdex::capture {
+namespace {
+
+void tag(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint8_t out[kSha256Size]) {
+  char db[4];
+  for (int i = 0; i < 4; i++) db[i] = static_cast<char>(database >> (8 * i));
+  key.mac({std::string_view(db, 4), std::string_view(reinterpret_cast<const char*>(record), 1),
+           std::string_view(reinterpret_cast<const char*>(record) + 1 + kTagSize, len - 1 - kTagSize)},
+          out);
+}
+
+}  // namespace
+
+void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database) {
+  if (len < kHeaderSize) throw Error(ErrorKind::Internal, "capture record shorter than its header");
+  uint8_t mac[kSha256Size];
+  tag(record, len, key, database, mac);
+  for (size_t i = 0; i < kTagSize; i++) record[1 + i] = mac[i];
+}
+
+bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database) {
+  if (len < kHeaderSize || record[0] != kFormat) return false;
+  uint8_t mac[kSha256Size];
+  tag(record, len, key, database, mac);
+  uint8_t diff = 0;  // every byte compared: no early exit to time
+  for (size_t i = 0; i < kTagSize; i++) diff |= static_cast<uint8_t>(mac[i] ^ record[1 + i]);
+  return diff == 0;
+}
 
 EntityRecord decode(const uint8_t* data, size_t len) {
   if (len < kHeaderSize) throw Error(ErrorKind::Corrupt, "capture message shorter than its header");
   if (data[0] != kFormat)
     throw Error(ErrorKind::Corrupt, "capture message of unknown format " + std::to_string(data[0]));
   uint64_t id = 0;
-  for (int i = 7; i >= 0; i--) id = (id << 8) | data[1 + i];
+  for (int i = 7; i >= 0; i--) id = (id << 8) | data[1 + kTagSize + i];
   EntityRecord r;
   r.entity_id = static_cast<int64_t>(id);
   r.ops = codec::decode_ops(data + kHeaderSize, len - kHeaderSize);

@@ -1,8 +1,10 @@
-// Straightforward SHA-256; only used on short generated definitions.
+// SHA-256 (FIPS 180-4) and HMAC-SHA-256 (RFC 2104): the stable digest behind
+// generated object names, and the tag that authenticates capture messages.
 #include "bitdex_sync/core/sha256.hpp"
 
-#include <cstdint>
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "bitdex_sync/core/cpp_only.hpp"
 
@@ -50,28 +52,82 @@ void block(uint32_t h[8], const unsigned char* p) {
 
 }  // namespace
 
+Sha256::Sha256() {
+  static constexpr uint32_t kInit[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  std::memcpy(h_, kInit, sizeof h_);
+}
+
+void Sha256::update(const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  total_ += n;
+  if (used_ > 0) {
+    size_t take = std::min(n, sizeof buf_ - used_);
+    std::memcpy(buf_ + used_, p, take);
+    used_ += take;
+    p += take;
+    n -= take;
+    if (used_ < sizeof buf_) return;
+    block(h_, buf_);
+    used_ = 0;
+  }
+  for (; n >= 64; p += 64, n -= 64) block(h_, p);
+  std::memcpy(buf_, p, n);
+  used_ = n;
+}
+
+void Sha256::final(uint8_t out[kSha256Size]) {
+  const uint64_t bits = total_ * 8;
+  unsigned char pad[72] = {0x80};
+  const size_t padlen = (used_ < 56 ? 56 : 120) - used_;
+  update(pad, padlen);
+  unsigned char len[8];
+  for (int i = 0; i < 8; i++) len[i] = static_cast<unsigned char>(bits >> (56 - 8 * i));
+  update(len, 8);
+  for (int i = 0; i < 8; i++)
+    for (int j = 0; j < 4; j++) out[4 * i + j] = static_cast<uint8_t>(h_[i] >> (24 - 8 * j));
+}
+
 std::string sha256_hex(std::string_view data) {
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  size_t n = data.size();
-  size_t full = n / 64;
-  for (size_t i = 0; i < full; i++) block(h, p + 64 * i);
-  unsigned char tail[128] = {0};
-  size_t rest = n % 64;
-  for (size_t i = 0; i < rest; i++) tail[i] = p[64 * full + i];
-  tail[rest] = 0x80;
-  size_t tail_len = rest < 56 ? 64 : 128;
-  uint64_t bits = static_cast<uint64_t>(n) * 8;
-  for (int i = 0; i < 8; i++) tail[tail_len - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
-  block(h, tail);
-  if (tail_len == 128) block(h, tail + 64);
+  Sha256 s;
+  s.update(data.data(), data.size());
+  uint8_t d[kSha256Size];
+  s.final(d);
   std::string out;
-  char buf[9];
-  for (uint32_t v : h) {
-    std::snprintf(buf, sizeof buf, "%08x", v);
+  char buf[3];
+  for (uint8_t b : d) {
+    std::snprintf(buf, sizeof buf, "%02x", b);
     out += buf;
   }
   return out;
+}
+
+HmacSha256::HmacSha256(std::string_view key) {
+  unsigned char k[64] = {0};
+  if (key.size() > 64) {
+    Sha256 s;
+    s.update(key.data(), key.size());
+    s.final(k);
+  } else {
+    std::memcpy(k, key.data(), key.size());
+  }
+  unsigned char ipad[64], opad[64];
+  for (int i = 0; i < 64; i++) {
+    ipad[i] = k[i] ^ 0x36;
+    opad[i] = k[i] ^ 0x5c;
+  }
+  inner_.update(ipad, 64);
+  outer_.update(opad, 64);
+}
+
+void HmacSha256::mac(std::initializer_list<std::string_view> parts, uint8_t out[kSha256Size]) const {
+  Sha256 in = inner_;
+  for (std::string_view p : parts) in.update(p.data(), p.size());
+  uint8_t d[kSha256Size];
+  in.final(d);
+  Sha256 o = outer_;
+  o.update(d, sizeof d);
+  o.final(out);
 }
 
 }  // namespace bitdex

@@ -628,6 +628,23 @@ void emit_outbox(int64 entity_id) {
   as_owner_end(owner);
 }
 
+char g_seal_error[256];
+
+// Tags g_record with the server's capture key (capture_format.hpp): the
+// worker accepts no capture message without it.
+void seal_record() {
+  const bitdex::HmacSha256* mac = capture_mac();
+  if (!mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
+  if (!run_cpp(
+          [&] {
+            bitdex::capture::seal(reinterpret_cast<uint8_t*>(g_record.data), static_cast<size_t>(g_record.len), *mac,
+                                  MyDatabaseId);
+            return true;
+          },
+          g_seal_error, sizeof g_seal_error))
+    elog(ERROR, "bitdex_sync: %s", g_seal_error);
+}
+
 // Emits g_ops (g_nops ops) as one record for entity_id, keeping g_ops.
 void emit_keep(Source* s, int64 entity_id) {
   resetStringInfo(&g_record);
@@ -635,10 +652,12 @@ void emit_keep(Source* s, int64 entity_id) {
   bitdex::capture::write_header(out, entity_id);
   bitdex::codec::write_varint(out, static_cast<uint64_t>(g_nops));
   appendBinaryStringInfo(&g_record, g_ops.data, g_ops.len);
-  if (s->outbox)
+  if (s->outbox) {
     emit_outbox(entity_id);
-  else
+  } else {
+    seal_record();
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+  }
   bitdex::pg::note_captured(s->outbox);  // wake the worker at commit
 }
 

@@ -85,6 +85,27 @@ bool is_worker_origin(RepOriginId origin) {
   return origin != InvalidRepOriginId && origin == g_worker->origin;
 }
 
+// A message with our prefix that the capture trigger did not write: any
+// role may call pg_logical_emit_message(). It is dropped, never written and
+// never taken for poison (which could stop the slot); status() counts it,
+// and the log says so at most every minute.
+void reject_message(XLogRecPtr lsn) {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  const uint64 total = ++w->rejected_messages;
+  SpinLockRelease(&w->mutex);
+  const TimestampTz now = GetCurrentTimestamp();
+  if (g_worker->rejected_warned_at && !TimestampDifferenceExceeds(g_worker->rejected_warned_at, now, 60 * 1000)) return;
+  g_worker->rejected_warned_at = now;
+  ereport(WARNING, (errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+                    errmsg("bitdex_sync: rejected a logical message with prefix \"%s\" that the capture trigger did "
+                           "not write (at %X/%X)",
+                           capture::kMessagePrefix, BDX_LSN_ARGS(lsn)),
+                    errdetail("%llu such messages were rejected by this worker; none reaches the ops WAL.",
+                              static_cast<unsigned long long>(total)),
+                    errhint("Some role called pg_logical_emit_message() with this prefix.")));
+}
+
 // A transactional capture message of this database: held until its
 // transaction ends. Like PostgreSQL's own decoding, only once the snapshot
 // builder can decode whole transactions (any transaction committing after
@@ -101,6 +122,10 @@ void hold_message(LogicalDecodingContext* ctx, XLogReaderState* r) {
   const XLogRecPtr lsn = r->ReadRecPtr;
   const auto* data = reinterpret_cast<const uint8_t*>(m->message + m->prefix_size);
   const size_t size = m->message_size;
+  if (!capture::authentic(data, size, *g_worker->mac, MyDatabaseId)) {
+    reject_message(lsn);
+    return;
+  }
   if (!run_cpp(
           [&] {
             g_worker->messages->add(xid, lsn, data, size);
@@ -252,6 +277,8 @@ void create_slot_if_missing() {
 // reading on from where the previous cycle stopped.
 void start_decoding() {
   if (g_worker->ctx) return;
+  g_worker->mac = capture_mac();
+  if (!g_worker->mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
   ReplicationSlotAcquire(g_worker->slot_name.c_str(), true);
   // Spill files go with the slot: dropping it removes its directory.
   char spill_dir[MAXPGPATH];

@@ -1,5 +1,9 @@
 // Settings, shared memory, worker registration and slots, and what happens
 // at commit (waking the worker, asking the launcher for one).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
 #include <vector>
@@ -11,6 +15,7 @@ extern "C" {
 #include "access/xlog.h"
 #include "postmaster/bgworker.h"
 #include "replication/slot.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -50,6 +55,36 @@ void request_shared_memory() {
   RequestNamedLWLockTranche("bitdex_sync", 1);
 }
 
+// Reads the capture key from its file in the data directory, making it (32
+// random bytes, mode 0600, written durably) at the first start. Runs in the
+// postmaster when it sets up shared memory, also after a crash restart: the
+// key outlives restarts, so messages written before one still authenticate.
+void load_capture_key(uint8 (&key)[32]) {
+  int fd = OpenTransientFile(kCaptureKeyFile, O_RDONLY | PG_BINARY);
+  if (fd < 0 && errno == ENOENT) {
+    if (!pg_strong_random(key, sizeof key))
+      ereport(FATAL, (errmsg("bitdex_sync: could not generate a random capture key")));
+    char tmp[MAXPGPATH];
+    snprintf(tmp, sizeof tmp, "%s.tmp", kCaptureKeyFile);
+    int out = OpenTransientFilePerm(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, S_IRUSR | S_IWUSR);
+    if (out < 0 || write(out, key, sizeof key) != sizeof key || pg_fsync(out) != 0)
+      ereport(FATAL, (errcode_for_file_access(), errmsg("bitdex_sync: could not write \"%s\": %m", tmp)));
+    CloseTransientFile(out);
+    durable_rename(tmp, kCaptureKeyFile, FATAL);
+    ereport(LOG, (errmsg("bitdex_sync: created the capture key \"%s\"", kCaptureKeyFile)));
+    return;
+  }
+  if (fd < 0)
+    ereport(FATAL, (errcode_for_file_access(), errmsg("bitdex_sync: could not open \"%s\": %m", kCaptureKeyFile)));
+  char extra;
+  if (read(fd, key, sizeof key) != sizeof key || read(fd, &extra, 1) != 0)
+    ereport(FATAL, (errcode(ERRCODE_DATA_CORRUPTED),
+                    errmsg("bitdex_sync: \"%s\" is not a capture key of %zu bytes", kCaptureKeyFile, sizeof key),
+                    errhint("Restore the file from a backup of this data directory. Removing it makes a new key; "
+                            "capture messages written under the old one and not yet decoded are then rejected.")));
+  CloseTransientFile(fd);
+}
+
 void attach_shared_memory() {
   if (g_prev_startup) g_prev_startup();
   LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
@@ -61,6 +96,7 @@ void attach_shared_memory() {
     g_shared->max_databases = g_max_databases;
     for (WorkerShared& w : g_shared->workers()) SpinLockInit(&w.mutex);
     g_shared->lock = &GetNamedLWLockTranche("bitdex_sync")->lock;
+    load_capture_key(g_shared->capture_key);
   }
   LWLockRelease(AddinShmemInitLock);
 }
@@ -144,6 +180,19 @@ void define_settings() {
 
 SharedState* shared_state() {
   return g_shared;
+}
+
+const bitdex::HmacSha256* capture_mac() noexcept {
+  static bitdex::HmacSha256* mac = nullptr;
+  if (!mac && g_shared) {
+    try {
+      mac = new bitdex::HmacSha256(
+          std::string_view(reinterpret_cast<const char*>(g_shared->capture_key), sizeof g_shared->capture_key));
+    } catch (...) {
+      return nullptr;
+    }
+  }
+  return mac;
 }
 
 void install_shared_memory_hooks() {

@@ -28,7 +28,7 @@ Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS);
 
 namespace {
 
-constexpr int kColumns = 24;  // worker_state()'s OUT columns
+constexpr int kColumns = 25;  // worker_state()'s OUT columns
 
 }  // namespace
 
@@ -77,6 +77,7 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
     v[c++] = Int64GetDatum(static_cast<int64>(copy.outbox_ops));
     v[c++] = BoolGetDatum(copy.slot_stopped);
     v[c++] = BoolGetDatum(copy.outbox_stopped);
+    v[c++] = Int64GetDatum(static_cast<int64>(copy.rejected_messages));
     if (c != kColumns || rsinfo->setDesc->natts != kColumns)
       elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);

@@ -7,7 +7,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(bitdex_node create_extension);
+our @EXPORT = qw(bitdex_node create_extension signed_message);
 
 # bitdex_node($name, $extra_conf): the node, started; $extra_conf holds more
 # postgresql.conf lines.
@@ -30,6 +30,24 @@ sub create_extension {
   my ($node) = @_;
   $node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
   $node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+}
+
+# signed_message($node, $db, $rest): the hex of a capture message (format 2)
+# whose bytes after the tag are $rest (entity id and ops), tagged with the
+# server's capture key as the capture trigger tags it, for
+# pg_logical_emit_message(true, 'bitdex_sync', '\x...'::bytea). Tests use it
+# to reach the decoder with bytes the trigger would never write.
+sub signed_message {
+  my ($node, $db, $rest) = @_;
+  require Digest::SHA;
+  my $path = $node->data_dir . '/bitdex_sync.key';
+  open(my $fh, '<:raw', $path) or die "cannot read $path: $!";
+  local $/;
+  my $key = <$fh>;
+  close($fh);
+  my $dboid = $node->safe_psql($db, 'SELECT oid FROM pg_database WHERE datname = current_database()');
+  my $tag = substr(Digest::SHA::hmac_sha256(pack('V', $dboid) . "\x02" . $rest, $key), 0, 16);
+  return unpack('H*', "\x02" . $tag . $rest);
 }
 
 1;

@@ -1,7 +1,11 @@
 // The payload of one captured row change, as the capture trigger emits it
 // (logical decoding message with prefix "bitdex_sync") and as the worker and
 // the output plugin read it:
-//   u8 format (1) | i64 entity id, little-endian | ops payload (ops_codec)
+//   u8 format (2) | 16-byte tag | i64 entity id, little-endian | ops payload (ops_codec)
+// The tag is the first 16 bytes of HMAC-SHA-256 under the server's capture
+// key over (u32 database OID, little-endian | format | everything after the
+// tag). pg_logical_emit_message() is open to every role; the tag is what
+// tells the worker a message came from the capture trigger.
 // Ops are BitDex V2's as the trigger built them (alive stays an op here;
 // dedup turns it into creates_slot).
 #pragma once
@@ -11,22 +15,32 @@
 #include <string>
 
 #include "bitdex_sync/core/ops.hpp"
+#include "bitdex_sync/core/sha256.hpp"
 
 namespace bitdex::capture {
 
 inline constexpr char kMessagePrefix[] = "bitdex_sync";
-inline constexpr uint8_t kFormat = 1;
-inline constexpr size_t kHeaderSize = 9;
+inline constexpr uint8_t kFormat = 2;
+inline constexpr size_t kTagSize = 16;
+inline constexpr size_t kHeaderSize = 1 + kTagSize + 8;
+inline constexpr size_t kKeySize = 32;  // bytes of the server's capture key
 
+// Writes the header with a zero tag; seal() fills it once the ops follow.
 template <class Out>
 inline void write_header(Out& out, int64_t entity_id) {
-  char b[kHeaderSize];
+  char b[kHeaderSize] = {0};
   b[0] = static_cast<char>(kFormat);
-  for (int i = 0; i < 8; i++) b[1 + i] = static_cast<char>(static_cast<uint64_t>(entity_id) >> (8 * i));
+  for (int i = 0; i < 8; i++) b[1 + kTagSize + i] = static_cast<char>(static_cast<uint64_t>(entity_id) >> (8 * i));
   out.append(b, kHeaderSize);
 }
 
-// Decodes one payload; throws Error(Corrupt).
+// Fills the tag of a whole record (header + ops) in place.
+void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database);
+// True when `record` is at least a header long and carries the tag `key`
+// gives it for `database`.
+bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database);
+
+// Decodes one payload (its tag is not checked here); throws Error(Corrupt).
 EntityRecord decode(const uint8_t* data, size_t len);
 
 // The record as JSON {"entity_id":..,"ops":[..]} (the outbox row's shape).

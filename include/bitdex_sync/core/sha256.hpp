@@ -1,12 +1,45 @@
-// SHA-256 (FIPS 180-4): the stable digest behind generated object names.
+// SHA-256 (FIPS 180-4): the stable digest behind generated object names;
+// HMAC-SHA-256 (RFC 2104): the tag that authenticates capture messages.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
 namespace bitdex {
 
+inline constexpr size_t kSha256Size = 32;
+
+// Incremental SHA-256; copyable, so a keyed state can be reused.
+class Sha256 {
+ public:
+  Sha256();
+  void update(const void* data, size_t n);
+  // The digest; the object is spent afterwards.
+  void final(uint8_t out[kSha256Size]);
+
+ private:
+  uint32_t h_[8];
+  unsigned char buf_[64];
+  size_t used_ = 0;
+  uint64_t total_ = 0;
+};
+
 // Lowercase hex digest of `data`.
 std::string sha256_hex(std::string_view data);
+
+// HMAC-SHA-256 with the key's inner and outer blocks hashed once: each tag
+// then costs the message's blocks plus two.
+class HmacSha256 {
+ public:
+  explicit HmacSha256(std::string_view key);
+  // The tag of the concatenation of `parts`.
+  void mac(std::initializer_list<std::string_view> parts, uint8_t out[kSha256Size]) const;
+
+ private:
+  Sha256 inner_, outer_;
+};
 
 }  // namespace bitdex

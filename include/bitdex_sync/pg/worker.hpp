@@ -4,6 +4,7 @@
 // errors, latches, and the launcher's requests.
 #pragma once
 
+#include "bitdex_sync/core/sha256.hpp"
 #include "bitdex_sync/pg/postgres.hpp"
 
 extern "C" {
@@ -66,6 +67,9 @@ struct WorkerShared {
   uint64 async_commit_end;
   bool async_polling;
   uint64 ops_captured, ops_written, records_written, records_skipped, batches, wal_bytes, poison;
+  // Messages with our prefix and no valid tag (forged with
+  // pg_logical_emit_message): dropped, counted, warned of now and then.
+  uint64 rejected_messages;
   TimestampTz started_at, last_batch_at;
   int failures;  // consecutive failed runs (backoff exponent)
   uint64 errors_total;
@@ -83,6 +87,10 @@ struct WorkerShared {
 struct SharedState {
   LWLock* lock;
   int max_databases;  // bitdex_sync.max_databases at server start
+  // The key that authenticates capture messages (capture_format.hpp), read
+  // by the postmaster from <data directory>/bitdex_sync.key (made at the
+  // first start); shared memory is not readable from SQL.
+  uint8 capture_key[32];
   // The launcher (automatic mode): its latch, and what backends and workers
   // tell it: databases whose CREATE EXTENSION committed (requests) and
   // workers that ended because their database needs none (declined).
@@ -108,6 +116,11 @@ struct SharedState {
 };
 
 SharedState* shared_state();  // nullptr before shared memory is attached
+// This process's HMAC over the capture key (see capture_format.hpp), built
+// at first use; nullptr without shared memory or memory.
+const bitdex::HmacSha256* capture_mac() noexcept;
+// The capture key's file, relative to the data directory.
+constexpr const char* kCaptureKeyFile = "bitdex_sync.key";
 void install_shared_memory_hooks();
 // True when bitdex_sync.databases is empty: the launcher starts a worker in
 // each database where the extension is created.
