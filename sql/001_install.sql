@@ -15,4 +15,10 @@ CREATE ROLE bitdex_sync_nobody;
 SET ROLE bitdex_sync_nobody;
 SELECT bitdex_sync.dedup('[]');
 RESET ROLE;
+SELECT p.proname AS public_may_execute FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'bitdex_sync' AND has_function_privilege('bitdex_sync_nobody', p.oid, 'EXECUTE') ORDER BY 1;
+SELECT c.relname AS public_may_touch FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'bitdex_sync' AND c.relkind IN ('r', 'S', 'v')
+   AND (has_table_privilege('bitdex_sync_nobody', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
+        OR (c.relkind = 'S' AND has_sequence_privilege('bitdex_sync_nobody', c.oid, 'USAGE')));
 DROP ROLE bitdex_sync_nobody;

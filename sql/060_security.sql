@@ -106,10 +106,114 @@ UPDATE sec_part SET lvl = 7 WHERE id = 150;
 UPDATE sec_part SET lvl = 8 WHERE id = 1;
 SELECT data FROM pg_logical_slot_get_changes('sec_test', NULL, NULL);
 
+-- 5. The owner of a captured table cannot switch capture off: DDL that
+-- leaves a recorded capture trigger dropped or not firing always is refused.
+CREATE ROLE sec_owner;
+CREATE TABLE sec_guard (id int PRIMARY KEY, lvl int);
+ALTER TABLE sec_guard OWNER TO sec_owner;
+ALTER TABLE sec_part OWNER TO sec_owner;
+ALTER TABLE sec_part_1 OWNER TO sec_owner;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+  - table: sec_guard
+    track_fields: [lvl]
+$$) ORDER BY source;
+SELECT trigger_name AS guard_trigger FROM bitdex_sync.sources WHERE name = 'sec_guard' \gset
+SELECT tgname AS clone_trigger FROM pg_trigger WHERE tgrelid = 'sec_part_1'::regclass AND tgisinternal = false AND tgname LIKE 'bitdex_%' \gset
+SET ROLE sec_owner;
+ALTER TABLE sec_guard DISABLE TRIGGER :"guard_trigger";
+ALTER TABLE sec_guard DISABLE TRIGGER ALL;
+ALTER TABLE sec_guard DISABLE TRIGGER USER;
+ALTER TABLE sec_guard ENABLE TRIGGER :"guard_trigger";
+ALTER TABLE sec_guard ENABLE REPLICA TRIGGER :"guard_trigger";
+DROP TRIGGER :"guard_trigger" ON sec_guard;
+DROP TABLE sec_guard;
+ALTER TABLE sec_part_1 DISABLE TRIGGER :"clone_trigger";
+-- ... while what leaves capture alone is not in the way.
+ALTER TABLE sec_guard ADD COLUMN note text;
+ALTER TABLE sec_guard ENABLE ALWAYS TRIGGER :"guard_trigger";
+RESET ROLE;
+SELECT tgenabled FROM pg_trigger WHERE tgname = :'guard_trigger';
+-- A superuser may, with bitdex_sync.allow_capture_loss: the gap is recorded,
+-- status() and metrics() show it, apply_config restores capture.
+SET ROLE sec_owner;
+SET bitdex_sync.allow_capture_loss = on;
+RESET ROLE;
+SET bitdex_sync.allow_capture_loss = on;
+ALTER TABLE sec_guard DISABLE TRIGGER :"guard_trigger";
+ALTER TABLE sec_part_1 DISABLE TRIGGER :"clone_trigger";
+RESET bitdex_sync.allow_capture_loss;
+SELECT source, table_name, problem, detected_by, role, ended_at IS NULL AS open FROM bitdex_sync.capture_gaps ORDER BY id;
+SELECT source, state, regexp_replace(last_error, 'from .* on:', 'from <time> on:') AS last_error
+  FROM bitdex_sync.status() WHERE state LIKE 'capture gap%' ORDER BY source;
+SELECT line FROM regexp_split_to_table(bitdex_sync.metrics(), E'\n') line WHERE line LIKE 'bitdex_sync_capture_gaps%';
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+  - table: sec_guard
+    track_fields: [lvl]
+$$) ORDER BY source;
+SELECT count(*) AS not_firing_always FROM bitdex_sync.broken_capture();
+SELECT source, problem, ended_at IS NOT NULL AS restored FROM bitdex_sync.capture_gaps ORDER BY id;
+SET bitdex_sync.allow_capture_loss = on;
+DROP TRIGGER :"guard_trigger" ON sec_guard;
+RESET bitdex_sync.allow_capture_loss;
+SELECT source, state FROM bitdex_sync.status() WHERE state LIKE 'capture gap%' ORDER BY source, state;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+  - table: sec_guard
+    track_fields: [lvl]
+$$) ORDER BY source;
+SELECT count(*) AS open_gaps FROM bitdex_sync.capture_gaps WHERE ended_at IS NULL;
+DELETE FROM bitdex_sync.capture_gaps;
+-- A source leaves the config first, then its table can go.
+BEGIN;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+$$) ORDER BY source;
+DROP TABLE sec_guard;
+COMMIT;
+
+-- EXECUTE on apply_config is all a role needs besides the rights on its
+-- tables: the bookkeeping in schema bitdex_sync is done as the owner.
+CREATE TABLE sec_own (id int PRIMARY KEY, lvl int);
+ALTER TABLE sec_own OWNER TO sec_owner;
+GRANT EXECUTE ON FUNCTION bitdex_sync.apply_config(text, boolean) TO sec_owner;
+GRANT EXECUTE ON FUNCTION bitdex_sync.capture() TO sec_owner;
+SET ROLE sec_owner;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_own
+    track_fields: [lvl]
+$$) ORDER BY source;
+-- ... and CREATE TRIGGER still checks its rights on the tables.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_own
+    track_fields: [lvl]
+  - table: sec_img
+    track_fields: [lvl]
+$$) ORDER BY source;
+RESET ROLE;
+SELECT applied_by FROM bitdex_sync.config_history ORDER BY id DESC LIMIT 1;
+
 SELECT pg_drop_replication_slot('sec_test');
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
-DROP TABLE sec_img, sec_post, sec_child, sec_part;
+DROP TABLE sec_img, sec_post, sec_child, sec_part, sec_own;
 DROP OWNED BY sec_mallory;
 DROP OWNED BY sec_writer;
 DROP ROLE sec_mallory;
 DROP ROLE sec_writer;
+DROP OWNED BY sec_owner;
+DROP ROLE sec_owner;

@@ -61,6 +61,57 @@ COMMENT ON FUNCTION bitdex_sync.capture() IS 'Capture trigger behind every trigg
 -- only apply_config's callers create capture triggers.
 REVOKE ALL ON FUNCTION bitdex_sync.capture() FROM PUBLIC;
 
+-- Capture gaps: a recorded capture trigger that was dropped or stopped
+-- firing always (let through by bitdex_sync.allow_capture_loss, or done
+-- where event triggers do not run) loses every change after it. Recorded by
+-- the guard below or found by the worker; ended_at is set when apply_config
+-- restores capture. The changes in between stay missing from the ops WAL
+-- until the source is loaded again: delete the row once that is done.
+CREATE TABLE bitdex_sync.capture_gaps (
+  id           bigserial PRIMARY KEY,
+  source       text NOT NULL,
+  table_name   text NOT NULL,
+  trigger_name text NOT NULL,
+  problem      text NOT NULL,
+  detected_by  text NOT NULL CHECK (detected_by IN ('ddl', 'worker')),
+  role         name,            -- who ran the command (ddl) or the worker's role
+  started_at   timestamptz NOT NULL DEFAULT now(),
+  ended_at     timestamptz
+);
+
+-- The recorded capture triggers that are missing or do not fire always,
+-- with the clones on partitions (any depth); tables named as in sources.
+CREATE FUNCTION bitdex_sync.broken_capture()
+  RETURNS TABLE (source text, table_name text, trigger_name text, problem text)
+  LANGUAGE sql STABLE
+  SET search_path = pg_catalog
+  AS $$
+  WITH RECURSIVE tr(source, oid) AS (
+    SELECT s.name, s.trigger_oid FROM bitdex_sync.sources s
+    UNION ALL
+    SELECT tr.source, c.oid FROM tr JOIN pg_trigger c ON c.tgparentid = tr.oid)
+  SELECT s.name, s.table_name, s.trigger_name, 'dropped'
+    FROM bitdex_sync.sources s
+   WHERE NOT EXISTS (SELECT FROM pg_trigger t WHERE t.oid = s.trigger_oid)
+  UNION ALL
+  SELECT tr.source, '"' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"', t.tgname,
+         CASE t.tgenabled WHEN 'D' THEN 'disabled' WHEN 'O' THEN 'not firing in replica sessions'
+                          WHEN 'R' THEN 'firing in replica sessions only' END
+    FROM tr JOIN pg_trigger t ON t.oid = tr.oid
+    JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE t.tgenabled <> 'A'
+  $$;
+
+-- The capture guard (src/pg/capture_guard.cpp): refuses DDL that leaves a
+-- recorded capture trigger dropped or not firing always.
+CREATE FUNCTION bitdex_sync.guard_ddl() RETURNS event_trigger
+  AS 'MODULE_PATHNAME', 'bitdex_sync_guard_ddl'
+  LANGUAGE C;
+CREATE EVENT TRIGGER bitdex_sync_guard ON ddl_command_end EXECUTE FUNCTION bitdex_sync.guard_ddl();
+-- Also under session_replication_role = replica.
+ALTER EVENT TRIGGER bitdex_sync_guard ENABLE ALWAYS;
+REVOKE ALL ON FUNCTION bitdex_sync.broken_capture(), bitdex_sync.guard_ddl() FROM PUBLIC;
+
 CREATE FUNCTION bitdex_sync.apply_config(config text, dry_run boolean DEFAULT false)
   RETURNS TABLE (source text, action text, trigger_name text, table_name text)
   AS 'MODULE_PATHNAME', 'bitdex_sync_apply_config'
@@ -153,7 +204,7 @@ CREATE FUNCTION bitdex_sync.status()
                  batches bigint, wal_bytes_written bigint, poison_ops bigint, errors_total bigint,
                  failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz,
                  rejected_messages bigint)
-  LANGUAGE sql VOLATILE
+  LANGUAGE sql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog
   AS $$
   SELECT 'slot', w.database, CASE WHEN w.slot_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
@@ -174,19 +225,38 @@ CREATE FUNCTION bitdex_sync.status()
     FROM bitdex_sync.worker_state() w
     LEFT JOIN LATERAL (SELECT count(*) AS rows, min(created_at) AS oldest FROM bitdex_sync.ops
                         WHERE id > coalesce(w.outbox_done, 0)) o ON w.database = current_database()
+  UNION ALL
+  -- Capture gaps of this database: recorded ones until their row is deleted
+  -- (after the source is loaded again), and any not recorded yet.
+  SELECT g.source, current_database(), CASE WHEN g.ended_at IS NULL THEN 'capture gap' ELSE 'capture gap (restored)' END,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         format('trigger %s on %s %s from %s%s: changes to the table in between are missing from the ops WAL',
+                g.trigger_name, g.table_name, g.problem, g.started_at,
+                CASE WHEN g.ended_at IS NULL THEN ' on' ELSE ' to ' || g.ended_at END),
+         g.started_at, NULL
+    FROM bitdex_sync.capture_gaps g
+  UNION ALL
+  SELECT b.source, current_database(), 'capture gap', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL,
+         format('trigger %s on %s %s (not recorded yet): changes to the table are not captured', b.trigger_name,
+                b.table_name, b.problem),
+         clock_timestamp(), NULL
+    FROM bitdex_sync.broken_capture() b
+   WHERE NOT EXISTS (SELECT FROM bitdex_sync.capture_gaps g WHERE g.ended_at IS NULL AND g.source = b.source
+                       AND g.table_name = b.table_name AND g.trigger_name = b.trigger_name)
   ORDER BY 2, 1 DESC
   $$;
 
 -- The same in Prometheus' text exposition format.
 CREATE FUNCTION bitdex_sync.metrics() RETURNS text
-  LANGUAGE sql VOLATILE
+  LANGUAGE sql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog
   AS $$
   WITH w AS (SELECT * FROM bitdex_sync.worker_state()),
   o AS (SELECT max(id) AS max_id, count(*) FILTER (WHERE id > (SELECT outbox_done FROM w WHERE database = current_database())) AS rows
           FROM bitdex_sync.ops),
   lines AS (
-    SELECT 1 AS k, format('bitdex_sync_cursor_position{source="slot",database="%s"} %s', database,
+    SELECT 1.0 AS k, format('bitdex_sync_cursor_position{source="slot",database="%s"} %s', database,
                           coalesce(pg_wal_lsn_diff(durable_lsn, '0/0'), 0)) AS line FROM w
     UNION ALL SELECT 1, format('bitdex_sync_cursor_position{source="outbox",database="%s"} %s', database,
                                coalesce(outbox_done, 0)) FROM w
@@ -206,7 +276,12 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
     UNION ALL SELECT 10, format('bitdex_sync_rejected_messages_total{database="%s"} %s', database, rejected_messages)
                  FROM w
     UNION ALL
-    SELECT 7, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
+    SELECT 11, format('bitdex_sync_capture_gaps{database="%s",state="%s"} %s', current_database(), st,
+                      (SELECT count(*) FROM bitdex_sync.capture_gaps g
+                        WHERE (g.ended_at IS NULL) = (st = 'open')))
+      FROM unnest(ARRAY['open', 'restored']) st
+    UNION ALL
+    SELECT 7 + b.i / 100.0, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
                      (SELECT sum(x) FROM unnest(w.latency_buckets[1:b.i]) x))
       FROM w, unnest(ARRAY['1','2','5','10','20','50','100','250','1000','5000','30000','+Inf']) WITH ORDINALITY b(le, i)
     UNION ALL SELECT 8, format('bitdex_sync_commit_to_durable_ms_sum{database="%s"} %s', database, latency_sum_ms) FROM w

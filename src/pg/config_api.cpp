@@ -284,24 +284,15 @@ struct Recorded {
   std::vector<std::string> helpers;
 };
 
-// The recorded trigger as the catalog has it now: present with this OID on
-// this table under this name, and whether it fires always.
-struct TriggerNow {
-  bool present = false;
-  bool always = false;
-};
-
-TriggerNow trigger_now(const Recorded& rec) {
+// Whether the recorded trigger is there: with this OID, on this table,
+// under this name.
+bool trigger_present(const Recorded& rec) {
   Oid types[3] = {OIDOID, OIDOID, TEXTOID};
   Datum values[3] = {ObjectIdGetDatum(rec.trigger_oid), ObjectIdGetDatum(rec.relid),
                      pg_guard([&] { return CStringGetTextDatum(rec.trigger.c_str()); })};
-  spi_exec_args(
-      "SELECT tgenabled = 'A' FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3,
-      types, values, true);
-  TriggerNow now;
-  now.present = SPI_processed > 0;
-  now.always = now.present && spi_text(0, 1) == "t";
-  return now;
+  spi_exec_args("SELECT FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3, types,
+                values, true);
+  return SPI_processed > 0;
 }
 
 // Runs bitdex_sync's own bookkeeping (its tables) as the extension's owner,
@@ -350,6 +341,21 @@ void record_dependencies(Oid trigger_oid, const Planned& p) {
   });
 }
 
+// ALTER TABLE ... ENABLE ALWAYS TRIGGER for each of the source's triggers
+// (the recorded one, its clones on partitions) that does not fire always.
+std::string enable_sql(const std::string& source) {
+  AsExtensionOwner owner;
+  Datum value = pg_guard([&] { return CStringGetTextDatum(source.c_str()); });
+  Oid type = TEXTOID;
+  spi_exec_args(
+      "SELECT format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', table_name, trigger_name) "
+      "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem <> 'dropped' ORDER BY 1",
+      1, &type, &value, true);
+  std::string sql;
+  for (uint64 i = 0; i < SPI_processed; i++) sql += spi_text(static_cast<int>(i), 1) + "\n";
+  return sql;
+}
+
 std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Planned>& planned, const char* config_text,
                               bool dry_run) {
   std::vector<Action> actions;
@@ -387,15 +393,13 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     const std::string& name = p.src->name;
     auto rec = recorded.find(name);
     const bool exists = trigger_exists(p.relid, p.trigger);
-    TriggerNow now = rec != recorded.end() ? trigger_now(rec->second) : TriggerNow{};
-    if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && now.present) {
-      if (now.always) {
-        actions.push_back({name, "unchanged", p.trigger, p.qualified});
-      } else {
-        // Disabled behind our back: capture fires again from here on.
-        ddl += "ALTER TABLE " + p.qualified + " ENABLE ALWAYS TRIGGER " + config::quote_ident(p.trigger) + ";\n";
-        actions.push_back({name, "enable", p.trigger, p.qualified});
-      }
+    const bool present = rec != recorded.end() && trigger_present(rec->second);
+    if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && present) {
+      // Disabled behind our back (on the table or a partition's clone):
+      // capture fires again from here on.
+      std::string enable = enable_sql(name);
+      actions.push_back({name, enable.empty() ? "unchanged" : "enable", p.trigger, p.qualified});
+      ddl += enable;
       continue;
     }
     const bool ours = rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid;
@@ -407,9 +411,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     if (rec != recorded.end()) {
       // The recorded trigger, or one of our computed name on the same table
       // recorded under another OID (a restored dump): ours to replace.
-      const bool present = now.present || (ours && exists);
-      if (present) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
-      if (present || rec->second.relid == p.relid) ddl += drop_helpers(rec->second);
+      if (present || (ours && exists)) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      if (present || (ours && exists) || rec->second.relid == p.relid) ddl += drop_helpers(rec->second);
       actions.push_back({name, "replace", p.trigger, p.qualified});
     } else {
       actions.push_back({name, "create", p.trigger, p.qualified});
@@ -421,7 +424,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     bool still = false;
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
-    if (trigger_now(rec).present) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
+    if (trigger_present(rec)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
   if (dry_run) return actions;
@@ -486,6 +489,12 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                      pg_guard([&] { return CStringGetTextDatum(applier.c_str()); })};
   spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name, applied_by) VALUES ($1, $2, $3::name)", 3,
                 types, values, false);
+  // Capture is whole again wherever no trigger is missing or disabled now.
+  spi_exec(
+      "UPDATE bitdex_sync.capture_gaps g SET ended_at = now() WHERE ended_at IS NULL AND NOT EXISTS "
+      "(SELECT FROM bitdex_sync.broken_capture() b WHERE b.source = g.source AND b.table_name = g.table_name "
+      "AND b.trigger_name = g.trigger_name)",
+      SPI_OK_UPDATE);
   return actions;
 }
 

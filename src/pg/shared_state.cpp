@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
@@ -171,6 +172,11 @@ void define_settings() {
   DefineCustomIntVariable("bitdex_sync.max_databases", "How many databases can have a worker at the same time.",
                           "Each takes a slot of shared memory (about 1 kB) and a background worker process.",
                           &g_max_databases, 16, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+  DefineCustomBoolVariable(
+      "bitdex_sync.allow_capture_loss", "Lets DDL drop or disable capture triggers, recording the gap.",
+      "Off: a command that would leave a capture trigger apply_config created dropped or not firing always is "
+      "refused. On (superusers only): it goes through and bitdex_sync.capture_gaps records the gap.",
+      &g_allow_capture_loss, false, PGC_SUSET, 0, nullptr, nullptr, nullptr);
   DefineCustomBoolVariable("bitdex_sync.fault_injection", "For tests: crash points the test suite can arm.",
                            "When on, a worker that finds the file bitdex_sync.kill_after_batch in the data directory "
                            "removes it and kills itself right after its next batch is durable.",

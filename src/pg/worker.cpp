@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
 #include "bitdex_sync/pg/worker_state.hpp"
 
@@ -244,6 +245,10 @@ void in_transaction(void (*fn)()) {
 
 namespace {
 
+void find_capture_gaps() {
+  record_capture_gaps("worker", true);
+}
+
 // bitdex_sync.runs: this run's row, after marking rows of runs that ended
 // without saying so (a crash, kill -9) as failed.
 void record_run_start() {
@@ -344,6 +349,9 @@ bool run() {
         decode_available();
       }
       if (take_outbox_signal() || outbox_waiting || look) outbox_waiting = read_outbox();
+      // Capture triggers dropped or disabled where the guard did not run
+      // (or was overridden without it): recorded as gaps, once.
+      if (look && !g_worker->extension_gone) in_transaction(find_capture_gaps);
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
     // Rows waiting for their writers: look again soon (their commit does

@@ -46,6 +46,12 @@ Oid extension_owner();
 
 // True while apply_config runs its own DDL (the capture guard lets it pass).
 extern bool g_applying_config;
+// bitdex_sync.allow_capture_loss: the guard records a gap instead of refusing.
+extern bool g_allow_capture_loss;
+// Records in bitdex_sync.capture_gaps every recorded capture trigger that is
+// gone or does not fire always and has no open gap yet (SPI connected, as
+// the extension's owner); WARNING per gap when `log`. Returns how many.
+int record_capture_gaps(const char* detected_by, bool log);
 
 // A stored fan-out query, planned once per backend and planned again after
 // an invalidation of a relation it reads or of any function; run with the

@@ -1,0 +1,109 @@
+// The capture guard: an event trigger at the end of every DDL command that
+// refuses a command leaving a recorded capture trigger dropped or not
+// firing always (DROP TRIGGER, ALTER TABLE ... DISABLE TRIGGER, DROP TABLE,
+// DROP ... CASCADE, a partition's clone disabled), because every change
+// after it would be lost silently. apply_config's own DDL passes. A
+// superuser who must do it anyway sets bitdex_sync.allow_capture_loss: the
+// command then goes through and the gap is recorded in
+// bitdex_sync.capture_gaps (status() and metrics() show it) until
+// apply_config restores capture. C-style: no C++ objects here.
+#include "bitdex_sync/pg/capture.hpp"
+#include "bitdex_sync/pg/worker.hpp"
+
+extern "C" {
+#include "catalog/namespace.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "utils/lsyscache.h"
+
+PG_FUNCTION_INFO_V1(bitdex_sync_guard_ddl);
+Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS);
+}
+
+namespace bitdex::pg {
+
+bool g_allow_capture_loss = false;
+
+namespace {
+
+// The recorded capture triggers that are gone or do not fire always (also a
+// partition's clone), and what is wrong with each.
+constexpr const char* kBroken =
+    "SELECT source, table_name, trigger_name, problem FROM bitdex_sync.broken_capture() ORDER BY 1, 2, 3";
+
+}  // namespace
+
+int record_capture_gaps(const char* detected_by, bool log) {
+  Oid user;
+  int sec;
+  GetUserIdAndSecContext(&user, &sec);
+  Datum by = CStringGetTextDatum(detected_by);
+  Datum role = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
+  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  Oid types[2] = {TEXTOID, TEXTOID};
+  Datum values[2] = {by, role};
+  if (SPI_execute_with_args(
+          "INSERT INTO bitdex_sync.capture_gaps (source, table_name, trigger_name, problem, detected_by, role) "
+          "SELECT b.source, b.table_name, b.trigger_name, b.problem, $1, $2 FROM bitdex_sync.broken_capture() b "
+          "WHERE NOT EXISTS (SELECT FROM bitdex_sync.capture_gaps g WHERE g.ended_at IS NULL AND g.source = b.source "
+          "AND g.table_name = b.table_name AND g.trigger_name = b.trigger_name) "
+          "RETURNING source, table_name, trigger_name, problem",
+          2, types, values, nullptr, false, 0) != SPI_OK_INSERT_RETURNING)
+    elog(ERROR, "bitdex_sync: could not record a capture gap");
+  const int n = static_cast<int>(SPI_processed);
+  for (int i = 0; log && i < n; i++)
+    ereport(WARNING, (errmsg("bitdex_sync: capture gap recorded: source \"%s\", trigger \"%s\" on %s %s",
+                             SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+                             SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3),
+                             SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2),
+                             SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4)),
+                      errdetail("Changes to that table are not captured from now on and will be missing from the "
+                                "ops WAL."),
+                      errhint("Apply the config again to restore capture; the table's source then needs a reload.")));
+  SetUserIdAndSecContext(user, sec);
+  return n;
+}
+
+}  // namespace bitdex::pg
+
+// bitdex_sync.guard_ddl(): the event trigger (ddl_command_end).
+Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("bitdex_sync.guard_ddl() must be called as an event trigger")));
+  // apply_config's own DDL; a DROP EXTENSION that took the catalog with it.
+  if (g_applying_config) PG_RETURN_VOID();
+  Oid nsp = get_namespace_oid("bitdex_sync", true);
+  if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("sources", nsp))) PG_RETURN_VOID();
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  if (g_allow_capture_loss) {
+    record_capture_gaps("ddl", true);
+    SPI_finish();
+    PG_RETURN_VOID();
+  }
+  Oid user;
+  int sec;
+  GetUserIdAndSecContext(&user, &sec);
+  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  // Not read-only: the snapshot must see what this command changed.
+  if (SPI_execute(kBroken, false, 1) != SPI_OK_SELECT) elog(ERROR, "bitdex_sync: could not check the capture triggers");
+  SetUserIdAndSecContext(user, sec);
+  if (SPI_processed > 0) {
+    HeapTuple row = SPI_tuptable->vals[0];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    const auto* event = reinterpret_cast<EventTriggerData*>(fcinfo->context);
+    const char* tag = GetCommandTagName(event->tag);
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_IN_USE),
+                    errmsg("%s would leave capture trigger \"%s\" on %s %s (source \"%s\" of bitdex_sync)", tag,
+                           SPI_getvalue(row, desc, 3), SPI_getvalue(row, desc, 2), SPI_getvalue(row, desc, 4),
+                           SPI_getvalue(row, desc, 1)),
+                    errdetail("Every change to the table after it would be missing from the ops WAL, silently."),
+                    errhint("Change the config first (bitdex_sync.apply_config() without that source, in the same "
+                            "transaction if you like). To do it anyway and record the gap, a superuser sets "
+                            "bitdex_sync.allow_capture_loss = on.")));
+  }
+  SPI_finish();
+  PG_RETURN_VOID();
+}
