@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Behaviour of the bitdex-wal CLI: append (with dedup), dump, verify, stats,
-# consumers and retention, and that damage makes verify fail.
+# consumers and retention, and that damage makes verify fail; bitdex-index
+# refusing what is not an ops WAL, and hostile filters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=build/bin/bitdex-wal
@@ -72,4 +73,51 @@ grep -q '^removed segment 1$' "$dir/retain.out" || fail "size limit removed noth
 grep -q '^consumer idx is now lagging' "$dir/retain.out" || fail "consumer not marked lagging"
 $bin consumers "$dir/wal3" | grep -q '^idx .* lagging$' || fail "consumers does not show lagging"
 $bin verify "$dir/wal3" | grep -q '^ok' || fail "a WAL trimmed by retention must still verify"
+
+# verify reports a gap in the segments and a segment that is not one; a
+# directory with no segment is no ops WAL.
+expect_damaged() {  # expect_damaged DIR PATTERN
+  set +e
+  $bin verify "$1" > "$dir/v.out"
+  local rc=$?
+  set -e
+  [ $rc = 1 ] || fail "verify exit $rc for $1: $(cat "$dir/v.out")"
+  grep -q "$2" "$dir/v.out" || fail "verify of $1 does not say '$2': $(cat "$dir/v.out")"
+}
+cp -r "$dir/wal" "$dir/wal4"
+head -c 4096 /dev/urandom > "$dir/wal4/0000000000000009.seg"
+expect_damaged "$dir/wal4" 'DAMAGED: segments 2 to 8 are missing'
+expect_damaged "$dir/wal4" 'DAMAGED: segment 9 has a bad header'
+mkdir "$dir/empty"
+expect_damaged "$dir/empty" 'holds no segment'
+if $bin verify "$dir/typo" > /dev/null 2> "$dir/v.err"; then fail "verify accepted a missing directory"; fi
+grep -q 'no such directory' "$dir/v.err" || fail "verify of a missing directory: $(cat "$dir/v.err")"
+
+# bitdex-index: a path that is not an ops WAL is refused, not created.
+ix=build/bin/bitdex-index
+set +e
+$ix apply --wal "$dir/typo" --index "$dir/typo.bdx" 2> "$dir/ix.err"
+rc=$?
+set -e
+[ $rc != 0 ] || fail "bitdex-index apply accepted a directory that does not exist"
+grep -q 'is not an ops WAL directory' "$dir/ix.err" || fail "apply error: $(cat "$dir/ix.err")"
+[ ! -e "$dir/typo" ] || fail "bitdex-index apply created the mistyped directory"
+$ix apply --wal "$dir/wal" --index "$dir/ok.bdx" > /dev/null || fail "apply of a sound WAL"
+# A filter nested 8,000 deep is an error, not a crash; long filters come from a file or stdin.
+deep=$(python3 -c 'print("(" * 8000 + "a eq 1" + ")" * 8000)')
+set +e
+$ix query --index "$dir/ok.bdx" "$deep" > /dev/null 2> "$dir/q.err"
+rc=$?
+set -e
+[ $rc = 2 ] || fail "deep filter: exit $rc (a crash is 139): $(head -c 300 "$dir/q.err")"
+grep -q 'nests deeper than 200 levels' "$dir/q.err" || fail "deep filter error: $(head -c 300 "$dir/q.err")"
+python3 -c 'print("NOT " * 8000 + "a eq 1")' > "$dir/not.filter"
+set +e
+$ix query --index "$dir/ok.bdx" --filter-file "$dir/not.filter" > /dev/null 2> "$dir/q.err"
+rc=$?
+set -e
+[ $rc = 2 ] && grep -q 'nests deeper' "$dir/q.err" || fail "8,000 NOTs: exit $rc: $(head -c 300 "$dir/q.err")"
+[ "$(echo 'a eq 2' | $ix query --index "$dir/ok.bdx" --filter-file -)" = 1 ] || fail "filter from stdin"
+[ "$(python3 -c 'print("(" * 150 + "a eq 2" + ")" * 150)' | $ix query --index "$dir/ok.bdx" --filter-file -)" = 1 ] ||
+  fail "a filter nested 150 deep is fine"
 echo "cli_test: ok"

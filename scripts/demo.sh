@@ -4,7 +4,7 @@
 # with it preloaded, and then:
 #   1. CREATE EXTENSION: at its commit the launcher starts the database's
 #      background worker, which creates its logical slot and opens its ops
-#      WAL (data/bitdex_sync/postgres),
+#      WAL (data/bitdex_sync/<database OID>),
 #   2. a capture config applied with bitdex_sync.apply_config (C triggers),
 #   3. changes committed while status() is watched: the worker decodes them
 #      in-process, deduplicates each batch and appends it durably, live,
@@ -40,10 +40,9 @@ as_pg=("${AS_PG[@]}")
 psql=("${PSQL[@]}")
 bindir=$PG_BINDIR
 
-wal=$demo/data/bitdex_sync/postgres
-
 say "CREATE EXTENSION bitdex_sync: at its commit the launcher starts this database's worker; it creates its slot and opens its ops WAL"
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -c "\dx bitdex_sync"
+wal=$("${psql[@]}" -Atc "SELECT bitdex_sync.wait_for_sync('30s')" -c "SELECT bitdex_sync.wal_directory()" | tail -1)
 "${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('30s') AS worker_ready" \
   -c "SELECT database, state, pid, slot_name, confirmed_lsn FROM bitdex_sync.status()" \
   -c "SELECT backend_type, datname, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type IN ('bitdex_sync launcher', 'bitdex_sync worker') ORDER BY backend_type"

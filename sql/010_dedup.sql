@@ -100,3 +100,18 @@ EXCEPTION WHEN invalid_parameter_value THEN
   RAISE NOTICE 'sqlstate %: %', SQLSTATE, SQLERRM;
 END
 $$;
+
+-- Big batches (issue 15, item 11): 100,000 values of one slot are merged in
+-- linear time (quadratic before: over a minute); a cancel or statement_timeout
+-- stops dedup; more than 16 MB is refused before anything is parsed.
+CREATE TEMP TABLE dedup_big AS
+  SELECT jsonb_agg(jsonb_build_object('entity_id', 7, 'ops',
+           jsonb_build_array(jsonb_build_object('op', 'add', 'field', 'tagIds', 'value', g)))) AS batch
+    FROM generate_series(1, 100000) g;
+SELECT jsonb_array_length(d) AS records, jsonb_array_length(d -> 0 -> 'ops') AS ops
+  FROM (SELECT bitdex_sync.dedup(batch) AS d FROM dedup_big) s;
+SET statement_timeout = '10ms';
+SELECT bitdex_sync.dedup(batch) IS NOT NULL FROM dedup_big, generate_series(1, 50);
+RESET statement_timeout;
+SELECT bitdex_sync.dedup(jsonb_agg(jsonb_build_object('entity_id', g, 'ops', '[{"op":"alive"}]'::jsonb)))
+  FROM generate_series(1, 400000) g;

@@ -27,6 +27,24 @@ CREATE TABLE bitdex_sync.ops (
 );
 COMMENT ON TABLE bitdex_sync.ops IS 'Outbox sink of the capture triggers (capture: outbox)';
 
+-- This installation of the extension: a random id made by CREATE EXTENSION
+-- (DROP and CREATE make another), the ops WAL it writes (set by the worker
+-- when it starts one in <bitdex_sync.wal_directory>/<database OID>; a WAL
+-- found there with no id recorded is an earlier installation's and is moved
+-- aside) and how far the outbox is acknowledged (rows deleted once durable).
+-- At each start the worker checks that the WAL is there and covers what the
+-- slot and the outbox acknowledged, and refuses to go on otherwise. Not
+-- dumped: a restored database is a new installation.
+CREATE TABLE bitdex_sync.instance (
+  one          boolean PRIMARY KEY DEFAULT true CHECK (one),
+  id           bigint NOT NULL,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  wal_id       bigint,
+  outbox_acked bigint NOT NULL DEFAULT 0
+);
+INSERT INTO bitdex_sync.instance (id)
+  VALUES (('x' || substr(replace(pg_catalog.gen_random_uuid()::text, '-', ''), 1, 16))::bit(64)::bigint);
+
 -- The sources apply_config installed, with the trigger each one owns. The
 -- capture trigger reads its definition here, by its OID (spec: what to
 -- capture; compiled: the analysed expression and query trees, resolved once
@@ -110,7 +128,14 @@ CREATE FUNCTION bitdex_sync.guard_ddl() RETURNS event_trigger
 CREATE EVENT TRIGGER bitdex_sync_guard ON ddl_command_end EXECUTE FUNCTION bitdex_sync.guard_ddl();
 -- Also under session_replication_role = replica.
 ALTER EVENT TRIGGER bitdex_sync_guard ENABLE ALWAYS;
-REVOKE ALL ON FUNCTION bitdex_sync.broken_capture(), bitdex_sync.guard_ddl() FROM PUBLIC;
+-- DROP EXTENSION bitdex_sync with rows waiting in the outbox is refused.
+CREATE FUNCTION bitdex_sync.guard_drop() RETURNS event_trigger
+  AS 'MODULE_PATHNAME', 'bitdex_sync_guard_drop'
+  LANGUAGE C;
+CREATE EVENT TRIGGER bitdex_sync_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+  EXECUTE FUNCTION bitdex_sync.guard_drop();
+ALTER EVENT TRIGGER bitdex_sync_guard_drop ENABLE ALWAYS;
+REVOKE ALL ON FUNCTION bitdex_sync.broken_capture(), bitdex_sync.guard_ddl(), bitdex_sync.guard_drop() FROM PUBLIC;
 
 CREATE FUNCTION bitdex_sync.apply_config(config text, dry_run boolean DEFAULT false)
   RETURNS TABLE (source text, action text, trigger_name text, table_name text)
@@ -304,7 +329,27 @@ CREATE FUNCTION bitdex_sync.start_worker() RETURNS boolean
   AS 'MODULE_PATHNAME', 'bitdex_sync_start_worker'
   LANGUAGE C VOLATILE STRICT;
 
+-- Where this database's ops WAL lives.
+CREATE FUNCTION bitdex_sync.wal_directory() RETURNS text
+  AS 'MODULE_PATHNAME', 'bitdex_sync_wal_directory'
+  LANGUAGE C STABLE STRICT;
+
+-- Recovery when the worker refuses the ops WAL (missing, another WAL's, or
+-- behind what was acknowledged): the worker moves the directory aside and
+-- starts a new ops WAL (a new WAL id) at the positions the slot and the
+-- outbox have reached. What the lost batches held is not in the new WAL:
+-- every consumer must be rebuilt from a full load. Returns the WAL id given up.
+CREATE FUNCTION bitdex_sync.start_new_wal() RETURNS text
+  LANGUAGE sql VOLATILE
+  SET search_path = pg_catalog
+  AS $$
+  WITH old AS (SELECT wal_id FROM bitdex_sync.instance FOR UPDATE)
+  UPDATE bitdex_sync.instance SET wal_id = NULL FROM old
+  RETURNING coalesce(lpad(to_hex(old.wal_id), 16, '0'), 'none')
+  $$;
+
 REVOKE ALL ON FUNCTION bitdex_sync.worker_state(), bitdex_sync.status(), bitdex_sync.metrics(),
-  bitdex_sync.wait_for_sync(interval), bitdex_sync.start_worker() FROM PUBLIC;
+  bitdex_sync.wait_for_sync(interval), bitdex_sync.start_worker(), bitdex_sync.wal_directory(),
+  bitdex_sync.start_new_wal() FROM PUBLIC;
 
 SELECT bitdex_sync.start_worker();

@@ -28,12 +28,12 @@ cleanup() {
 }
 trap cleanup EXIT
 psql=("${PSQL[@]}")
-# The worker's ops WAL for database postgres (bitdex_sync.wal_directory default).
-wal=$dir/data/bitdex_sync/postgres
 index=$dir/index.bdx
 dsn="host=$dir port=$port user=postgres dbname=postgres"
 
 private_pg_create_extension
+# The worker's ops WAL for database postgres (<bitdex_sync.wal_directory>/<database OID>).
+wal=$("${psql[@]}" -Atc "SELECT bitdex_sync.wal_directory()")
 "${psql[@]}" <<'SQL'
 CREATE TYPE media AS ENUM ('image', 'video', 'audio');
 CREATE TABLE model (id serial PRIMARY KEY, poi boolean NOT NULL DEFAULT false);

@@ -3,7 +3,7 @@
 //
 //   bitdex-index apply  --wal DIR --index FILE [--consumer NAME] [--json]
 //   bitdex-index follow --wal DIR --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]
-//   bitdex-index query  --index FILE [--ids] [--limit N] [--json] FILTER
+//   bitdex-index query  --index FILE [--ids] [--limit N] [--json] FILTER | --filter-file FILE
 //   bitdex-index stats  --index FILE [--json]
 //   bitdex-index verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--json]
 //   bitdex-index toggle --index FILE --slot N --field F --value JSON    (test tool)
@@ -48,9 +48,10 @@ const char* kUsage =
     "                 apply every complete batch of the ops WAL, save the index, exit\n"
     "  follow --wal DIR --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]\n"
     "                 keep applying as batches arrive; save every S seconds (default 5) and on SIGTERM/SIGINT\n"
-    "  query  --index FILE [--ids] [--limit N] [--json] FILTER\n"
+    "  query  --index FILE [--ids] [--limit N] [--json] FILTER | --filter-file FILE\n"
     "                 count (and ids of) the alive slots matching FILTER, e.g. 'nsfwLevel in [1, 2] AND NOT "
-    "type eq \"video\"'\n"
+    "type eq \"video\"';\n"
+    "                 --filter-file reads it from FILE ('-': standard input) instead\n"
     "  stats  --index FILE [--json]       slots, fields, values, memory, cursor, counters\n"
     "  verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--json]\n"
     "                 recompute every configured field from the tables and compare; exit 1 on any difference\n"
@@ -210,10 +211,31 @@ int run_follow(const Args& a, bool follow) {
   return 0;
 }
 
+// The filter of `query`: its argument, or the contents of --filter-file
+// (long filters need not fit on a command line).
+std::string query_filter(const Args& a) {
+  if (!a.flag("filter-file")) {
+    if (a.positional.size() != 1) usage("query takes one FILTER (or --filter-file FILE)");
+    return a.positional[0];
+  }
+  if (!a.positional.empty()) usage("query takes FILTER or --filter-file, not both");
+  const std::string path = a.need("filter-file");
+  std::string text;
+  if (path == "-") {
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) text.append(buf, n);
+  } else {
+    text = fileio::read_file(path);
+  }
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  return text;
+}
+
 int run_query(const Args& a) {
-  if (a.positional.size() != 1) usage("query takes one FILTER");
+  const std::string filter = query_filter(a);
   Index ix = Index::load(a.need("index"), nullptr);
-  Roaring r = ix.evaluate(a.positional[0]);
+  Roaring r = ix.evaluate(filter);
   uint64_t limit = number(a, "limit", 100);
   std::vector<uint32_t> ids;
   if (a.flag("ids"))

@@ -113,18 +113,38 @@ struct Totals {
 // Walks the whole WAL; problems go to *problems (empty when sound).
 Totals scan(const std::string& dir, std::vector<std::string>* problems, std::string* tail) {
   Totals t;
+  if (!fileio::exists(dir)) {
+    problems->push_back("\"" + dir + "\" does not exist");
+    return t;
+  }
   std::vector<uint64_t> gens = list_segments(dir);
   t.segments = gens.size();
-  for (uint64_t g : gens) t.bytes += fileio::read_file(segment_path(dir, g)).size();
-  // Each segment header must repeat the marks in force when it was started.
+  if (gens.empty()) problems->push_back("\"" + dir + "\" holds no segment: it is not an ops WAL directory");
+  for (size_t i = 1; i < gens.size(); i++)
+    if (gens[i] != gens[i - 1] + 1)
+      problems->push_back("segments " + std::to_string(gens[i - 1] + 1) + " to " + std::to_string(gens[i] - 1) +
+                          " are missing (between " + std::to_string(gens[i - 1]) + " and " + std::to_string(gens[i]) +
+                          ")");
+  // Every segment header must be sound and of one WAL, and must repeat the
+  // marks in force when its segment was started.
   std::map<uint64_t, SegmentHeader> headers;
   for (uint64_t g : gens) {
     std::string head = fileio::read_file(segment_path(dir, g));
+    t.bytes += head.size();
     SegmentHeader h;
     size_t hlen;
     std::string why;
-    if (decode_segment_header(reinterpret_cast<const uint8_t*>(head.data()), head.size(), &h, &hlen, &why) == Parse::Ok)
-      headers[g] = h;
+    Parse st = decode_segment_header(reinterpret_cast<const uint8_t*>(head.data()), head.size(), &h, &hlen, &why);
+    if (st != Parse::Ok) {
+      problems->push_back("segment " + std::to_string(g) +
+                          " has a bad header: " + (st == Parse::Incomplete ? std::string("truncated") : why));
+      continue;
+    }
+    if (h.generation != g)
+      problems->push_back("segment " + std::to_string(g) + " claims generation " + std::to_string(h.generation));
+    if (!headers.empty() && h.wal_id != headers.begin()->second.wal_id)
+      problems->push_back("segment " + std::to_string(g) + " belongs to another WAL (its WAL id differs)");
+    headers[g] = h;
   }
   WalReader rd(dir, Cursor{});
   WalBatch b;

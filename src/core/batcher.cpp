@@ -20,21 +20,34 @@ bool Batcher::add(EntityRecord r) {
     totals_.skipped++;
     return false;
   }
-  bool seen = false;
-  for (SourcePos& c : covered_)
-    if (c.stream == r.pos.stream) {
-      c = r.pos;
-      seen = true;
-    }
-  if (!seen) covered_.push_back(r.pos);
+  cover(r.pos);
   ops_ += r.ops.size();
   bytes_ += record_bytes(r);
   records_.push_back(std::move(r));
   return true;
 }
 
+void Batcher::cover(const SourcePos& pos) {
+  for (SourcePos& c : covered_)
+    if (c.stream == pos.stream) {
+      if (c < pos) c = pos;
+      return;
+    }
+  covered_.push_back(pos);
+}
+
+bool Batcher::pending() const {
+  if (!records_.empty()) return true;
+  for (const SourcePos& c : covered_)
+    if (writer_.mark(c.stream) < c) return true;
+  return false;
+}
+
 void Batcher::flush() {
-  if (records_.empty()) return;
+  if (!pending()) {
+    covered_.clear();
+    return;
+  }
   DedupStats stats;
   Batch out = dedup(std::move(records_), &stats);
   records_.clear();

@@ -33,6 +33,8 @@
 //   merged nested ops keep the last op per pair (exact for every slot).
 #include "bitdex_sync/core/dedup.hpp"
 
+#include <functional>
+#include <memory>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -59,6 +61,42 @@ struct PairOp {
   Op last;       // the last op on the pair
 };
 
+size_t pair_hash(const Op& op) {
+  return std::hash<std::string>()(op.field) * 1000003u ^ op.value.hash();
+}
+
+// Finds the entry of ops[...] with the same (field, value) as an op: a
+// linear scan while there are few, a hash index once there are many (one
+// slot may take 10^5 values in a batch; a scan per op would be quadratic).
+// get(i) gives the op of entry i.
+class PairIndex {
+ public:
+  static constexpr size_t kScanLimit = 16;
+
+  // `probes` counts the comparisons.
+  template <class Get>
+  int64_t find(const Op& op, size_t n, Get get, size_t& probes) {
+    if (n < kScanLimit) {
+      for (size_t i = 0; i < n; i++, probes++)
+        if (get(i).field == op.field && get(i).value == op.value) return static_cast<int64_t>(i);
+      return -1;
+    }
+    for (; indexed_ < n; indexed_++) by_hash_.emplace(pair_hash(get(indexed_)), static_cast<uint32_t>(indexed_));
+    auto [from, to] = by_hash_.equal_range(pair_hash(op));
+    for (auto it = from; it != to; ++it, probes++)
+      if (get(it->second).field == op.field && get(it->second).value == op.value) return it->second;
+    return -1;
+  }
+  void clear() {
+    by_hash_.clear();
+    indexed_ = 0;
+  }
+
+ private:
+  std::unordered_multimap<size_t, uint32_t> by_hash_;
+  size_t indexed_ = 0;  // entries [0, indexed_) are in by_hash_
+};
+
 struct Entity {
   int64_t id = 0;
   bool deleted = false;  // a delete happened in this segment
@@ -66,6 +104,7 @@ struct Entity {
   SourcePos delete_pos;
   SourcePos last_pos;
   std::vector<PairOp> pairs;  // in order of first touch since the last delete
+  std::unique_ptr<PairIndex> index = std::make_unique<PairIndex>();
 };
 
 struct QueryItem {
@@ -84,22 +123,25 @@ struct Item {
 };
 
 // Collapses ops on one slot to the last op per (field, value); exact.
-std::vector<Op> last_per_pair(std::vector<Op> ops) {
+std::vector<Op> last_per_pair(std::vector<Op> ops, size_t& probes) {
   std::vector<Op> out;
   out.reserve(ops.size());
+  PairIndex index;
   for (Op& op : ops) {
-    bool found = false;
-    for (Op& o : out) {
-      if (o.field == op.field && o.value == op.value) {
-        o = std::move(op);
-        found = true;
-        break;
-      }
-    }
-    if (!found) out.push_back(std::move(op));
+    int64_t at = index.find(
+        op, out.size(), [&](size_t i) -> const Op& { return out[i]; }, probes);
+    if (at >= 0)
+      out[static_cast<size_t>(at)] = std::move(op);
+    else
+      out.push_back(std::move(op));
   }
   return out;
 }
+
+// How many queryOpSets back a repeated query may merge: each merge checks
+// those in between, so without a bound an adversarial batch would cost the
+// square of its size. Not merging is always exact.
+constexpr size_t kMaxMergeDistance = 64;
 
 class Deduper {
  public:
@@ -120,6 +162,7 @@ class Deduper {
     flush();
     return std::move(out_);
   }
+  size_t probes() const { return probes_; }
 
  private:
   void event(int64_t id, Op& op, const SourcePos& pos) {
@@ -142,15 +185,16 @@ class Deduper {
         e.alive = false;
         e.delete_pos = pos;
         e.pairs.clear();
+        e.index->clear();
         return;
       case OpKind::Alive: e.alive = true; return;
       default: break;
     }
-    for (PairOp& p : e.pairs) {
-      if (p.last.field == op.field && p.last.value == op.value) {
-        p.last = std::move(op);
-        return;
-      }
+    int64_t at = e.index->find(
+        op, e.pairs.size(), [&](size_t i) -> const Op& { return e.pairs[i].last; }, probes_);
+    if (at >= 0) {
+      e.pairs[static_cast<size_t>(at)].last = std::move(op);
+      return;
     }
     e.pairs.push_back(PairOp{op.kind, std::move(op)});
   }
@@ -201,23 +245,28 @@ class Deduper {
   // Merges `q` into the latest queryOpSet of the same query when exact.
   bool try_merge(QueryItem& q) {
     if (q.opaque) return false;
-    for (size_t i = queries_.size(); i-- > 0;) {
-      QueryItem& prev = queries_[i];
-      if (!prev.op.has_query || prev.op.query != q.op.query) continue;
-      if (intersects(prev.writes, q.reads)) return false;
-      for (size_t k = i + 1; k < queries_.size(); k++) {
-        const QueryItem& mid = queries_[k];
-        if (mid.opaque || intersects(mid.writes, q.reads) || intersects(q.writes, mid.reads) ||
-            intersects(q.writes, mid.writes))
-          return false;
-      }
-      for (Op& n : q.op.ops) prev.op.ops.push_back(std::move(n));
-      prev.writes.insert(q.writes.begin(), q.writes.end());
-      prev.pos = q.pos;
-      q_writes_.insert(q.writes.begin(), q.writes.end());
-      return true;
+    auto last = last_of_query_.find(q.op.query);
+    if (last == last_of_query_.end()) {
+      last_of_query_.emplace(q.op.query, queries_.size());
+      return false;
     }
-    return false;
+    const size_t latest = last->second;
+    last->second = queries_.size();  // unless merged (below), q is the latest from now on
+    if (queries_.size() - latest > kMaxMergeDistance) return false;
+    QueryItem& prev = queries_[latest];
+    if (intersects(prev.writes, q.reads)) return false;
+    for (size_t k = latest + 1; k < queries_.size(); k++, probes_++) {
+      const QueryItem& mid = queries_[k];
+      if (mid.opaque || intersects(mid.writes, q.reads) || intersects(q.writes, mid.reads) ||
+          intersects(q.writes, mid.writes))
+        return false;
+    }
+    for (Op& n : q.op.ops) prev.op.ops.push_back(std::move(n));
+    prev.writes.insert(q.writes.begin(), q.writes.end());
+    prev.pos = q.pos;
+    q_writes_.insert(q.writes.begin(), q.writes.end());
+    last->second = latest;
+    return true;
   }
 
   Entity& entity(int64_t id) {
@@ -254,7 +303,7 @@ class Deduper {
   }
 
   void emit_query(QueryItem& q) {
-    q.op.ops = last_per_pair(std::move(q.op.ops));
+    q.op.ops = last_per_pair(std::move(q.op.ops), probes_);
     EntityRecord r;
     r.entity_id = q.entity_id;
     r.pos = q.pos;
@@ -273,6 +322,7 @@ class Deduper {
     entities_.clear();
     index_.clear();
     queries_.clear();
+    last_of_query_.clear();
     q_reads_.clear();
     q_writes_.clear();
     q_opaque_ = q_reads_alive_ = false;
@@ -281,10 +331,12 @@ class Deduper {
   }
 
   Batch out_;
+  size_t probes_ = 0;
   std::vector<Item> items_;
   std::vector<Entity> entities_;
   std::unordered_map<int64_t, uint32_t> index_;
   std::vector<QueryItem> queries_;
+  std::unordered_map<std::string, size_t> last_of_query_;  // query text -> its latest queryOpSet in queries_
   // Union of what the segment's queryOpSets read and write.
   FieldSet q_reads_, q_writes_;
   bool q_opaque_ = false, q_reads_alive_ = false;
@@ -296,10 +348,11 @@ class Deduper {
 
 }  // namespace
 
-Batch dedup(Batch batch, DedupStats* stats) {
+Batch dedup(Batch batch, DedupStats* stats, CancelCheck cancelled) {
   Deduper d(batch.size());
-  size_t ops_in = 0;
+  size_t ops_in = 0, n = 0;
   for (EntityRecord& r : batch) {
+    if (cancelled && ++n % 1024 == 0 && cancelled()) throw Error(ErrorKind::Cancelled, "dedup was cancelled");
     ops_in += r.ops.size();
     d.record(r);
   }
@@ -309,6 +362,7 @@ Batch dedup(Batch batch, DedupStats* stats) {
     stats->ops_in = ops_in;
     stats->records_out = out.size();
     stats->ops_out = count_ops(out);
+    stats->probes = d.probes();
   }
   return out;
 }

@@ -9,6 +9,8 @@ namespace {
 
 class QueryParser {
  public:
+  static constexpr int kMaxDepth = 200;
+
   // `filter`: the index's filter syntax (parentheses, OR, NOT) rather than
   // queryOpSet's AND-only queries.
   QueryParser(std::string_view s, bool filter) : s_(s), filter_(filter) {}
@@ -54,9 +56,13 @@ class QueryParser {
     return out.children.size() == 1 ? std::move(out.children[0]) : out;
   }
 
+  // Parentheses and NOTs nest by recursion (here, and in evaluating and
+  // freeing the tree): bounded, so a hostile filter is an error, not a
+  // stack overflow.
   Filter unary() {
     skip_ws();
     if (eat('(')) {
+      Nest nest(*this);
       Filter f = any_of();
       skip_ws();
       if (!eat(')')) fail("expected ')'");
@@ -64,6 +70,7 @@ class QueryParser {
     }
     size_t mark = pos_;
     if (word() == "NOT") {
+      Nest nest(*this);
       Filter f{Filter::Kind::Not, {}, {}};
       f.children.push_back(unary());
       return f;
@@ -162,6 +169,15 @@ class QueryParser {
     return OpValue::string(std::move(w));
   }
 
+  struct Nest {
+    QueryParser& p;
+    explicit Nest(QueryParser& parser) : p(parser) {
+      if (++p.depth_ > kMaxDepth) p.fail("the filter nests deeper than " + std::to_string(kMaxDepth) + " levels");
+    }
+    ~Nest() { --p.depth_; }
+  };
+
+  int depth_ = 0;
   std::string_view s_;
   bool filter_;
   size_t pos_ = 0;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "bitdex_sync/core/crc32c.hpp"
@@ -60,6 +61,34 @@ std::vector<uint64_t> list_segments(const std::string& dir) {
     if (uint64_t g = parse_segment_file_name(n)) gens.push_back(g);
   std::sort(gens.begin(), gens.end());
   return gens;
+}
+
+std::optional<SegmentHeader> newest_header(const std::string& dir) {
+  if (!fileio::exists(dir)) return std::nullopt;
+  std::vector<uint64_t> gens = list_segments(dir);
+  if (gens.empty()) return std::nullopt;
+  const std::string path = segment_path(dir, gens.back());
+  fileio::Fd fd = fileio::open_file(path, O_RDONLY);
+  std::string head(kSegmentHeaderFixed + kMarkSize * kMaxMarks + 4, '\0');
+  head.resize(fileio::pread_full(fd.get(), head.data(), head.size(), 0, path));
+  SegmentHeader h;
+  size_t hlen = 0;
+  std::string why;
+  if (decode_segment_header(reinterpret_cast<const uint8_t*>(head.data()), head.size(), &h, &hlen, &why) != Parse::Ok)
+    throw Error(ErrorKind::Corrupt,
+                "ops WAL segment \"" + path + "\" has a bad header" + (why.empty() ? "" : ": " + why));
+  return h;
+}
+
+std::string retire_dir(const std::string& dir, uint64_t wal_id) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(wal_id));
+  std::string base = dir + ".retired-" + hex, to = base;
+  for (int n = 2; fileio::exists(to); n++) to = base + "-" + std::to_string(n);
+  if (::rename(dir.c_str(), to.c_str()) != 0) throw_io_error("rename directory", dir, errno);
+  const size_t slash = dir.find_last_of('/');
+  fileio::fsync_dir(slash == std::string::npos ? "." : (slash == 0 ? "/" : dir.substr(0, slash)));
+  return to;
 }
 
 void validate_consumer_name(const std::string& name) {

@@ -110,25 +110,28 @@ void encode_segment_header(std::string& out, const SegmentHeader& h) {
   put_u64(out, h.generation);
   put_u64(out, h.next_batch_seq);
   put_u32(out, static_cast<uint32_t>(h.marks.size()));
-  put_u32(out, 0);
+  put_u32(out, h.database);
+  put_u64(out, h.instance);
+  put_u64(out, 0);  // reserved
   for (const SourcePos& m : h.marks) put_mark(out, m);
   put_u32(out, crc32c(out.data() + start, out.size() - start));
 }
 
 Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len, std::string* why) {
-  if (avail < kSegmentHeaderFixed) return Parse::Incomplete;
+  if (avail < kSegmentHeaderFixedV1) return Parse::Incomplete;
   if (std::memcmp(p, kSegmentMagic, 8) != 0) {
     *why = "bad magic: not an ops WAL segment";
     return Parse::Corrupt;
   }
   uint32_t version = get_u32(p + 8);
-  if (version != kFormatVersion) {
+  if (version != 1 && version != kFormatVersion) {
     *why = "unsupported format version " + std::to_string(version);
     return Parse::Corrupt;
   }
+  const size_t fixed = version == 1 ? kSegmentHeaderFixedV1 : kSegmentHeaderFixed;
   uint32_t len = get_u32(p + 12);
   uint32_t nmarks = get_u32(p + 40);
-  if (nmarks > kMaxMarks || len != kSegmentHeaderFixed + kMarkSize * nmarks + 4) {
+  if (nmarks > kMaxMarks || len != fixed + kMarkSize * nmarks + 4) {
     *why = "inconsistent header length";
     return Parse::Corrupt;
   }
@@ -140,8 +143,10 @@ Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, si
   h->wal_id = get_u64(p + 16);
   h->generation = get_u64(p + 24);
   h->next_batch_seq = get_u64(p + 32);
+  h->database = version == 1 ? 0 : get_u32(p + 44);
+  h->instance = version == 1 ? 0 : get_u64(p + 48);
   h->marks.clear();
-  for (uint32_t i = 0; i < nmarks; i++) h->marks.push_back(get_mark(p + kSegmentHeaderFixed + kMarkSize * i));
+  for (uint32_t i = 0; i < nmarks; i++) h->marks.push_back(get_mark(p + fixed + kMarkSize * i));
   *header_len = len;
   return Parse::Ok;
 }

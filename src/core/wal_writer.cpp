@@ -57,7 +57,12 @@ std::unique_ptr<WalWriter> WalWriter::open(const WriterOptions& opts, OpenReport
   std::vector<uint64_t> gens = list_segments(opts.dir);
   rep->segments = gens.size();
   if (gens.empty()) {
+    if (!opts.create)
+      throw Error(ErrorKind::NotReady, "no ops WAL in \"" + opts.dir + "\"",
+                  "A WAL was started there before and its segments are gone.");
     w->wal_id_ = random_wal_id();
+    w->database_ = opts.database;
+    w->instance_ = opts.instance;
     w->create_segment(1);
     rep->created = true;
     rep->segments = 1;
@@ -87,6 +92,8 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
     throw Error(ErrorKind::Corrupt,
                 "ops WAL segment \"" + path_ + "\" claims generation " + std::to_string(h.generation));
   wal_id_ = h.wal_id;
+  database_ = h.database;
+  instance_ = h.instance;
   generation_ = generation;
   header_len_ = hlen;
   marks_ = h.marks;
@@ -142,6 +149,8 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
 void WalWriter::create_segment(uint64_t generation) {
   SegmentHeader h;
   h.wal_id = wal_id_;
+  h.database = database_;
+  h.instance = instance_;
   h.generation = generation;
   h.next_batch_seq = next_seq_;
   h.marks = marks_;

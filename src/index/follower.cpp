@@ -14,6 +14,12 @@ namespace bitdex::index {
 Follower::Follower(std::string wal_dir, std::string snapshot, std::string consumer)
     : wal_dir_(std::move(wal_dir)), snapshot_(std::move(snapshot)), consumer_(std::move(consumer)) {
   wal::validate_consumer_name(consumer_);
+  // A mistyped path must not become an empty directory and an empty index
+  // reported as a success.
+  if (!fileio::exists(wal_dir_) || wal::list_segments(wal_dir_).empty())
+    throw Error(ErrorKind::InvalidInput, "\"" + wal_dir_ + "\" is not an ops WAL directory (it holds no segment)", {},
+                "Give the directory of the database's ops WAL: SELECT bitdex_sync.wal_directory(); in that "
+                "database.");
   // Two followers of one snapshot would each apply every batch and then
   // overwrite each other's file; the kernel drops the lock when we die.
   const std::string lock_path = snapshot_ + ".lock";

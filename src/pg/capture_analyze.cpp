@@ -12,6 +12,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
@@ -38,6 +39,23 @@ Oid extension_owner() {
     cached_rel = rel;
   }
   return owner;
+}
+
+uint64 extension_instance() {
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  Oid user;
+  int sec;
+  GetUserIdAndSecContext(&user, &sec);
+  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  if (SPI_execute("SELECT id FROM bitdex_sync.instance", true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+    ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bitdex_sync.instance does not hold one row"),
+                    errhint("Drop and create the extension again.")));
+  bool isnull;
+  const uint64 id =
+      static_cast<uint64>(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)));
+  SetUserIdAndSecContext(user, sec);
+  SPI_finish();
+  return id;
 }
 
 Oid function_owner(Oid func) {

@@ -12,6 +12,8 @@
 
 extern "C" {
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "storage/lmgr.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -19,6 +21,8 @@ extern "C" {
 
 PG_FUNCTION_INFO_V1(bitdex_sync_guard_ddl);
 Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bitdex_sync_guard_drop);
+Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS);
 }
 
 namespace bitdex::pg {
@@ -103,6 +107,63 @@ Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS) {
                     errhint("Change the config first (bitdex_sync.apply_config() without that source, in the same "
                             "transaction if you like). To do it anyway and record the gap, a superuser sets "
                             "bitdex_sync.allow_capture_loss = on.")));
+  }
+  SPI_finish();
+  PG_RETURN_VOID();
+}
+
+// bitdex_sync.guard_drop(): the event trigger at the start of DROP EXTENSION.
+// Rows waiting in the outbox would go with the table: the drop is refused
+// while there are any (bitdex_sync.allow_capture_loss lets it through). The
+// extension is locked first, as the drop itself will: the worker finishes
+// the outbox pass it is in and starts no other, so no deadlock; then the
+// outbox, so that no writer adds a row between the count and the drop.
+// Capture messages need no check: at the drop's commit the worker decodes
+// to the end of the WAL before it drops its slot.
+Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("bitdex_sync.guard_drop() must be called as an event trigger")));
+  auto* event = reinterpret_cast<EventTriggerData*>(fcinfo->context);
+  if (!IsA(event->parsetree, DropStmt) || castNode(DropStmt, event->parsetree)->removeType != OBJECT_EXTENSION)
+    PG_RETURN_VOID();
+  bool ours = false;
+  ListCell* lc;
+  foreach (lc, castNode(DropStmt, event->parsetree)->objects)
+    ours = ours || strcmp(strVal(lfirst(lc)), "bitdex_sync") == 0;
+  const Oid ext = get_extension_oid("bitdex_sync", true);
+  if (!ours || !OidIsValid(ext)) PG_RETURN_VOID();
+  extension_change_at_commit();
+  LockDatabaseObject(ExtensionRelationId, ext, 0, AccessExclusiveLock);
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  Oid user;
+  int sec;
+  GetUserIdAndSecContext(&user, &sec);
+  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  if (SPI_execute("LOCK TABLE bitdex_sync.ops IN SHARE MODE", false, 0) != SPI_OK_UTILITY ||
+      SPI_execute("SELECT count(*), min(id), max(id) FROM bitdex_sync.ops", false, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not read the outbox");
+  SetUserIdAndSecContext(user, sec);
+  bool isnull;
+  const int64 rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+  if (rows > 0) {
+    const char* first = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+    const char* last = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+    if (!g_allow_capture_loss)
+      ereport(ERROR,
+              (errcode(ERRCODE_OBJECT_IN_USE),
+               errmsg("cannot drop extension bitdex_sync: " INT64_FORMAT " captured rows (ids %s to %s) wait in the "
+                      "outbox bitdex_sync.ops and are not in the ops WAL yet",
+                      rows, first, last),
+               errdetail("Dropping the extension drops the outbox with them: those changes would never reach the "
+                         "index."),
+               errhint("Remove the outbox sources from the config (no new rows), SELECT bitdex_sync.wait_for_sync(); "
+                       "then drop again; see status() if rows do not drain. To drop them anyway, a superuser sets "
+                       "bitdex_sync.allow_capture_loss = on.")));
+    ereport(WARNING, (errmsg("bitdex_sync: dropping " INT64_FORMAT " captured rows (ids %s to %s) of the outbox that "
+                             "are not in the ops WAL",
+                             rows, first, last)));
   }
   SPI_finish();
   PG_RETURN_VOID();

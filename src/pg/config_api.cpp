@@ -430,8 +430,10 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   if (dry_run) return actions;
   bool message_sink = false;
   for (const Planned& p : planned) message_sink = message_sink || p.src->sink == config::Sink::Message;
-  if (message_sink && pg_guard([] { return bitdex::pg::worker_slot_missing(); }))
-    throw Error(ErrorKind::NotReady, "the bitdex_sync worker of this database has not created its replication slot yet",
+  if (message_sink && pg_guard([] { return bitdex::pg::worker_not_ready(extension_instance()); }))
+    throw Error(ErrorKind::NotReady,
+                "the bitdex_sync worker of this database has not created its replication slot for this installation "
+                "of the extension yet",
                 "Changes captured as messages before the slot exists would never reach the ops WAL.",
                 "Commit CREATE EXTENSION, run SELECT bitdex_sync.wait_for_sync(); (it returns once the worker is "
                 "decoding), then apply the config.");

@@ -273,6 +273,19 @@ void create_slot_if_missing() {
   ereport(LOG, (errmsg("bitdex_sync: created logical replication slot \"%s\"", g_worker->slot_name.c_str())));
 }
 
+// The slot's confirmed position, read without acquiring it (0: no slot).
+XLogRecPtr slot_confirmed() {
+  XLogRecPtr confirmed = InvalidXLogRecPtr;
+  LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+  if (ReplicationSlot* s = SearchNamedReplicationSlot(g_worker->slot_name.c_str(), false)) {
+    SpinLockAcquire(&s->mutex);
+    confirmed = s->data.confirmed_flush;
+    SpinLockRelease(&s->mutex);
+  }
+  LWLockRelease(ReplicationSlotControlLock);
+  return confirmed;
+}
+
 // Acquires the slot and keeps one decoding context for the worker's life,
 // reading on from where the previous cycle stopped.
 void start_decoding() {
@@ -356,10 +369,15 @@ void set_up_origin() {
 void decode_available() {
   LogicalDecodingContext* ctx = g_worker->ctx;
   XLogRecPtr end_of_wal = GetFlushRecPtr(nullptr);
-  // Woken by a commit not flushed yet (synchronous_commit = off): nothing to do.
-  if (ctx->reader->EndRecPtr >= end_of_wal) return;
+  // Woken by a commit not flushed yet (synchronous_commit = off): nothing to
+  // do, unless what was decoded is still to be confirmed (see below).
+  if (ctx->reader->EndRecPtr >= end_of_wal &&
+      !(ctx->reader->EndRecPtr > g_worker->confirmed &&
+        TimestampDifferenceExceeds(g_worker->marked_at, GetCurrentTimestamp(), g_naptime_ms)))
+    return;
   use_caches_for_decoding(true);
   g_worker->wal_unflushed = false;
+  const uint64 batches_before = g_worker->batcher->totals().batches;
   while (ctx->reader->EndRecPtr < end_of_wal) {
     char* errm = nullptr;
     XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
@@ -375,6 +393,26 @@ void decode_available() {
     if (g_worker->slot_stop_requested) break;
     CHECK_FOR_INTERRUPTS();
   }
+  // The slot is confirmed only as far as the ops WAL covers it: its slot
+  // mark is raised to where decoding stopped, in the last batch (or, when
+  // there were no records, in a batch of its own at most every naptime), so
+  // that at open a WAL behind the slot's confirmed position is known to have
+  // lost acknowledged batches. Every transaction committing before `done`
+  // was read whole; one committing later starts at or after it.
+  const XLogRecPtr done = ctx->reader->EndRecPtr;
+  const TimestampTz now = GetCurrentTimestamp();
+  const bool records = !g_worker->batcher->empty() || g_worker->batcher->totals().batches != batches_before;
+  const bool confirm = !g_worker->slot_stop_requested && done > g_worker->confirmed &&
+                       (records || TimestampDifferenceExceeds(g_worker->marked_at, now, g_naptime_ms));
+  if (confirm) {
+    run_cpp(
+        [&] {
+          g_worker->batcher->cover(SourcePos{Stream::Slot, done - 1, UINT32_MAX});
+          return true;
+        },
+        g_worker->error, sizeof g_worker->error);
+    if (!records) g_worker->marked_at = now;
+  }
   flush_batch();
   if (!g_worker->quarantine.empty()) in_transaction(write_quarantine);
   if (g_worker->slot_stop_requested) {
@@ -386,8 +424,7 @@ void decode_available() {
     publish_stops();
     return;
   }
-  XLogRecPtr done = ctx->reader->EndRecPtr;
-  if (done > g_worker->confirmed) {
+  if (confirm) {
     LogicalConfirmReceivedLocation(done);
     g_worker->confirmed = done;
   }

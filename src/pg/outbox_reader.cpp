@@ -142,6 +142,9 @@ void outbox_consume() {
     CHECK_FOR_INTERRUPTS();
   }
   SPI_cursor_close(cursor);
+  // Up to the horizon every id is written, quarantined or was never
+  // committed; when ended early, up to the last row taken.
+  const int64 done = horizon_reached ? horizon : after;
   flush_batch();
   // The delete need not wait for its commit record to be flushed: if a crash
   // loses it, the rows come back and are deleted as written (they lie at or
@@ -149,10 +152,16 @@ void outbox_consume() {
   if (g_worker->quarantine.empty() && SPI_execute("SET LOCAL synchronous_commit = off", false, 0) != SPI_OK_UTILITY)
     elog(ERROR, "bitdex_sync: could not set synchronous_commit");
   write_quarantine();
-  // Up to the horizon every id is written, quarantined or was never
-  // committed; when ended early, up to the last row taken.
-  const int64 done = horizon_reached ? horizon : after;
   outbox_delete_through(done);
+  // What the ops WAL holds of the outbox, recorded with the delete: at open,
+  // a WAL whose outbox mark is below it lost acknowledged batches. (Rows
+  // deleted beyond it were never in the WAL: aborted ids, quarantined rows;
+  // the mark does not pass a quarantined row before its quarantine commits.)
+  Datum acked = Int64GetDatum(static_cast<int64>(g_worker->writer->mark(Stream::Outbox).major));
+  Oid type = INT8OID;
+  if (SPI_execute_with_args("UPDATE bitdex_sync.instance SET outbox_acked = $1 WHERE outbox_acked < $1", 1, &type,
+                            &acked, nullptr, false, 0) != SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not record the outbox's acknowledged id");
   g_worker->outbox_done = done;
   g_worker->outbox_pending = !horizon_reached;
   publish_stops();

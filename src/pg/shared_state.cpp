@@ -44,10 +44,11 @@ namespace {
 SharedState* g_shared = nullptr;
 shmem_request_hook_type g_prev_request = nullptr;
 shmem_startup_hook_type g_prev_startup = nullptr;
-bool g_captured = false;         // this transaction captured something
-bool g_captured_outbox = false;  // ... into the outbox
-bool g_start_worker = false;     // this transaction asked for its database's worker
-bool g_commit_prepared = false;  // this transaction runs COMMIT PREPARED
+bool g_captured = false;          // this transaction captured something
+bool g_captured_outbox = false;   // ... into the outbox
+bool g_start_worker = false;      // this transaction asked for its database's worker
+bool g_extension_change = false;  // this transaction creates or drops the extension
+bool g_commit_prepared = false;   // this transaction runs COMMIT PREPARED
 ProcessUtility_hook_type g_prev_utility = nullptr;
 
 void request_shared_memory() {
@@ -295,6 +296,10 @@ void start_worker_at_commit() {
   g_start_worker = true;
 }
 
+void extension_change_at_commit() {
+  g_extension_change = true;
+}
+
 // Called from _PG_init in the postmaster. Automatic mode: the launcher, which
 // starts the per-database workers itself. Otherwise one static worker per
 // named database, restarted a second after it exits with an error.
@@ -330,8 +335,13 @@ void register_workers() {
   }
 }
 
-bool worker_slot_missing() {
-  if (!worker_for_database(MyDatabaseId)) return automatic_mode();
+bool worker_not_ready(uint64 instance) {
+  WorkerShared* w = worker_for_database(MyDatabaseId);
+  if (!w) return automatic_mode();
+  SpinLockAcquire(&w->mutex);
+  const bool current = w->instance == instance;
+  SpinLockRelease(&w->mutex);
+  if (!current) return true;
   char name[NAMEDATALEN];
   snprintf(name, sizeof name, "bitdex_sync_%u", MyDatabaseId);
   LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
@@ -375,8 +385,18 @@ void at_transaction_end(XactEvent event, void*) {
   const bool commit = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
   bool wake = (g_captured || g_commit_prepared) && commit;
   bool start = g_start_worker && commit;
+  const bool changed = g_extension_change && commit;
   bool outbox = g_captured_outbox || g_commit_prepared;
-  g_captured = g_captured_outbox = g_start_worker = g_commit_prepared = false;
+  g_captured = g_captured_outbox = g_start_worker = g_commit_prepared = g_extension_change = false;
+  if (changed) {
+    if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
+      SpinLockAcquire(&w->mutex);
+      w->look_now = true;
+      Latch* latch = w->latch;
+      SpinLockRelease(&w->mutex);
+      if (latch) SetLatch(latch);
+    }
+  }
   if (start && g_shared) {
     // The launcher starts the worker, which finds the extension committed.
     LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);

@@ -3,6 +3,7 @@
 // bitdex_sync.wait_for_sync(timeout).
 #include <initializer_list>
 
+#include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
@@ -10,6 +11,8 @@ extern "C" {
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "storage/fd.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "replication/message.h"
@@ -24,6 +27,8 @@ PG_FUNCTION_INFO_V1(bitdex_sync_wait_for_sync);
 Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
 PG_FUNCTION_INFO_V1(bitdex_sync_start_worker);
 Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bitdex_sync_wal_directory);
+Datum bitdex_sync_wal_directory(PG_FUNCTION_ARGS);
 }
 
 namespace {
@@ -99,10 +104,17 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
                             "setting so that every database with the extension gets a worker.")));
   // The outbox: every row visible now (ids of rows committed later by
   // transactions running now are written after them, never before).
+  // Read as the extension's owner: EXECUTE on this function is all a caller needs.
   int64 target_id = 0;
+  const uint64 instance = extension_instance();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  Oid user;
+  int sec;
+  GetUserIdAndSecContext(&user, &sec);
+  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
   if (SPI_execute("SELECT max(id) FROM bitdex_sync.ops", true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read the outbox");
+  SetUserIdAndSecContext(user, sec);
   bool no_rows;
   Datum max_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_rows);
   if (!no_rows) target_id = DatumGetInt64(max_id);
@@ -119,8 +131,10 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
     XLogRecPtr durable = 0;
     int64 outbox_done = 0;
     Latch* latch = nullptr;
+    bool current = false;  // the worker writes this installation's ops WAL
     if (w) {
       SpinLockAcquire(&w->mutex);
+      current = w->instance == instance;
       durable = w->durable_lsn;
       outbox_done = w->outbox_done;
       latch = w->latch;
@@ -129,7 +143,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
       if (outbox_done < target_id) w->outbox_rows = true;
       SpinLockRelease(&w->mutex);
     }
-    if (w && durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);
+    if (w && current && durable >= target && outbox_done >= target_id) PG_RETURN_BOOL(true);
     if (latch) SetLatch(latch);
     long elapsed_ms = static_cast<long>((GetCurrentTimestamp() - start) / 1000);
     if (elapsed_ms >= limit_ms && !w)
@@ -160,7 +174,38 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
 // server.
 Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS) {
   using namespace bitdex::pg;
+  extension_change_at_commit();
+  // An ops WAL already in this database's directory belongs to an earlier
+  // installation (this one has none yet): the worker moves it aside.
+  if (creating_extension) {
+    char* dir = TextDatumGetCString(DirectFunctionCall1(bitdex_sync_wal_directory, (Datum)0));
+    bool segments = false;
+    if (DIR* d = AllocateDir(dir)) {
+      struct dirent* de;
+      while (!segments && (de = ReadDirExtended(d, dir, LOG)) != nullptr) {
+        const size_t n = strlen(de->d_name);
+        segments = n > 4 && strcmp(de->d_name + n - 4, ".seg") == 0;
+      }
+      FreeDir(d);
+    }
+    // A WARNING: an extension script shows nothing less to the client.
+    if (segments)
+      ereport(WARNING, (errmsg("an ops WAL of an earlier installation of bitdex_sync is in \"%s\"", dir),
+                        errdetail("The worker moves it to \"%s.retired-<its WAL id>\" and starts a new ops WAL; "
+                                  "consumers of the old one must be rebuilt.",
+                                  dir)));
+  }
   if (!automatic_mode()) PG_RETURN_BOOL(false);
   start_worker_at_commit();
   PG_RETURN_BOOL(true);
+}
+
+// bitdex_sync.wal_directory() -> text: where this database's ops WAL lives,
+// <bitdex_sync.wal_directory>/<database OID>, as an absolute path.
+Datum bitdex_sync_wal_directory(PG_FUNCTION_ARGS) {
+  using namespace bitdex::pg;
+  const char* root = g_wal_directory ? g_wal_directory : "bitdex_sync";
+  char* path =
+      root[0] == '/' ? psprintf("%s/%u", root, MyDatabaseId) : psprintf("%s/%s/%u", DataDir, root, MyDatabaseId);
+  PG_RETURN_TEXT_P(cstring_to_text(path));
 }

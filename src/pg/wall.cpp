@@ -20,6 +20,7 @@ int sqlstate_for(ErrorKind kind) {
     case ErrorKind::NotSupported: return ERRCODE_FEATURE_NOT_SUPPORTED;
     case ErrorKind::NotReady: return ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
     case ErrorKind::InsufficientPrivilege: return ERRCODE_INSUFFICIENT_PRIVILEGE;
+    case ErrorKind::Cancelled: return ERRCODE_QUERY_CANCELED;
   }
   return ERRCODE_INTERNAL_ERROR;
 }

@@ -93,13 +93,90 @@ void set_state(WorkerState s) {
   SpinLockRelease(&w->mutex);
 }
 
-// Opens the ops WAL (truncating a torn tail) and the batcher over it.
+namespace {
+
+// bitdex_sync.instance into g_worker (in_transaction).
+void read_instance() {
+  if (SPI_execute("SELECT id, coalesce(wal_id, 0), outbox_acked FROM bitdex_sync.instance", true, 0) != SPI_OK_SELECT ||
+      SPI_processed != 1)
+    ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bitdex_sync.instance does not hold one row"),
+                    errhint("Drop and create the extension again.")));
+  bool isnull;
+  auto col = [&](int c) {
+    return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c, &isnull));
+  };
+  g_worker->instance_id = static_cast<uint64>(col(1));
+  g_worker->recorded_wal_id = static_cast<uint64>(col(2));
+  g_worker->outbox_acked = col(3);
+}
+
+// The WAL id of the ops WAL just started, into bitdex_sync.instance (in_transaction).
+void record_wal_id() {
+  Datum id = Int64GetDatum(static_cast<int64>(g_worker->writer->wal_id()));
+  Oid type = INT8OID;
+  if (SPI_execute_with_args("UPDATE bitdex_sync.instance SET wal_id = $1", 1, &type, &id, nullptr, false, 0) !=
+      SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not record the ops WAL's id");
+  g_worker->recorded_wal_id = g_worker->writer->wal_id();
+}
+
+// Refuses to go on with an ops WAL that lost what a source acknowledged.
+[[noreturn]] void wal_behind(const char* source, const char* wal_pos, const char* acked_pos) {
+  const std::string dir = g_worker->wal_dir;
+  close_writer();
+  ereport(ERROR,
+          (errcode(ERRCODE_DATA_CORRUPTED),
+           errmsg("bitdex_sync: the ops WAL in \"%s\" ends before what the %s acknowledged", dir.c_str(), source),
+           errdetail("The ops WAL covers the %s up to %s; the %s was acknowledged up to %s. Acknowledged batches "
+                     "are missing: the directory was truncated, damaged or restored from an older copy.",
+                     source, wal_pos, source, acked_pos),
+           errhint("Nothing is written until this is resolved. Restore the directory, or start a new ops WAL "
+                   "with SELECT bitdex_sync.start_new_wal(); and rebuild every consumer from a full load.")));
+}
+
+}  // namespace
+
+// Opens this installation's ops WAL (truncating a torn tail) and the batcher
+// over it. Which WAL is this installation's is recorded in
+// bitdex_sync.instance: with none recorded yet, a WAL found in the directory
+// belongs to an earlier installation (DROP and CREATE EXTENSION, a database
+// dropped and made again under its OID) and is moved aside, and a new one
+// starts at what the sources acknowledged so far; with one recorded, the
+// directory must hold it and it must cover what the slot and the outbox
+// acknowledged, or the worker refuses to go on (never starting afresh over a
+// lost WAL, never appending to another's).
 void open_writer() {
   if (g_worker->writer) return;
+  in_transaction(read_instance);
+  if (g_worker->extension_gone) return;
+  const bool fresh = g_worker->recorded_wal_id == 0;
+  const XLogRecPtr confirmed = slot_confirmed();
+  std::string retired;
+  bool missing = false;
   bool ok = run_cpp(
-      [] {
-        g_worker->writer = wal::WalWriter::open({g_worker->wal_dir, uint64_t(g_wal_segment_size_kb) * 1024});
+      [&] {
+        if (auto h = wal::newest_header(g_worker->wal_dir)) {
+          if (fresh) retired = wal::retire_dir(g_worker->wal_dir, h->wal_id);
+        } else {
+          missing = !fresh;
+          if (missing) return true;
+        }
+        wal::WriterOptions o;
+        o.dir = g_worker->wal_dir;
+        o.segment_size = uint64_t(g_wal_segment_size_kb) * 1024;
+        o.database = MyDatabaseId;
+        o.instance = g_worker->instance_id;
+        o.create = fresh;
+        g_worker->writer = wal::WalWriter::open(o);
         g_worker->batcher = std::make_unique<pipeline::Batcher>(*g_worker->writer, batch_limits());
+        if (fresh) {
+          // A new WAL starts where the sources stand: nothing before is
+          // decoded or read again, so nothing before it is missing.
+          if (confirmed > 0) g_worker->batcher->cover(SourcePos{Stream::Slot, confirmed - 1, UINT32_MAX});
+          if (g_worker->outbox_acked > 0)
+            g_worker->batcher->cover(SourcePos{Stream::Outbox, static_cast<uint64_t>(g_worker->outbox_acked), 0});
+          g_worker->batcher->flush();
+        }
         g_worker->outbox_done = static_cast<int64>(g_worker->writer->mark(Stream::Outbox).major);
         g_worker->outbox_pending = false;
         g_worker->outbox_leftovers_deleted = false;
@@ -109,9 +186,56 @@ void open_writer() {
   if (!ok)
     ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: cannot open the ops WAL in \"%s\": %s",
                                                       g_worker->wal_dir.c_str(), g_worker->error)));
+  if (missing)
+    ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FILE),
+                    errmsg("bitdex_sync: the ops WAL of this database (WAL id %016llx) is missing from \"%s\"",
+                           static_cast<unsigned long long>(g_worker->recorded_wal_id), g_worker->wal_dir.c_str()),
+                    errdetail("It held batches the slot and the outbox acknowledged; a new WAL would not have them."),
+                    errhint("Restore the directory, or start a new ops WAL with SELECT bitdex_sync.start_new_wal(); "
+                            "and rebuild every consumer from a full load.")));
+  if (!retired.empty())
+    ereport(LOG, (errmsg("bitdex_sync: moved the ops WAL of an earlier installation of the extension in database "
+                         "\"%s\" to \"%s\"",
+                         g_worker->shared->dbname, retired.c_str())));
+  if (fresh) {
+    in_transaction(record_wal_id);
+    ereport(LOG, (errmsg("bitdex_sync: started ops WAL %016llx in \"%s\"",
+                         static_cast<unsigned long long>(g_worker->writer->wal_id()), g_worker->wal_dir.c_str())));
+  } else if (g_worker->writer->wal_id() != g_worker->recorded_wal_id) {
+    const unsigned long long found = g_worker->writer->wal_id();
+    close_writer();
+    ereport(ERROR,
+            (errcode(ERRCODE_DATA_CORRUPTED),
+             errmsg("bitdex_sync: \"%s\" holds ops WAL %016llx, but this database writes ops WAL %016llx",
+                    g_worker->wal_dir.c_str(), found, static_cast<unsigned long long>(g_worker->recorded_wal_id)),
+             errhint("Put the right directory back, or start a new ops WAL with SELECT "
+                     "bitdex_sync.start_new_wal(); and rebuild every consumer from a full load.")));
+  } else {
+    const SourcePos outbox = g_worker->writer->mark(Stream::Outbox), slot = g_worker->writer->mark(Stream::Slot);
+    char wal_pos[64], acked_pos[64];
+    if (static_cast<int64>(outbox.major) < g_worker->outbox_acked) {
+      snprintf(wal_pos, sizeof wal_pos, "id %llu", static_cast<unsigned long long>(outbox.major));
+      snprintf(acked_pos, sizeof acked_pos, "id " INT64_FORMAT " (rows deleted)", g_worker->outbox_acked);
+      wal_behind("outbox", wal_pos, acked_pos);
+    }
+    if (confirmed > slot.major + 1) {
+      snprintf(wal_pos, sizeof wal_pos, "%X/%X", BDX_LSN_ARGS(slot.major + 1));
+      snprintf(acked_pos, sizeof acked_pos, "%X/%X (confirmed_flush of slot %s)", BDX_LSN_ARGS(confirmed),
+               g_worker->slot_name.c_str());
+      wal_behind("slot", wal_pos, acked_pos);
+    }
+  }
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->instance = g_worker->instance_id;
+  SpinLockRelease(&w->mutex);
 }
 
 void close_writer() {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->instance = 0;
+  SpinLockRelease(&w->mutex);
   run_cpp(
       [] {
         g_worker->batcher.reset();
@@ -123,7 +247,8 @@ void close_writer() {
 
 // Writes the open batch durably (dedup, append, fdatasync).
 void flush_batch() {
-  if (!g_worker->batcher || g_worker->batcher->empty()) return;
+  if (!g_worker->batcher || !g_worker->batcher->pending()) return;
+  const bool records = !g_worker->batcher->empty();
   pgstat_report_wait_start(PG_WAIT_EXTENSION);
   bool ok = run_cpp(
       [] {
@@ -144,8 +269,9 @@ void flush_batch() {
   g_worker->commit_times.clear();
   g_worker->batch_opened = 0;
   // The crash window a test wants to hit: the batch is durable, nothing after
-  // it (slot confirm, quarantine, outbox delete) is.
-  if (g_fault_injection && unlink(kFaultFile) == 0) {
+  // it (slot confirm, quarantine, outbox delete) is. Batches that only raise
+  // a mark (idle cycles) do not count.
+  if (g_fault_injection && records && unlink(kFaultFile) == 0) {
     ereport(LOG, (errmsg("bitdex_sync: fault injection: killing the worker after a durable batch")));
     raise(SIGKILL);
   }
@@ -162,11 +288,21 @@ void use_caches_for_decoding(bool decoding) {
   g_worker->caches_for_decoding = decoding;
 }
 
+// True when the installation of the extension the worker serves is there:
+// the first one it sees is adopted; one made since (DROP and CREATE
+// EXTENSION within a naptime) is another installation, so the worker's is
+// gone (the worker then lets go of its slot and WAL and adopts the new one).
+bool installation_current(Oid ext) {
+  if (!OidIsValid(ext)) return false;
+  if (!OidIsValid(g_worker->extension_oid)) g_worker->extension_oid = ext;
+  return ext == g_worker->extension_oid;
+}
+
 bool extension_installed() {
   use_caches_for_decoding(false);
   SetCurrentStatementStartTimestamp();
   StartTransactionCommand();
-  bool installed = OidIsValid(get_extension_oid("bitdex_sync", true));
+  bool installed = installation_current(get_extension_oid("bitdex_sync", true));
   CommitTransactionCommand();
   return installed;
 }
@@ -233,7 +369,7 @@ void in_transaction(void (*fn)()) {
   const Oid ext = get_extension_oid("bitdex_sync", true);
   if (OidIsValid(ext)) LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
   // A drop that committed while we waited for the lock: look again.
-  const bool present = OidIsValid(ext) && get_extension_oid("bitdex_sync", true) == ext;
+  const bool present = installation_current(ext) && get_extension_oid("bitdex_sync", true) == ext;
   g_worker->extension_gone = !present;
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
   PushActiveSnapshot(GetTransactionSnapshot());
@@ -245,8 +381,22 @@ void in_transaction(void (*fn)()) {
 
 namespace {
 
-void find_capture_gaps() {
+// Every naptime: capture triggers dropped or disabled where the guard did
+// not run (or was overridden) are recorded as gaps, once; and which ops WAL
+// this installation writes is read again.
+void check_catalog() {
   record_capture_gaps("worker", true);
+  read_instance();
+}
+
+// True when CREATE or DROP EXTENSION committed since the last look.
+bool take_look_now() {
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  const bool look = w->look_now;
+  w->look_now = false;
+  SpinLockRelease(&w->mutex);
+  return look;
 }
 
 // bitdex_sync.runs: this run's row, after marking rows of runs that ended
@@ -313,18 +463,21 @@ bool run() {
       looked = 0;
     }
     const TimestampTz now = GetCurrentTimestamp();
-    const bool look = g_worker->extension_gone || TimestampDifferenceExceeds(looked, now, g_naptime_ms);
+    const bool look =
+        take_look_now() || g_worker->extension_gone || TimestampDifferenceExceeds(looked, now, g_naptime_ms);
     if (look) {
       looked = now;
       g_worker->extension_gone = !extension_installed();
     }
     if (g_worker->extension_gone) {
-      if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) {
-        stop_decoding(true);
-        close_writer();
-      }
+      // What committed before the drop is still written: decoding goes on
+      // to the end of the flushed WAL before the slot goes.
+      if (g_worker->ctx && g_worker->writer) decode_available();
+      if (g_worker->ctx || SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) stop_decoding(true);
+      close_writer();
       drop_origin();
       g_worker->run_id = 0;
+      g_worker->extension_oid = InvalidOid;
       // Started by the launcher: a database without the extension needs no
       // worker (CREATE EXTENSION asks for one again).
       if (g_worker->automatic) return true;
@@ -341,17 +494,25 @@ bool run() {
         pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
         create_slot_if_missing();
         open_writer();
-        set_state(WorkerState::Running);
+        if (g_worker->writer) set_state(WorkerState::Running);
       }
-      if (!g_worker->slot_stopped) {
+      if (g_worker->writer && !g_worker->slot_stopped) {
         start_decoding();
         pgstat_report_activity(STATE_RUNNING, "decoding into the ops WAL");
         decode_available();
       }
-      if (take_outbox_signal() || outbox_waiting || look) outbox_waiting = read_outbox();
-      // Capture triggers dropped or disabled where the guard did not run
-      // (or was overridden without it): recorded as gaps, once.
-      if (look && !g_worker->extension_gone) in_transaction(find_capture_gaps);
+      if (g_worker->writer && (take_outbox_signal() || outbox_waiting || look)) outbox_waiting = read_outbox();
+      if (look && !g_worker->extension_gone) {
+        in_transaction(check_catalog);
+        // bitdex_sync.start_new_wal() recorded that this WAL is done with:
+        // the next cycle moves it aside and starts another.
+        if (g_worker->writer && g_worker->recorded_wal_id != g_worker->writer->wal_id()) {
+          ereport(LOG, (errmsg("bitdex_sync: ops WAL %016llx is no longer this database's; starting a new one",
+                               static_cast<unsigned long long>(g_worker->writer->wal_id()))));
+          stop_decoding(false);
+          close_writer();
+        }
+      }
       pgstat_report_activity(STATE_IDLE, "waiting for commits");
     }
     // Rows waiting for their writers: look again soon (their commit does
@@ -486,8 +647,10 @@ void bitdex_sync_worker_main(Datum arg) {
   g_worker->shared = w;
   g_worker->automatic = automatic;
   g_worker->slot_name = "bitdex_sync_" + std::to_string(MyDatabaseId);
+  // Keyed by OID, not name: ALTER DATABASE RENAME does not move it, and a
+  // new database under a dropped one's name gets a directory of its own.
   std::string root = g_wal_directory;
-  g_worker->wal_dir = root + "/" + dbname;
+  g_worker->wal_dir = root + "/" + std::to_string(MyDatabaseId);
   before_shmem_exit(at_worker_exit, 0);
   CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bitdex_sync worker");
 

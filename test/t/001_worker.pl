@@ -16,7 +16,7 @@ my $kills = $ENV{BITDEX_TAP_KILLS} // 20;
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 
 my $node = bitdex_node('worker', "restart_after_crash = on\n");
-my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+my $wal_dir = wal_dir($node);
 
 sub worker_pid {
   return $node->safe_psql('postgres',
@@ -39,7 +39,7 @@ CREATE TABLE early (id int PRIMARY KEY, v int);
 SELECT bitdex_sync.apply_config('{"sources": [{"table": "early", "track_fields": ["v"]}]}'::jsonb);
 COMMIT;
 });
-like($err, qr/has not created its replication slot yet/, 'apply_config refuses message sources before the slot exists');
+like($err, qr/has not created its replication slot/, 'apply_config refuses message sources before the slot exists');
 create_extension($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE img (id serial PRIMARY KEY, nsfw int NOT NULL);

@@ -19,7 +19,7 @@ use BitdexTap;
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 
 my $node = bitdex_node('poison', "restart_after_crash = on\n");
-my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+my $wal_dir = wal_dir($node);
 
 create_extension($node);
 $node->safe_psql('postgres', q{

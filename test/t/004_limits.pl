@@ -24,7 +24,7 @@ bitdex_sync.batch_max_ops = 100000000
 bitdex_sync.wal_segment_size = '64kB'
 max_wal_size = '4GB'
 } . ($small_fs ? "bitdex_sync.wal_directory = '$small_fs'\n" : ''));
-my $wal_dir = ($small_fs || $node->data_dir . '/bitdex_sync') . '/postgres';
+my $wal_dir = wal_dir($node);
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 create_extension($node);

@@ -56,7 +56,10 @@ is(sql("SELECT ops_captured FROM bitdex_sync.status() WHERE source = 'slot' AND 
   "db2's worker captured db2's changes");
 is(sql("SELECT ops_captured FROM bitdex_sync.status() WHERE source = 'slot' AND database = 'postgres'"), '0',
   "postgres's worker did not");
-ok(-d $node->data_dir . '/bitdex_sync/db2', 'each database has its own ops WAL directory');
+is(sql('SELECT bitdex_sync.wal_directory()', 'db2'),
+  $node->data_dir . '/bitdex_sync/' . sql("SELECT oid FROM pg_database WHERE datname = 'db2'"),
+  "db2's ops WAL directory is named by its OID");
+ok(-d sql('SELECT bitdex_sync.wal_directory()', 'db2'), 'each database has its own ops WAL directory');
 
 # pg_terminate_backend: the launcher starts it again.
 my $pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker' AND datname = 'db2'");

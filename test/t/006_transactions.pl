@@ -17,7 +17,7 @@ use BitdexTap;
 
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
 my $node = bitdex_node('transactions', "max_prepared_transactions = 4\nlogical_decoding_work_mem = '64kB'\n");
-my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+my $wal_dir = wal_dir($node);
 create_extension($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);

@@ -1,7 +1,15 @@
-# Attacks on the worker and the ops WAL (issue 15):
+# Attacks on the worker and the ops WAL, and routine operations that used to
+# lose committed changes silently (issue 15):
 # - forged capture messages: pg_logical_emit_message() is open to every
 #   role; a message the capture trigger did not tag never reaches the ops WAL
-#   and never stops the slot, whatever the poison policy (item 3).
+#   and never stops the slot, whatever the poison policy (item 3);
+# - a capture trigger disabled where the DDL guard did not run is found by
+#   the worker and shown as a gap (item 5);
+# - DROP EXTENSION with rows waiting in the outbox is refused (item 8);
+# - DROP and CREATE EXTENSION, or a database dropped and made again under its
+#   name, start a new ops WAL and never take an old WAL's marks (item 6);
+# - an ops WAL truncated deep (or gone) is refused at start, naming what was
+#   acknowledged, until bitdex_sync.start_new_wal() (item 7).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -15,7 +23,7 @@ my $node = bitdex_node('security');
 create_extension($node);
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 sub sync { sql("SELECT bitdex_sync.wait_for_sync('30s')"); }
-my $wal_dir = $node->data_dir . '/bitdex_sync/postgres';
+my $wal_dir = wal_dir($node);
 sub dump_wal { return scalar `$wal_tool dump $wal_dir`; }
 sub set_conf {
   my ($name, $value) = @_;
@@ -83,6 +91,142 @@ is(sprintf('%04o', (stat($node->data_dir . '/bitdex_sync.key'))[2] & 07777), '06
 my ($rc, $err) = as_mallory(q{SELECT pg_read_binary_file('bitdex_sync.key')});
 like($err, qr/permission denied/, 'a role without grants cannot read the key');
 set_conf('bitdex_sync.on_poison_slot', 'skip');
+
+# --- item 5: a gap where the guard did not run ----------------------------------
+# A superuser can switch the guard itself off; the worker still notices.
+sql(q{ALTER EVENT TRIGGER bitdex_sync_guard DISABLE});
+sql(q{ALTER TABLE img DISABLE TRIGGER ALL});
+sql(q{ALTER EVENT TRIGGER bitdex_sync_guard ENABLE ALWAYS});
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM bitdex_sync.capture_gaps WHERE detected_by = 'worker'")
+  or die 'the worker did not record the gap';
+is(sql("SELECT source || ' ' || problem FROM bitdex_sync.capture_gaps"), 'img disabled',
+  'the worker records a capture trigger disabled behind the guard');
+is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap', 'status() shows the gap');
+like(slurp_file($node->logfile), qr/capture gap recorded: source "img"/, 'the log says so');
+is(sql(q{SELECT action FROM bitdex_sync.apply_config('{"sources":[{"table":"img","sets_alive":true,"track_fields":["lvl"]}]}')}),
+  'enable', 'apply_config enables it again');
+is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap (restored)',
+  'the gap is shown as restored until it is dealt with');
+sql('DELETE FROM bitdex_sync.capture_gaps');
+
+# --- item 8: DROP EXTENSION with rows in the outbox --------------------------------
+sql(q{
+CREATE TABLE box (id int PRIMARY KEY, v int NOT NULL);
+SELECT count(*) FROM bitdex_sync.apply_config($$
+sources:
+  - table: img
+    sets_alive: true
+    track_fields: [lvl]
+  - table: box
+    capture: outbox
+    sets_alive: true
+    track_fields: [v]
+$$);
+});
+# Rows held in the outbox: the source stops in front of a poison row.
+set_conf('bitdex_sync.on_poison_outbox', 'stop');
+sql(q{INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (5000, '[{"op": "frobnicate"}]')});
+sql('INSERT INTO box SELECT g, g FROM generate_series(1, 300) g');
+$node->poll_query_until('postgres', "SELECT state = 'stopped at poison' FROM bitdex_sync.status() WHERE source = 'outbox'")
+  or die 'the outbox did not stop';
+($rc, my $out, $err) = $node->psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE');
+isnt($rc, 0, 'DROP EXTENSION is refused while rows wait in the outbox');
+like($err, qr/301 captured rows .* wait in the outbox/, '... saying how many');
+is(sql('SELECT count(*) FROM bitdex_sync.ops'), '301', '... and they are still there');
+set_conf('bitdex_sync.on_poison_outbox', 'skip');
+sync();
+is(scalar(() = dump_wal() =~ /"entity_id":(?:[1-9]|[1-9]\d|[12]\d\d|300),"creates_slot":true,"ops":\[\{"op":"set","field":"v"/g), 300,
+  'once the outbox drained, its 300 rows are in the ops WAL');
+
+# --- item 6: a new installation starts a new ops WAL ---------------------------------
+my $old_wal_id = sql('SELECT lpad(to_hex(wal_id), 16, \'0\') FROM bitdex_sync.instance');
+my $old_mark = sql('SELECT outbox_acked FROM bitdex_sync.instance');
+ok($old_mark >= 301, "the outbox is acknowledged up to id $old_mark");
+# The same drop once drained, and at once a new installation.
+($rc, $out, $err) = $node->psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE; CREATE EXTENSION bitdex_sync');
+is($rc, 0, 'DROP EXTENSION goes through once the outbox is empty') or diag($err);
+like($err, qr/an ops WAL of an earlier installation of bitdex_sync is in/, 'CREATE EXTENSION says an old ops WAL is there');
+sync();
+sql(q{
+SELECT count(*) FROM bitdex_sync.apply_config($$
+sources:
+  - table: box
+    capture: outbox
+    sets_alive: true
+    track_fields: [v]
+$$);
+});
+sql('TRUNCATE box');
+sql('INSERT INTO box SELECT g, g FROM generate_series(1, 250) g');
+sync();
+my $new_wal_id = sql('SELECT lpad(to_hex(wal_id), 16, \'0\') FROM bitdex_sync.instance');
+isnt($new_wal_id, $old_wal_id, "the new installation writes a new ops WAL ($new_wal_id, was $old_wal_id)");
+ok(-d "$wal_dir.retired-$old_wal_id", 'the old one was moved aside, not appended to');
+is(scalar(() = dump_wal() =~ /"creates_slot":true/g), 250,
+  'every one of the 250 rows is in the new WAL (ids restart at 1, below the old WAL\'s outbox mark)');
+like(`$wal_tool dump $wal_dir.retired-$old_wal_id`, qr/"entity_id":300,"creates_slot":true/,
+  'the old WAL is intact where it was moved');
+
+# The same for a database dropped and made again under its name.
+sub in_db { return $node->safe_psql($_[0], $_[1]); }
+sql('CREATE DATABASE again');
+in_db('again', 'CREATE EXTENSION bitdex_sync');
+in_db('again', "SELECT bitdex_sync.wait_for_sync('30s')");
+my $config = q{SELECT count(*) FROM bitdex_sync.apply_config('{"sources":[{"table":"t","capture":"outbox","sets_alive":true,"track_fields":["v"]}]}')};
+in_db('again', "CREATE TABLE t (id int PRIMARY KEY, v int); $config");
+in_db('again', 'INSERT INTO t SELECT g, g FROM generate_series(1, 200) g');
+in_db('again', "SELECT bitdex_sync.wait_for_sync('30s')");
+my $first_dir = wal_dir($node, 'again');
+in_db('again', 'DROP EXTENSION bitdex_sync CASCADE');
+sql('DROP DATABASE again');
+sql('CREATE DATABASE again');
+in_db('again', 'CREATE EXTENSION bitdex_sync');
+in_db('again', "SELECT bitdex_sync.wait_for_sync('30s')");
+in_db('again', "CREATE TABLE t (id int PRIMARY KEY, v int); $config");
+in_db('again', 'INSERT INTO t SELECT g, g FROM generate_series(1, 250) g');
+in_db('again', "SELECT bitdex_sync.wait_for_sync('30s')");
+my $second_dir = wal_dir($node, 'again');
+isnt($second_dir, $first_dir, 'a database made again under a dropped one\'s name writes to a directory of its own');
+is(scalar(() = `$wal_tool dump $second_dir` =~ /"creates_slot":true/g), 250, '... with all of its 250 rows');
+in_db('again', 'DROP EXTENSION bitdex_sync CASCADE');
+sql('DROP DATABASE again');
+
+# --- item 7: an ops WAL that lost acknowledged batches is refused ----------------------
+sql('INSERT INTO box SELECT g, g FROM generate_series(1001, 1020) g') for 1 .. 1;
+for my $i (1 .. 20) { sql("INSERT INTO box VALUES (2000 + $i, $i)"); sync(); }
+# Cut the newest segment at the end of a batch ten batches back: a clean
+# cut, not a torn write, so nothing at start may repair it away.
+my @ends = map { /"segment":(\d+),"offset":(\d+)/ ? [$1, $2] : () } grep { /"batch_end"/ } split /\n/, dump_wal();
+my ($gen, $cut) = @{ $ends[-11] };
+my $seg = sprintf('%s/%016x.seg', $wal_dir, $gen);
+$node->stop('fast');
+truncate($seg, $cut) or die "cannot truncate $seg: $!";
+$node->start;
+$node->poll_query_until('postgres', "SELECT last_error LIKE '%ends before what the %acknowledged%' FROM bitdex_sync.status() WHERE source = 'slot'")
+  or die 'the worker did not refuse the truncated WAL';
+like(sql("SELECT last_error FROM bitdex_sync.status() WHERE source = 'slot'"), qr/ends before what the (outbox|slot) acknowledged/,
+  'a WAL cut deep below what was acknowledged is refused at start');
+like(slurp_file($node->logfile), qr/covers the (outbox|slot) up to .*acknowledged up to/, 'the log names both positions');
+is(-s $seg, $cut, 'nothing more is cut or written');
+sql('INSERT INTO box VALUES (3001, 1)');
+($rc, $out, $err) = $node->psql('postgres', "SELECT bitdex_sync.wait_for_sync('2s')");
+isnt($rc, 0, 'wait_for_sync does not pretend it is in sync');
+is(sql('SELECT bitdex_sync.start_new_wal()'), $new_wal_id, 'start_new_wal() gives up the damaged WAL');
+sync();
+my $third_wal_id = sql('SELECT lpad(to_hex(wal_id), 16, \'0\') FROM bitdex_sync.instance');
+isnt($third_wal_id, $new_wal_id, '... and the worker starts another');
+ok(-d "$wal_dir.retired-$new_wal_id", '... after moving the damaged one aside');
+like(dump_wal(), qr/"entity_id":3001,"creates_slot":true/, 'changes committed meanwhile are in it');
+unlike(dump_wal(), qr/"entity_id":2001,/, '... and nothing from before (that needs a full load)');
+
+# A WAL directory removed is refused too, never started afresh in silence.
+$node->stop('fast');
+system('rm', '-rf', $wal_dir) == 0 or die "cannot remove $wal_dir";
+$node->start;
+$node->poll_query_until('postgres', "SELECT last_error LIKE '%is missing from%' FROM bitdex_sync.status() WHERE source = 'slot'")
+  or die 'the worker did not refuse the missing WAL';
+pass('a removed ops WAL directory is refused');
+ok(!-e "$wal_dir/0000000000000001.seg", 'no new WAL was started in its place');
 
 $node->stop('fast');
 done_testing();

@@ -7,7 +7,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(bitdex_node create_extension signed_message);
+our @EXPORT = qw(bitdex_node create_extension signed_message wal_dir);
 
 # bitdex_node($name, $extra_conf): the node, started; $extra_conf holds more
 # postgresql.conf lines.
@@ -30,6 +30,18 @@ sub create_extension {
   my ($node) = @_;
   $node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
   $node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+}
+
+# wal_dir($node, $db = 'postgres'): where that database's ops WAL lives
+# (<bitdex_sync.wal_directory>/<database OID>).
+# Computed as bitdex_sync.wal_directory() does, so that it works before
+# CREATE EXTENSION too.
+sub wal_dir {
+  my ($node, $db) = @_;
+  my ($root, $oid) = split /\|/, $node->safe_psql($db // 'postgres',
+    "SELECT current_setting('bitdex_sync.wal_directory') || '|' || oid FROM pg_database WHERE datname = current_database()");
+  $root = $node->data_dir . "/$root" unless $root =~ m{^/};
+  return "$root/$oid";
 }
 
 # signed_message($node, $db, $rest): the hex of a capture message (format 2)

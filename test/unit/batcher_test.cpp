@@ -72,6 +72,32 @@ TEST(Batcher, CoveredMarkReachesTheLastPositionEvenWhenDedupDropsIt) {
   EXPECT_FALSE(b.add(rec(7, 500, 1, {Op::set("a", OpValue::int64(1))})));
 }
 
+TEST(Batcher, CoverRaisesTheMarkWithoutRecordsAndOnlyWhenItRises) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/wal";
+  auto w = wal::WalWriter::open({dir});
+  pipeline::Batcher b(*w, {100, 1 << 20});
+  b.add(rec(1, 100, 0, {Op::set("a", OpValue::int64(1))}));
+  b.cover(SourcePos{Stream::Slot, 900, UINT32_MAX});  // decoded past other transactions
+  b.cover(SourcePos{Stream::Slot, 400, 0});           // never lowers
+  b.flush();
+  EXPECT_EQ(w->mark(Stream::Slot), (SourcePos{Stream::Slot, 900, UINT32_MAX}));
+  // No records: a batch only for the mark, once.
+  b.cover(SourcePos{Stream::Outbox, 42, 0});
+  b.flush();
+  EXPECT_EQ(w->mark(Stream::Outbox).major, 42u);
+  b.cover(SourcePos{Stream::Outbox, 42, 0});
+  b.flush();
+  b.flush();
+  auto batches = read_all(dir);
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_TRUE(batches[1].records.empty());
+  EXPECT_EQ(b.totals().batches, 2u);
+  // Replays at or below a covered position are skipped.
+  EXPECT_FALSE(b.add(rec(5, 899, 3, {Op::set("a", OpValue::int64(1))})));
+  EXPECT_TRUE(b.add(rec(5, 901, 0, {Op::set("a", OpValue::int64(1))})));
+}
+
 TEST(Batcher, ClosesAtTheMemoryBound) {
   TempDir tmp;
   auto w = wal::WalWriter::open({tmp.path() + "/wal"});

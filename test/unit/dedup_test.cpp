@@ -6,6 +6,7 @@
 #include <random>
 
 #include "bitdex_sync/core/dedup.hpp"
+#include "bitdex_sync/core/error.hpp"
 #include "support/history_gen.hpp"
 #include "support/model_index.hpp"
 
@@ -242,4 +243,62 @@ TEST(DedupProperty, SameStateAsApplyingEveryOpInOrder) {
               static_cast<unsigned long long>(seed));
   // Dedup must actually merge something on these histories, or the test above proves nothing.
   EXPECT_LT(ops_out, ops_in * 9 / 10);
+}
+
+// Linear work: 100k values of one slot (the pairs a linear scan would compare
+// each op with grow with the batch), and queryOpSets of one query with other
+// queries between them (each merge checks those in between), stay within a
+// few probes per op; a quadratic dedup needed ~5·10^9 for the first.
+TEST(Dedup, WorkIsLinearInTheBatch) {
+  Batch many;
+  for (int i = 0; i < 100000; i++) {
+    EntityRecord r;
+    r.entity_id = 7;
+    r.ops = {Op::add("tagIds", OpValue::int64(i))};
+    r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(i + 1), 0};
+    many.push_back(std::move(r));
+  }
+  DedupStats st;
+  Batch out = dedup(many, &st);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ops.size(), 100000u);
+  EXPECT_LT(st.probes, 4 * st.ops_in) << st.probes;
+
+  Batch queries;
+  for (int i = 0; i < 20000; i++) {
+    EntityRecord r;
+    r.entity_id = i;
+    Op q;
+    q.kind = OpKind::QueryOpSet;
+    q.has_query = true;
+    q.query = i % 2 ? "postId eq " + std::to_string(i) : "postId eq 1";
+    q.ops = {Op::set(i % 2 ? "b" : "a", OpValue::int64(i))};
+    r.ops = {std::move(q)};
+    r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(i + 1), 0};
+    queries.push_back(std::move(r));
+  }
+  DedupStats qs;
+  ModelIndex a, b;
+  a.apply(queries);
+  b.apply(dedup(queries, &qs));
+  EXPECT_TRUE(a == b) << a.diff(b);
+  EXPECT_LT(qs.probes, 100 * qs.ops_in) << qs.probes;
+}
+
+// A cancel stops dedup (the SQL function then raises the query's cancel).
+TEST(Dedup, StopsWhenCancelled) {
+  Batch b;
+  for (int i = 0; i < 5000; i++) {
+    EntityRecord r;
+    r.entity_id = i;
+    r.ops = {Op::alive()};
+    b.push_back(std::move(r));
+  }
+  try {
+    dedup(b, nullptr, [] { return true; });
+    FAIL() << "dedup went on";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Cancelled);
+  }
+  EXPECT_NO_THROW(dedup(b, nullptr, [] { return false; }));
 }

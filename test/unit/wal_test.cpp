@@ -431,20 +431,50 @@ TEST(Wal, DocumentedLayout) {
   h.generation = 3;
   h.next_batch_seq = 9;
   h.marks = {SourcePos{Stream::Slot, 0x0000000100000028ull, 7}};
+  h.database = 16384;
+  h.instance = 0xA1B2C3D4E5F60718ull;
   std::string hdr;
   encode_segment_header(hdr, h);
-  ASSERT_EQ(hdr.size(), 52u + 16u);
+  ASSERT_EQ(hdr.size(), 68u + 16u);
   EXPECT_EQ(hdr.substr(0, 8), "BDXOPWAL");
-  EXPECT_EQ(static_cast<uint8_t>(hdr[8]), 1);      // version
-  EXPECT_EQ(static_cast<uint8_t>(hdr[12]), 68);    // header length
+  EXPECT_EQ(static_cast<uint8_t>(hdr[8]), 2);      // version
+  EXPECT_EQ(static_cast<uint8_t>(hdr[12]), 84);    // header length
   EXPECT_EQ(static_cast<uint8_t>(hdr[16]), 0x88);  // WAL id, little-endian
   EXPECT_EQ(static_cast<uint8_t>(hdr[24]), 3);     // generation
   EXPECT_EQ(static_cast<uint8_t>(hdr[32]), 9);     // first batch
   EXPECT_EQ(static_cast<uint8_t>(hdr[40]), 1);     // marks
-  EXPECT_EQ(static_cast<uint8_t>(hdr[48]), 1);     // mark stream: slot
-  EXPECT_EQ(static_cast<uint8_t>(hdr[52]), 7);     // mark minor
-  EXPECT_EQ(static_cast<uint8_t>(hdr[56]), 0x28);  // mark major low byte
-  EXPECT_EQ(static_cast<uint8_t>(hdr[60]), 0x01);  // mark major byte 4
+  EXPECT_EQ(static_cast<uint8_t>(hdr[44]), 0x00);  // database 16384 = 0x4000
+  EXPECT_EQ(static_cast<uint8_t>(hdr[45]), 0x40);
+  EXPECT_EQ(static_cast<uint8_t>(hdr[48]), 0x18);  // instance, little-endian
+  EXPECT_EQ(static_cast<uint8_t>(hdr[55]), 0xA1);
+  EXPECT_EQ(hdr.substr(56, 8), std::string(8, '\0'));  // reserved
+  EXPECT_EQ(static_cast<uint8_t>(hdr[64]), 1);         // mark stream: slot
+  EXPECT_EQ(static_cast<uint8_t>(hdr[68]), 7);         // mark minor
+  EXPECT_EQ(static_cast<uint8_t>(hdr[72]), 0x28);      // mark major low byte
+  EXPECT_EQ(static_cast<uint8_t>(hdr[76]), 0x01);      // mark major byte 4
+  SegmentHeader back;
+  size_t hlen = 0;
+  std::string why;
+  ASSERT_EQ(decode_segment_header(reinterpret_cast<const uint8_t*>(hdr.data()), hdr.size(), &back, &hlen, &why),
+            Parse::Ok);
+  EXPECT_EQ(back.database, 16384u);
+  EXPECT_EQ(back.instance, h.instance);
+  EXPECT_EQ(hlen, hdr.size());
+
+  // Version 1 (no database, no instance; marks at 48) is still read.
+  std::string v1 = hdr.substr(0, 48) + hdr.substr(64, 16);
+  v1[8] = 1;
+  v1[12] = 68;
+  v1.replace(44, 4, std::string(4, '\0'));
+  uint32_t c1 = crc32c(v1.data(), v1.size());
+  for (int i = 0; i < 4; i++) v1 += static_cast<char>(c1 >> (8 * i));
+  ASSERT_EQ(decode_segment_header(reinterpret_cast<const uint8_t*>(v1.data()), v1.size(), &back, &hlen, &why),
+            Parse::Ok)
+      << why;
+  EXPECT_EQ(back.instance, 0u);
+  EXPECT_EQ(back.database, 0u);
+  EXPECT_EQ(back.wal_id, h.wal_id);
+  EXPECT_EQ(back.marks.at(0), h.marks.at(0));
 
   EntityRecord r;
   r.entity_id = -2;

@@ -35,16 +35,23 @@ class Batcher {
   // Takes a record whose pos is set; positions of one stream must rise.
   // Returns false (and drops it) when the WAL already holds that position.
   bool add(EntityRecord r);
+  // Raises what the open batch covers on pos.stream to pos, with no record
+  // (the slot's decoding position, an outbox horizon past aborted ids). The
+  // next flush writes a batch even without records when that raises the
+  // stream's durable mark: what a source acknowledges, the WAL covers.
+  void cover(const SourcePos& pos);
   // New limits (a settings reload); they apply to the open batch too.
   void set_limits(BatchLimits limits) { limits_ = limits; }
   // The batch reached a limit: flush before adding more.
   bool full() const { return ops_ >= limits_.max_ops || bytes_ >= limits_.max_bytes; }
   bool empty() const { return records_.empty(); }
+  // flush() would write a batch: records, or a mark to raise.
+  bool pending() const;
   size_t ops() const { return ops_; }
   size_t bytes() const { return bytes_; }
 
   // Dedups and appends the records as one batch, then fdatasync. Nothing
-  // happens when empty. Throws what WalWriter::append throws; the batch is
+  // happens when there are no records and no mark to raise. Throws what WalWriter::append throws; the batch is
   // then lost from memory (not from its source, which was not confirmed)
   // and the writer must be reopened.
   void flush();

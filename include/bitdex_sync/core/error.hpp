@@ -17,6 +17,7 @@ enum class ErrorKind {
   NotSupported,           // a key or feature this version rejects rather than ignores
   NotReady,               // something it depends on is not there yet: retry later
   InsufficientPrivilege,  // the caller (or an object's owner) lacks the rights it needs
+  Cancelled,              // the caller asked to stop (a query cancel)
 };
 
 class Error : public std::runtime_error {

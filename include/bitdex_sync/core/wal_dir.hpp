@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "bitdex_sync/core/wal_format.hpp"
+
 namespace bitdex::wal {
 
 // A reader position: the next unread byte of segment `generation`.
@@ -24,6 +26,14 @@ struct Cursor {
 std::string segment_path(const std::string& dir, uint64_t generation);
 // Generations of the segments in dir, ascending.
 std::vector<uint64_t> list_segments(const std::string& dir);
+
+// The header of the newest segment in dir (its WAL's identity and the marks
+// it started with); nothing when dir holds no segment.
+std::optional<SegmentHeader> newest_header(const std::string& dir);
+
+// Moves a WAL directory out of the way, to "<dir>.retired-<WAL id in hex>"
+// (plus "-2", "-3", ... when taken), durably; returns the new path.
+std::string retire_dir(const std::string& dir, uint64_t wal_id);
 
 // Consumer names are 1-64 characters of [A-Za-z0-9_.-]; others are rejected.
 void validate_consumer_name(const std::string& name);

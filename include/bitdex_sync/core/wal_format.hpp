@@ -12,8 +12,9 @@
 namespace bitdex::wal {
 
 inline constexpr char kSegmentMagic[8] = {'B', 'D', 'X', 'O', 'P', 'W', 'A', 'L'};
-inline constexpr uint32_t kFormatVersion = 1;
-inline constexpr size_t kSegmentHeaderFixed = 48;  // before the stream marks
+inline constexpr uint32_t kFormatVersion = 2;      // written; version 1 is still read
+inline constexpr size_t kSegmentHeaderFixed = 64;  // before the stream marks (version 1: 48)
+inline constexpr size_t kSegmentHeaderFixedV1 = 48;
 inline constexpr size_t kMarkSize = 16;
 inline constexpr size_t kRecordHeaderSize = 32;
 inline constexpr uint32_t kMaxRecordSize = 256u << 20;
@@ -24,6 +25,8 @@ inline constexpr uint8_t kFlagCreatesSlot = 0x01;
 
 struct SegmentHeader {
   uint64_t wal_id = 0;           // random, identical in every segment of one WAL
+  uint32_t database = 0;         // OID of the database it captures (0: written by a tool; version 1)
+  uint64_t instance = 0;         // the extension instance writing it (0: a tool; version 1)
   uint64_t generation = 0;       // segment sequence number, from 1
   uint64_t next_batch_seq = 1;   // sequence number of the first batch in it
   std::vector<SourcePos> marks;  // per stream: highest position durable before it

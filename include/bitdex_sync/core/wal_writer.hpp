@@ -16,6 +16,12 @@ namespace bitdex::wal {
 struct WriterOptions {
   std::string dir;
   uint64_t segment_size = 64ull << 20;  // rotate once a segment reaches this size
+  // Identity written into a WAL this open creates (an existing WAL keeps its own).
+  uint32_t database = 0;
+  uint64_t instance = 0;
+  // False: refuse (Error(NotReady)) to start a new WAL where none is: the
+  // caller knows one existed and must not lose sight of it.
+  bool create = true;
 };
 
 // What open() found and did.
@@ -52,6 +58,8 @@ class WalWriter {
   const std::vector<SourcePos>& marks() const { return marks_; }
   SourcePos mark(Stream s) const { return find_mark(marks_, s); }
   uint64_t wal_id() const { return wal_id_; }
+  uint32_t database() const { return database_; }
+  uint64_t instance() const { return instance_; }
   uint64_t generation() const { return generation_; }
   uint64_t next_batch_seq() const { return next_seq_; }
   Cursor end() const { return Cursor{wal_id_, generation_, end_}; }
@@ -67,6 +75,8 @@ class WalWriter {
   fileio::Fd fd_;
   std::string path_;
   uint64_t wal_id_ = 0;
+  uint32_t database_ = 0;
+  uint64_t instance_ = 0;
   uint64_t generation_ = 0;
   uint64_t end_ = 0;  // durable end of the current segment
   uint64_t header_len_ = 0;

@@ -44,6 +44,10 @@ Oid function_owner(Oid func);
 // bitdex_sync's bookkeeping are written as this role.
 Oid extension_owner();
 
+// This installation of the extension in the database (bitdex_sync.instance.id,
+// random, made by CREATE EXTENSION): it names the ops WAL the worker writes.
+uint64 extension_instance();
+
 // True while apply_config runs its own DDL (the capture guard lets it pass).
 extern bool g_applying_config;
 // bitdex_sync.allow_capture_loss: the guard records a gap instead of refusing.

@@ -60,6 +60,11 @@ struct WorkerShared {
   uint64 outbox_ops;                  // ops read from the outbox
   bool slot_stopped, outbox_stopped;  // stopped in front of a poison record (policy stop)
   bool outbox_rows;                   // a commit wrote outbox rows since the worker last looked
+  bool look_now;                      // CREATE/DROP EXTENSION committed: look at the catalog now
+  // The installation of the extension (bitdex_sync.instance.id) whose ops
+  // WAL the worker has open: 0 while none. apply_config and wait_for_sync
+  // wait for the database's current one.
+  uint64 instance;
   // Commits made with synchronous_commit = off are decodable only once
   // PostgreSQL flushes them: they raise async_commit_end instead of waking
   // the worker, which looks every wal_writer_delay while it is ahead of
@@ -140,13 +145,18 @@ WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate);
 // launcher not to start it again.
 void decline_worker(WorkerShared* w, Oid dboid);
 void register_workers();
-// True when the worker of this database has not created its slot yet
-// (automatic mode: also while no worker has started): messages captured now
-// would precede the slot and never be decoded.
-bool worker_slot_missing();
+// True when the worker of this database has not created its slot yet, or
+// does not write the ops WAL of this installation of the extension
+// (`instance`) yet (automatic mode: also while no worker has started):
+// messages captured now would precede the slot, or go to an earlier
+// installation's slot and WAL.
+bool worker_not_ready(uint64 instance);
 // Asks the launcher to start this database's worker once the current
 // transaction commits (automatic mode; bitdex_sync.start_worker()).
 void start_worker_at_commit();
+// The extension is being created or dropped: at commit, the database's
+// worker looks at the catalog at once instead of at its next naptime.
+void extension_change_at_commit();
 
 // Commit hook: a transaction that emitted capture messages wakes its
 // database's worker once it has committed.

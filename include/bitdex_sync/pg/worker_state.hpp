@@ -57,8 +57,15 @@ struct Worker {
   std::vector<Quarantined> quarantine;
   bool slot_stop_requested = false;  // set while decoding; acted on after
   bool slot_stopped = false, outbox_stopped = false;
-  bool automatic = false;                   // started by the launcher: exits when the extension is gone
-  bool extension_gone = true;               // as of the last look (run() looks first)
+  bool automatic = false;          // started by the launcher: exits when the extension is gone
+  bool extension_gone = true;      // as of the last look (run() looks first)
+  Oid extension_oid = InvalidOid;  // the installation the worker serves (a new one is another)
+  // bitdex_sync.instance, as last read: this installation's id, the ops WAL
+  // it writes (0: none started yet) and the outbox rows it acknowledged.
+  uint64 instance_id = 0;
+  uint64 recorded_wal_id = 0;
+  int64 outbox_acked = 0;
+  TimestampTz marked_at = 0;                // last time the slot's mark was raised without records
   bool caches_for_decoding = false;         // see use_caches_for_decoding
   bool wal_unflushed = false;               // decoding reached a record not flushed whole yet
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
@@ -85,6 +92,7 @@ void in_transaction(void (*fn)());
 
 // decode_slot.cpp
 void create_slot_if_missing();
+XLogRecPtr slot_confirmed();
 void start_decoding();
 void stop_decoding(bool drop_slot);
 void set_up_origin();
