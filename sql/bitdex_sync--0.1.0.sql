@@ -59,7 +59,8 @@ CREATE TABLE bitdex_sync.sources (
   applied_at   timestamptz NOT NULL DEFAULT now(),
   trigger_oid  oid NOT NULL UNIQUE,
   spec         text NOT NULL,
-  compiled     text NOT NULL
+  compiled     text NOT NULL,
+  instance     bigint NOT NULL  -- bitdex_sync.instance.id when recorded: a restored dump's rows are not this one's
 );
 CREATE TABLE bitdex_sync.config_history (
   id         bigserial PRIMARY KEY,
@@ -70,6 +71,8 @@ CREATE TABLE bitdex_sync.config_history (
 );
 SELECT pg_catalog.pg_extension_config_dump('bitdex_sync.sources', '');
 SELECT pg_catalog.pg_extension_config_dump('bitdex_sync.config_history', '');
+-- ... and its sequence, or a restored history collides with the next row.
+SELECT pg_catalog.pg_extension_config_dump('bitdex_sync.config_history_id_seq', '');
 
 CREATE FUNCTION bitdex_sync.capture() RETURNS trigger
   AS 'MODULE_PATHNAME', 'bitdex_sync_capture'
@@ -104,13 +107,22 @@ CREATE FUNCTION bitdex_sync.broken_capture()
   LANGUAGE sql STABLE
   SET search_path = pg_catalog
   AS $$
-  WITH RECURSIVE tr(source, oid) AS (
-    SELECT s.name, s.trigger_oid FROM bitdex_sync.sources s
+  WITH RECURSIVE mine AS (
+    SELECT s.* FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance),
+  tr(source, oid) AS (
+    SELECT name, trigger_oid FROM mine
     UNION ALL
     SELECT tr.source, c.oid FROM tr JOIN pg_trigger c ON c.tgparentid = tr.oid)
   SELECT s.name, s.table_name, s.trigger_name, 'dropped'
-    FROM bitdex_sync.sources s
+    FROM mine s
    WHERE NOT EXISTS (SELECT FROM pg_trigger t WHERE t.oid = s.trigger_oid)
+  UNION ALL
+  -- Rows recorded by another installation (a restored dump): their OIDs and
+  -- trees are another database's, so their triggers capture nothing until
+  -- the config is applied again.
+  SELECT s.name, s.table_name, s.trigger_name, 'recorded by an earlier installation (a restored dump)'
+    FROM bitdex_sync.sources s
+   WHERE s.instance <> (SELECT id FROM bitdex_sync.instance)
   UNION ALL
   SELECT tr.source, '"' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"', t.tgname,
          CASE t.tgenabled WHEN 'D' THEN 'disabled' WHEN 'O' THEN 'not firing in replica sessions'

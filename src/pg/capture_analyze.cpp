@@ -43,19 +43,27 @@ Oid extension_owner() {
 
 uint64 extension_instance() {
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
-  Oid user;
-  int sec;
-  GetUserIdAndSecContext(&user, &sec);
-  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  UserContext was = enter_owner();
   if (SPI_execute("SELECT id FROM bitdex_sync.instance", true, 0) != SPI_OK_SELECT || SPI_processed != 1)
     ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bitdex_sync.instance does not hold one row"),
                     errhint("Drop and create the extension again.")));
   bool isnull;
   const uint64 id =
       static_cast<uint64>(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)));
-  SetUserIdAndSecContext(user, sec);
+  leave_owner(was);
   SPI_finish();
   return id;
+}
+
+UserContext enter_owner() {
+  UserContext was;
+  GetUserIdAndSecContext(&was.user, &was.sec);
+  SetUserIdAndSecContext(extension_owner(), was.sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+  return was;
+}
+
+void leave_owner(const UserContext& was) {
+  SetUserIdAndSecContext(was.user, was.sec);
 }
 
 Oid function_owner(Oid func) {

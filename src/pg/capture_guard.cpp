@@ -32,25 +32,26 @@ bool g_allow_capture_loss = false;
 namespace {
 
 // The recorded capture triggers that are gone or do not fire always (also a
-// partition's clone), and what is wrong with each.
+// partition's clone), and what is wrong with each. Rows of a restored dump
+// (recorded by another installation) are not this command's doing: a
+// restore's own DDL must go through.
 constexpr const char* kBroken =
-    "SELECT source, table_name, trigger_name, problem FROM bitdex_sync.broken_capture() ORDER BY 1, 2, 3";
+    "SELECT source, table_name, trigger_name, problem FROM bitdex_sync.broken_capture() "
+    "WHERE problem <> 'recorded by an earlier installation (a restored dump)' ORDER BY 1, 2, 3";
 
 }  // namespace
 
 int record_capture_gaps(const char* detected_by, bool log) {
-  Oid user;
-  int sec;
-  GetUserIdAndSecContext(&user, &sec);
   Datum by = CStringGetTextDatum(detected_by);
   Datum role = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  UserContext was = enter_owner();
   Oid types[2] = {TEXTOID, TEXTOID};
   Datum values[2] = {by, role};
   if (SPI_execute_with_args(
           "INSERT INTO bitdex_sync.capture_gaps (source, table_name, trigger_name, problem, detected_by, role) "
           "SELECT b.source, b.table_name, b.trigger_name, b.problem, $1, $2 FROM bitdex_sync.broken_capture() b "
-          "WHERE NOT EXISTS (SELECT FROM bitdex_sync.capture_gaps g WHERE g.ended_at IS NULL AND g.source = b.source "
+          "WHERE b.problem <> 'recorded by an earlier installation (a restored dump)' AND NOT EXISTS (SELECT FROM "
+          "bitdex_sync.capture_gaps g WHERE g.ended_at IS NULL AND g.source = b.source "
           "AND g.table_name = b.table_name AND g.trigger_name = b.trigger_name) "
           "RETURNING source, table_name, trigger_name, problem",
           2, types, values, nullptr, false, 0) != SPI_OK_INSERT_RETURNING)
@@ -65,7 +66,7 @@ int record_capture_gaps(const char* detected_by, bool log) {
                       errdetail("Changes to that table are not captured from now on and will be missing from the "
                                 "ops WAL."),
                       errhint("Apply the config again to restore capture; the table's source then needs a reload.")));
-  SetUserIdAndSecContext(user, sec);
+  leave_owner(was);
   return n;
 }
 
@@ -87,13 +88,10 @@ Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS) {
     SPI_finish();
     PG_RETURN_VOID();
   }
-  Oid user;
-  int sec;
-  GetUserIdAndSecContext(&user, &sec);
-  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  UserContext was = enter_owner();
   // Not read-only: the snapshot must see what this command changed.
   if (SPI_execute(kBroken, false, 1) != SPI_OK_SELECT) elog(ERROR, "bitdex_sync: could not check the capture triggers");
-  SetUserIdAndSecContext(user, sec);
+  leave_owner(was);
   if (SPI_processed > 0) {
     HeapTuple row = SPI_tuptable->vals[0];
     TupleDesc desc = SPI_tuptable->tupdesc;
@@ -137,14 +135,11 @@ Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS) {
   extension_change_at_commit();
   LockDatabaseObject(ExtensionRelationId, ext, 0, AccessExclusiveLock);
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
-  Oid user;
-  int sec;
-  GetUserIdAndSecContext(&user, &sec);
-  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  UserContext was = enter_owner();
   if (SPI_execute("LOCK TABLE bitdex_sync.ops IN SHARE MODE", false, 0) != SPI_OK_UTILITY ||
       SPI_execute("SELECT count(*), min(id), max(id) FROM bitdex_sync.ops", false, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read the outbox");
-  SetUserIdAndSecContext(user, sec);
+  leave_owner(was);
   bool isnull;
   const int64 rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
   if (rows > 0) {

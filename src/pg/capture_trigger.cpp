@@ -205,22 +205,43 @@ Oid recorded_trigger(const Trigger* t) {
 bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
   Oid nsp = get_namespace_oid("bitdex_sync", true);
   Oid relid = OidIsValid(nsp) ? get_relname_relid("sources", nsp) : InvalidOid;
-  if (!OidIsValid(relid)) return false;
+  Oid instance_rel = OidIsValid(nsp) ? get_relname_relid("instance", nsp) : InvalidOid;
+  if (!OidIsValid(relid) || !OidIsValid(instance_rel)) return false;
+  Snapshot snap = RegisterSnapshot(GetLatestSnapshot());
+  // This installation's id: rows of another (a restored dump) name other
+  // OIDs and trees, whatever OID the trigger happens to have now.
+  int64 instance = 0;
+  bool have_instance = false;
+  {
+    Relation rel = table_open(instance_rel, AccessShareLock);
+    const AttrNumber a_id = get_attnum(instance_rel, "id");
+    TableScanDesc scan = table_beginscan(rel, snap, 0, nullptr);
+    if (HeapTuple tup = heap_getnext(scan, ForwardScanDirection)) {
+      bool isnull;
+      Datum d = heap_getattr(tup, a_id, RelationGetDescr(rel), &isnull);
+      have_instance = a_id != InvalidAttrNumber && !isnull;
+      if (have_instance) instance = DatumGetInt64(d);
+    }
+    table_endscan(scan);
+    table_close(rel, AccessShareLock);
+  }
   Relation rel = table_open(relid, AccessShareLock);
   const AttrNumber a_trigger = get_attnum(relid, "trigger_oid"), a_table = get_attnum(relid, "table_oid"),
-                   a_spec = get_attnum(relid, "spec"), a_compiled = get_attnum(relid, "compiled");
+                   a_spec = get_attnum(relid, "spec"), a_compiled = get_attnum(relid, "compiled"),
+                   a_instance = get_attnum(relid, "instance");
   if (a_trigger == InvalidAttrNumber || a_table == InvalidAttrNumber || a_spec == InvalidAttrNumber ||
-      a_compiled == InvalidAttrNumber)
+      a_compiled == InvalidAttrNumber || a_instance == InvalidAttrNumber)
     elog(ERROR, "bitdex_sync: bitdex_sync.sources lacks the columns of this version");
-  Snapshot snap = RegisterSnapshot(GetLatestSnapshot());
   TableScanDesc scan = table_beginscan(rel, snap, 0, nullptr);
   TupleDesc desc = RelationGetDescr(rel);
   bool found = false;
   HeapTuple tup;
-  while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
-    bool null_trigger, null_table, null_spec, null_compiled;
+  while (have_instance && !found && (tup = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
+    bool null_trigger, null_table, null_spec, null_compiled, null_instance;
     Datum trigger = heap_getattr(tup, a_trigger, desc, &null_trigger);
     if (null_trigger || DatumGetObjectId(trigger) != tgoid) continue;
+    Datum inst = heap_getattr(tup, a_instance, desc, &null_instance);
+    if (null_instance || DatumGetInt64(inst) != instance) continue;
     Datum t = heap_getattr(tup, a_table, desc, &null_table);
     Datum sp = heap_getattr(tup, a_spec, desc, &null_spec);
     Datum c = heap_getattr(tup, a_compiled, desc, &null_compiled);
@@ -588,25 +609,17 @@ bool payload_to_json(const char* data, int len) noexcept {
       g_json_error, sizeof g_json_error);
 }
 
-struct AsOwner {
-  Oid user;
-  int sec;
-};
-
-// Switches to the capture owner and connects to SPI (restored by
+// Switches to the extension's owner and connects to SPI (restored by
 // as_owner_end; on error, transaction abort restores both).
-AsOwner as_owner_begin() {
-  AsOwner a;
-  Oid owner = extension_owner();
-  GetUserIdAndSecContext(&a.user, &a.sec);
-  SetUserIdAndSecContext(owner, a.sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+UserContext as_owner_begin() {
+  UserContext was = enter_owner();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
-  return a;
+  return was;
 }
 
-void as_owner_end(const AsOwner& a) {
+void as_owner_end(const UserContext& was) {
   SPI_finish();
-  SetUserIdAndSecContext(a.user, a.sec);
+  leave_owner(was);
 }
 
 // Inserts the record into bitdex_sync.ops as the capture owner: writers of
@@ -614,7 +627,7 @@ void as_owner_end(const AsOwner& a) {
 void emit_outbox(int64 entity_id) {
   if (!payload_to_json(g_record.data, g_record.len))
     ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("bitdex_sync: %s", g_json_error)));
-  AsOwner owner = as_owner_begin();
+  UserContext owner = as_owner_begin();
   if (!g_outbox_plan) {
     Oid types[2] = {INT8OID, TEXTOID};
     SPIPlanPtr p = SPI_prepare("INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES ($1, $2::jsonb)", 2, types);

@@ -281,6 +281,7 @@ struct Recorded {
   std::string table, trigger;
   Oid trigger_oid = InvalidOid;
   std::string compiled;
+  bool ours = false;  // recorded by this installation (not a restored dump's row)
   std::vector<std::string> helpers;
 };
 
@@ -301,17 +302,14 @@ bool trigger_present(const Recorded& rec) {
 class AsExtensionOwner {
  public:
   AsExtensionOwner() {
-    pg_guard([&] { GetUserIdAndSecContext(&user_, &sec_); });
-    Oid owner = pg_guard([] { return extension_owner(); });
-    pg_guard([&] { SetUserIdAndSecContext(owner, sec_ | SECURITY_LOCAL_USERID_CHANGE); });
+    pg_guard([&] { was_ = enter_owner(); });
   }
-  ~AsExtensionOwner() { SetUserIdAndSecContext(user_, sec_); }
+  ~AsExtensionOwner() { leave_owner(was_); }
   AsExtensionOwner(const AsExtensionOwner&) = delete;
   AsExtensionOwner& operator=(const AsExtensionOwner&) = delete;
 
  private:
-  Oid user_ = InvalidOid;
-  int sec_ = 0;
+  UserContext was_{};
 };
 
 // The DDL of apply_config itself is what the capture guard lets through.
@@ -349,7 +347,8 @@ std::string enable_sql(const std::string& source) {
   Oid type = TEXTOID;
   spi_exec_args(
       "SELECT format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', table_name, trigger_name) "
-      "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem <> 'dropped' ORDER BY 1",
+      "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem NOT IN ('dropped', 'recorded by an earlier "
+      "installation (a restored dump)') ORDER BY 1",
       1, &type, &value, true);
   std::string sql;
   for (uint64 i = 0; i < SPI_processed; i++) sql += spi_text(static_cast<int>(i), 1) + "\n";
@@ -365,7 +364,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     // One apply_config at a time; readers of bitdex_sync.sources are not blocked.
     spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
     spi_exec(
-        "SELECT name, table_oid, table_name, trigger_name, trigger_oid, compiled, h FROM bitdex_sync.sources "
+        "SELECT name, table_oid, table_name, trigger_name, trigger_oid, compiled, h, "
+        "instance = (SELECT id FROM bitdex_sync.instance) FROM bitdex_sync.sources "
         "LEFT JOIN LATERAL unnest(helpers) h ON true ORDER BY name",
         SPI_OK_SELECT);
     for (uint64 i = 0; i < SPI_processed; i++) {
@@ -378,6 +378,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       rec.compiled = spi_text(r, 6);
       std::string h = spi_text(r, 7);
       if (!h.empty()) rec.helpers.push_back(h);
+      rec.ours = spi_text(r, 8) == "t";
     }
   }
   auto drop_helpers = [](const Recorded& rec) {
@@ -393,7 +394,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     const std::string& name = p.src->name;
     auto rec = recorded.find(name);
     const bool exists = trigger_exists(p.relid, p.trigger);
-    const bool present = rec != recorded.end() && trigger_present(rec->second);
+    const bool present = rec != recorded.end() && rec->second.ours && trigger_present(rec->second);
     if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && present) {
       // Disabled behind our back (on the table or a partition's clone):
       // capture fires again from here on.
@@ -402,7 +403,10 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       ddl += enable;
       continue;
     }
-    const bool ours = rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid;
+    // Our trigger name on the table recorded for the source, by OID or (a
+    // restored dump: other OIDs) by name.
+    const bool ours = rec != recorded.end() && rec->second.trigger == p.trigger &&
+                      (rec->second.relid == p.relid || rec->second.table == p.qualified);
     if (exists && !ours)
       throw Error(
           ErrorKind::InvalidInput,
@@ -443,6 +447,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   }
   // applied_by names the caller, not the owner who writes the row.
   const std::string applier = pg_guard([] { return GetUserNameFromId(GetUserId(), false); });
+  const uint64 instance = pg_guard([] { return extension_instance(); });
   AsExtensionOwner owner;
   spi_exec("DELETE FROM bitdex_sync.sources", SPI_OK_DELETE);
   for (size_t i = 0; i < planned.size(); i++) {
@@ -450,7 +455,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     Oid trigger_oid = pg_guard([&] { return get_trigger_oid(p.relid, p.trigger.c_str(), false); });
     std::string compiled;
     auto rec = recorded.find(p.src->name);
-    if (!created[i] && rec != recorded.end() && !rec->second.compiled.empty()) {
+    if (!created[i] && rec != recorded.end() && rec->second.ours && !rec->second.compiled.empty()) {
       compiled = rec->second.compiled;  // resolved when it was created; its dependencies say so
     } else {
       compiled = pg_guard([&] { return nodeToString(list_make3(p.select, p.ids, p.rows)); });
@@ -469,20 +474,21 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       helpers += "\"";
     }
     helpers += "}";
-    Oid types[9] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
-    Datum values[9] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
-                       ObjectIdGetDatum(p.relid),
-                       pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(raw.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(helpers.c_str()); }),
-                       ObjectIdGetDatum(trigger_oid),
-                       pg_guard([&] { return CStringGetTextDatum(p.spec.c_str()); }),
-                       pg_guard([&] { return CStringGetTextDatum(compiled.c_str()); })};
+    Oid types[10] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID, INT8OID};
+    Datum values[10] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
+                        ObjectIdGetDatum(p.relid),
+                        pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
+                        pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
+                        pg_guard([&] { return CStringGetTextDatum(raw.c_str()); }),
+                        pg_guard([&] { return CStringGetTextDatum(helpers.c_str()); }),
+                        ObjectIdGetDatum(trigger_oid),
+                        pg_guard([&] { return CStringGetTextDatum(p.spec.c_str()); }),
+                        pg_guard([&] { return CStringGetTextDatum(compiled.c_str()); }),
+                        Int64GetDatum(static_cast<int64>(instance))};
     int rc = spi_exec_args(
         "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers, trigger_oid, "
-        "spec, compiled) VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9)",
-        9, types, values, false);
+        "spec, compiled, instance) VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9, $10)",
+        10, types, values, false);
     if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
   }
   Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};

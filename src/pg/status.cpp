@@ -108,13 +108,10 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   int64 target_id = 0;
   const uint64 instance = extension_instance();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
-  Oid user;
-  int sec;
-  GetUserIdAndSecContext(&user, &sec);
-  SetUserIdAndSecContext(extension_owner(), sec | SECURITY_LOCAL_USERID_CHANGE);
+  UserContext was = enter_owner();
   if (SPI_execute("SELECT max(id) FROM bitdex_sync.ops", true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read the outbox");
-  SetUserIdAndSecContext(user, sec);
+  leave_owner(was);
   bool no_rows;
   Datum max_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_rows);
   if (!no_rows) target_id = DatumGetInt64(max_id);

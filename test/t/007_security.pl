@@ -191,6 +191,34 @@ is(scalar(() = `$wal_tool dump $second_dir` =~ /"creates_slot":true/g), 250, '..
 in_db('again', 'DROP EXTENSION bitdex_sync CASCADE');
 sql('DROP DATABASE again');
 
+# A dump restored into another database is another installation: the guard
+# lets the restore's DDL through; the restored triggers refuse writes (their
+# recorded OIDs and trees are the old database's) until the config is
+# applied again, which replaces them.
+my $dumpfile = $node->basedir . '/again.dump';
+in_db('postgres', 'CREATE DATABASE orig');
+in_db('orig', 'CREATE EXTENSION bitdex_sync');
+in_db('orig', "SELECT bitdex_sync.wait_for_sync('30s')");
+in_db('orig', "CREATE TABLE t (id int PRIMARY KEY, v int); $config");
+in_db('orig', 'INSERT INTO t VALUES (1, 1)');
+$node->command_ok(['pg_dump', '-Fc', '-f', $dumpfile, '-d', $node->connstr('orig')], 'pg_dump of a database with the extension');
+in_db('postgres', 'CREATE DATABASE restored');
+$node->command_ok(['pg_restore', '-d', $node->connstr('restored'), $dumpfile], 'pg_restore goes through the capture guard');
+in_db('restored', "SELECT bitdex_sync.wait_for_sync('30s')");
+($rc, $out, $err) = $node->psql('restored', 'INSERT INTO t VALUES (2, 2)');
+like($err, qr/is not a capture trigger of bitdex_sync/, 'a restored capture trigger refuses writes until the config is applied');
+like(in_db('restored', "SELECT string_agg(state || ': ' || last_error, ' ') FROM bitdex_sync.status() WHERE source = 't'"),
+  qr/capture gap: .*recorded by an earlier installation/, 'status() says why');
+is(in_db('restored', "SELECT action FROM bitdex_sync.apply_config((SELECT config FROM bitdex_sync.config_history ORDER BY id DESC LIMIT 1))"),
+  'replace', 'applying the last config again replaces the restored trigger');
+in_db('restored', 'INSERT INTO t VALUES (2, 2)');
+in_db('restored', "SELECT bitdex_sync.wait_for_sync('30s')");
+like(`$wal_tool dump ${\ wal_dir($node, 'restored')}`, qr/"entity_id":2,"creates_slot":true/, '... and capture works');
+for my $db ('orig', 'restored') {
+  in_db($db, 'DROP EXTENSION bitdex_sync CASCADE');
+  in_db('postgres', "DROP DATABASE $db");
+}
+
 # --- item 7: an ops WAL that lost acknowledged batches is refused ----------------------
 sql('INSERT INTO box SELECT g, g FROM generate_series(1001, 1020) g') for 1 .. 1;
 for my $i (1 .. 20) { sql("INSERT INTO box VALUES (2000 + $i, $i)"); sync(); }

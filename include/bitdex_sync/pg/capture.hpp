@@ -44,6 +44,17 @@ Oid function_owner(Oid func);
 // bitdex_sync's bookkeeping are written as this role.
 Oid extension_owner();
 
+// The user to return to after running as the extension's owner.
+struct UserContext {
+  Oid user;
+  int sec;
+};
+// Runs what follows as the extension's owner, as a security-restricted
+// operation (no SET ROLE, no temporary objects), until leave_owner(). On an
+// error, transaction abort restores the user.
+UserContext enter_owner();
+void leave_owner(const UserContext& was);
+
 // This installation of the extension in the database (bitdex_sync.instance.id,
 // random, made by CREATE EXTENSION): it names the ops WAL the worker writes.
 uint64 extension_instance();
