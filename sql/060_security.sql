@@ -82,6 +82,69 @@ sources:
     sets_alive: true
     track_fields: [lvl, "pg_catalog.lower({name}) as lname"]
 $$);
+-- One level down: a superuser's SQL function whose body resolves names when
+-- it runs would call mallory's public.lower(varchar) as the writer. Such a
+-- function is refused unless its search_path is pinned to schemas only
+-- trusted roles can create in (or its body is BEGIN ATOMIC, parsed once).
+CREATE FUNCTION public.sec_norm(v varchar) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT lower(v)';
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    track_fields: ["public.sec_norm({name}) as n"]
+$$);
+ALTER FUNCTION public.sec_norm(varchar) SET search_path = public;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    track_fields: ["public.sec_norm({name}) as n"]
+$$);
+-- A BEGIN ATOMIC body was resolved when the function was made: made now, it
+-- calls mallory's lower(), and what it calls is checked too.
+CREATE FUNCTION public.sec_norm_atomic(v varchar) RETURNS text LANGUAGE sql IMMUTABLE BEGIN ATOMIC SELECT lower(v); END;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    track_fields: ["public.sec_norm_atomic({name}) as a"]
+$$);
+ALTER FUNCTION public.sec_norm(varchar) SET search_path = pg_catalog;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    sets_alive: true
+    track_fields: ["public.sec_norm({name}) as n"]
+$$);
+INSERT INTO sec_img VALUES (2, 1, 'AbC');
+SELECT data FROM pg_logical_slot_get_changes('sec_test', NULL, NULL);
+-- A domain (its CHECK runs on each value) and a view a fan-out reads (its
+-- definition can change after apply_config) belong to trusted roles only.
+SET ROLE sec_mallory;
+CREATE DOMAIN public.sec_dom AS int CHECK (VALUE > 0);
+CREATE VIEW public.sec_view AS SELECT id, post_id FROM sec_child;
+RESET ROLE;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_img
+    track_fields: ["{lvl}::public.sec_dom as d"]
+$$);
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_post
+    query: "ids in [{ids}]"
+    expression: "SELECT array_agg(v.id) FROM public.sec_view v WHERE v.post_id = {id}"
+    track_fields: [lvl]
+$$);
+ALTER VIEW public.sec_view OWNER TO CURRENT_USER;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_post
+    query: "ids in [{ids}]"
+    expression: "SELECT array_agg(v.id) FROM public.sec_view v WHERE v.post_id = {id}"
+    track_fields: [lvl]
+$$);
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+DROP VIEW public.sec_view;
+DROP DOMAIN public.sec_dom;
+DROP FUNCTION public.sec_norm(varchar), public.sec_norm_atomic(varchar);
 DROP FUNCTION public.lower(varchar);
 REVOKE CREATE ON SCHEMA public FROM sec_mallory;
 

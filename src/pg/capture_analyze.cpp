@@ -10,7 +10,16 @@ extern "C" {
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/acl.h"
+#include "utils/varlena.h"
+#include "utils/array.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "access/relation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "nodes/nodeFuncs.h"
@@ -154,35 +163,165 @@ Query* analyze_query(const char* sql, Oid* types, int ntypes) {
 
 namespace {
 
-struct OwnerCheck {
-  Oid applier;
-  Oid found;  // the first function owned by neither a superuser nor applier
+// What a capture definition may run: code that only trusted roles can
+// write or change. Trusted: superusers, the role applying the config, and
+// the captured table's owner (who can already run any code as that table's
+// writers, with a trigger of its own).
+struct TrustCheck {
+  Oid applier, table_owner;
+  char* why;                // the first thing that is not trusted, described
+  List* seen = NIL;         // views and atomic bodies already walked (a view's range table names itself)
 };
 
-bool owner_not_trusted(Oid func, void* arg) {
-  auto* c = static_cast<OwnerCheck*>(arg);
-  const Oid owner = function_owner(func);
-  if (owner == c->applier || superuser_arg(owner)) return false;
-  c->found = func;
+bool trust_walker(Node* node, TrustCheck* c);
+
+bool trusted(const TrustCheck* c, Oid role) {
+  return role == c->applier || role == c->table_owner || superuser_arg(role);
+}
+
+const char* role_name(Oid role) {
+  const char* n = GetUserNameFromId(role, true);
+  return n ? n : "?";
+}
+
+// Whether nobody but trusted roles can create objects in schema `nsp`
+// (PUBLIC included): then names resolved in it stay what they were.
+bool schema_closed(const TrustCheck* c, const char* nsp) {
+  if (strcmp(nsp, "pg_catalog") == 0) return true;
+  if (strcmp(nsp, "$user") == 0 || strcmp(nsp, "pg_temp") == 0) return false;  // the caller's own
+  Oid oid = get_namespace_oid(nsp, true);
+  if (!OidIsValid(oid)) return false;  // could be created later by anyone with CREATE on the database
+  HeapTuple tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(oid));
+  if (!HeapTupleIsValid(tup)) return false;
+  auto* form = (Form_pg_namespace)GETSTRUCT(tup);
+  bool isnull;
+  Datum acl_datum = SysCacheGetAttr(NAMESPACEOID, tup, Anum_pg_namespace_nspacl, &isnull);
+  Acl* acl = isnull ? acldefault(OBJECT_SCHEMA, form->nspowner) : DatumGetAclPCopy(acl_datum);
+  bool closed = trusted(c, form->nspowner);
+  const AclItem* items = ACL_DAT(acl);
+  for (int i = 0; closed && i < ACL_NUM(acl); i++)
+    if ((items[i].ai_privs & ACL_CREATE) && (items[i].ai_grantee == ACL_ID_PUBLIC || !trusted(c, items[i].ai_grantee)))
+      closed = false;
+  ReleaseSysCache(tup);
+  return closed;
+}
+
+// A function runs what its owner wrote; one whose body names things at run
+// time (SQL or PL without BEGIN ATOMIC) also runs whatever those names then
+// resolve to: it needs a SET search_path of schemas only trusted roles can
+// create in.
+bool function_untrusted(Oid func, void* arg) {
+  auto* c = static_cast<TrustCheck*>(arg);
+  HeapTuple tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+  if (!HeapTupleIsValid(tup)) elog(ERROR, "bitdex_sync: cache lookup failed for function %u", func);
+  auto* proc = (Form_pg_proc)GETSTRUCT(tup);
+  const Oid owner = proc->proowner, lang = proc->prolang, nsp = proc->pronamespace;
+  bool no_body_tree = true, config_null = true;
+  SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosqlbody, &no_body_tree);
+  Datum config = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_proconfig, &config_null);
+  char* path = nullptr;
+  if (!config_null) {
+    ArrayType* arr = DatumGetArrayTypeP(config);
+    Datum* items;
+    int n;
+    deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &items, nullptr, &n);
+    for (int i = 0; i < n; i++) {
+      char* item = TextDatumGetCString(items[i]);
+      if (strncmp(item, "search_path=", 12) == 0) path = item + 12;
+    }
+  }
+  if (!trusted(c, owner)) {
+    ReleaseSysCache(tup);
+    c->why = psprintf("function %s is owned by role \"%s\", which is neither a superuser, the role applying the "
+                      "config nor the owner of the table",
+                      format_procedure_qualified(func), role_name(owner));
+    return true;
+  }
+  if (!no_body_tree) {
+    // BEGIN ATOMIC: the body was resolved when the function was made; what
+    // it calls must be trusted as well.
+    bool isnull;
+    char* body = TextDatumGetCString(SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosqlbody, &isnull));
+    ReleaseSysCache(tup);
+    if (list_member_oid(c->seen, func)) return false;
+    c->seen = lappend_oid(c->seen, func);
+    return trust_walker(static_cast<Node*>(stringToNode(body)), c);
+  }
+  ReleaseSysCache(tup);
+  if (lang == INTERNALlanguageId || lang == ClanguageId || nsp == PG_CATALOG_NAMESPACE) return false;
+  bool closed = path != nullptr;
+  if (path) {
+    List* names = NIL;
+    char* copy = pstrdup(path);
+    if (!SplitIdentifierString(copy, ',', &names)) closed = false;
+    ListCell* lc;
+    foreach (lc, names) closed = closed && schema_closed(c, static_cast<char*>(lfirst(lc)));
+  }
+  if (closed) return false;
+  c->why = psprintf("function %s resolves the names in its body when it runs, %s", format_procedure_qualified(func),
+                    path ? psprintf("with search_path = %s, in which roles that are not trusted may create objects", path)
+                         : "in the search_path of whoever writes to the table");
   return true;
 }
 
-bool owner_walker(Node* node, OwnerCheck* c) {
+// A relation a fan-out query reads: its owner's code (a view's definition,
+// row security policies) runs as the writer.
+bool relation_untrusted(Oid relid, TrustCheck* c) {
+  HeapTuple tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+  if (!HeapTupleIsValid(tup)) return false;
+  auto* rel = (Form_pg_class)GETSTRUCT(tup);
+  const Oid owner = rel->relowner;
+  const char kind = rel->relkind;
+  ReleaseSysCache(tup);
+  if (list_member_oid(c->seen, relid)) return false;
+  c->seen = lappend_oid(c->seen, relid);
+  if (!trusted(c, owner)) {
+    c->why = psprintf("%s %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
+                      "nor the owner of the table (its definition or row security runs as the writer)",
+                      kind == RELKIND_VIEW ? "view" : "relation", get_rel_name(relid), role_name(owner));
+    return true;
+  }
+  if (kind != RELKIND_VIEW) return false;
+  Relation view = relation_open(relid, AccessShareLock);
+  Query* q = static_cast<Query*>(copyObjectImpl(get_view_query(view)));
+  relation_close(view, AccessShareLock);
+  return trust_walker(reinterpret_cast<Node*>(q), c);
+}
+
+bool trust_walker(Node* node, TrustCheck* c) {
   if (!node) return false;
-  if (check_functions_in_node(node, owner_not_trusted, c)) return true;
-  if (IsA(node, Query)) return query_tree_walker((Query*)node, (bool (*)())owner_walker, c, 0);
-  return expression_tree_walker(node, (bool (*)())owner_walker, c);
+  if (check_functions_in_node(node, function_untrusted, c)) return true;
+  if (IsA(node, CoerceToDomain)) {
+    // A domain's CHECK constraints are its owner's code, run on each value.
+    const Oid domain = castNode(CoerceToDomain, node)->resulttype;
+    HeapTuple tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(domain));
+    const Oid owner = HeapTupleIsValid(tup) ? ((Form_pg_type)GETSTRUCT(tup))->typowner : InvalidOid;
+    if (HeapTupleIsValid(tup)) ReleaseSysCache(tup);
+    if (OidIsValid(owner) && !trusted(c, owner)) {
+      c->why = psprintf("domain %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
+                        "nor the owner of the table",
+                        format_type_be(domain), role_name(owner));
+      return true;
+    }
+  }
+  if (IsA(node, RangeTblEntry)) {
+    auto* rte = castNode(RangeTblEntry, node);
+    return rte->rtekind == RTE_RELATION && relation_untrusted(rte->relid, c);
+  }
+  if (IsA(node, Query))
+    return query_tree_walker((Query*)node, (bool (*)())trust_walker, c, QTW_EXAMINE_RTES_BEFORE);
+  return expression_tree_walker(node, (bool (*)())trust_walker, c);
 }
 
 }  // namespace
 
-Oid untrusted_function(Node* node, Oid applier) {
-  OwnerCheck c{applier, InvalidOid};
-  if (IsA(node, Query))
-    (void)query_tree_walker((Query*)node, (bool (*)())owner_walker, &c, 0);
+char* untrusted_code(Node* tree, Oid applier, Oid table_owner) {
+  TrustCheck c{applier, table_owner, nullptr, NIL};
+  if (IsA(tree, Query))
+    (void)query_tree_walker((Query*)tree, (bool (*)())trust_walker, &c, QTW_EXAMINE_RTES_BEFORE);
   else
-    (void)owner_walker(node, &c);
-  return c.found;
+    (void)trust_walker(tree, &c);
+  return c.why;
 }
 
 }  // namespace bitdex::pg

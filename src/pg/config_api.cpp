@@ -25,7 +25,7 @@ extern "C" {
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "utils/lsyscache.h"
-#include "utils/regproc.h"
+#include "utils/syscache.h"
 #include "utils/tuplestore.h"
 }
 
@@ -108,33 +108,37 @@ std::string qualified_name(Oid relid) {
   return config::quote_ident(nsp) + "." + config::quote_ident(rel);
 }
 
-// Refuses a tree that calls a function owned by a role that is neither a
-// superuser nor the role applying the config: capture runs it as whoever
-// writes to the table.
-void check_owners(const std::string& where, const std::string& key, Node* tree) {
-  Oid applier = pg_guard([] { return GetUserId(); });
-  Oid fn = pg_guard([&] { return untrusted_function(tree, applier); });
-  if (!OidIsValid(fn)) return;
-  std::string name = pg_guard([&] { return format_procedure_qualified(fn); });
-  Oid owner = pg_guard([&] { return function_owner(fn); });
-  std::string owner_name = pg_guard([&] { return GetUserNameFromId(owner, false); });
-  throw Error(ErrorKind::InsufficientPrivilege,
-              where + ", " + key + ": function " + name + " is owned by role \"" + owner_name +
-                  "\", which is neither a superuser nor the role applying the config",
-              "Capture runs the functions of a config as whoever writes to the captured table.",
-              "Qualify the function you mean (e.g. pg_catalog.lower), or have a superuser own the function.");
+// Refuses a tree that runs code a role other than a superuser, the caller or
+// the table's owner wrote or can still change (capture_analyze.cpp): capture
+// runs it as whoever writes to the table.
+void check_code(const std::string& where, const std::string& key, Node* tree, Oid relid) {
+  const char* why = pg_guard([&] {
+    HeapTuple tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+    if (!HeapTupleIsValid(tup)) elog(ERROR, "bitdex_sync: cache lookup failed for relation %u", relid);
+    const Oid table_owner = ((Form_pg_class)GETSTRUCT(tup))->relowner;
+    ReleaseSysCache(tup);
+    return untrusted_code(tree, GetUserId(), table_owner);
+  });
+  if (!why) return;
+  throw Error(ErrorKind::InsufficientPrivilege, where + ", " + key + ": " + why,
+              "Capture runs the code of a config as whoever writes to the captured table, so it may only run what "
+              "superusers, the role applying the config or the table's owner wrote and control.",
+              "Qualify the function you mean (e.g. pg_catalog.lower); give SQL and PL functions SET search_path = "
+              "pg_catalog (or schemas only trusted roles can create in) or a BEGIN ATOMIC body; have a trusted role "
+              "own the functions, domains and views used.");
 }
 
 // Analyses `sql` with parameters of `types` (names resolved now, once) and
-// checks whom the functions it calls belong to.
-Query* check_query(const std::string& where, const std::string& key, const std::string& sql, std::vector<Oid> types) {
+// checks what it runs (check_code) for the source on table `relid`.
+Query* check_query(const std::string& where, const std::string& key, const std::string& sql, std::vector<Oid> types,
+                   Oid relid) {
   Query* q = nullptr;
   try {
     q = pg_guard([&] { return analyze_query(sql.c_str(), types.data(), static_cast<int>(types.size())); });
   } catch (const PgError& e) {
     throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
   }
-  check_owners(where, key, reinterpret_cast<Node*>(q));
+  check_code(where, key, reinterpret_cast<Node*>(q), relid);
   return q;
 }
 
@@ -206,7 +210,7 @@ Planned plan_source(const Source& s, size_t index) {
       need_column(p.relid, where, key, c, s.table);
       types.push_back(check_expression(p.relid, where, key, config::quote_ident(c)));
     }
-    p.ids = check_query(where, key, trigger_gen::ids_sql(s), types);
+    p.ids = check_query(where, key, trigger_gen::ids_sql(s), types, p.relid);
   }
   if (s.kind == SourceKind::RowFanOut) {
     const config::RowsFrom& rf = *s.rows_from;
@@ -219,7 +223,7 @@ Planned plan_source(const Source& s, size_t index) {
       throw Error(ErrorKind::InvalidInput, where + ", rows_from.slot: column \"" + rf.slot + "\" must be an integer");
     p.resolved.child_table = qualified_name(child);
     Oid key_type = check_expression(p.relid, where, "rows_from.parent_key", config::quote_ident(rf.parent_key));
-    p.rows = check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type});
+    p.rows = check_query(where, "rows_from", trigger_gen::rows_sql(s, p.resolved), {key_type}, p.relid);
   }
   // The trees the trigger runs: every expression of the spec, analysed in
   // one select list over the table, in the order the trigger reads them.
@@ -235,7 +239,7 @@ Planned plan_source(const Source& s, size_t index) {
   for (size_t i = 0; i < exprs.size(); i++) {
     Node* e = pg_guard(
         [&] { return reinterpret_cast<Node*>(list_nth_node(TargetEntry, p.select->targetList, int(i))->expr); });
-    check_owners(where, "expression \"" + exprs[i] + "\"", e);
+    check_code(where, "expression \"" + exprs[i] + "\"", e, p.relid);
   }
   p.trigger = trigger_gen::trigger_name(p.qualified, s, p.resolved);
   std::string nsp = pg_guard([&] { return get_namespace_name(get_rel_namespace(p.relid)); });

@@ -34,10 +34,14 @@ List* analyze_expressions(Oid relid, const char* select_list);
 // search_path pinned as above.
 Query* analyze_query(const char* sql, Oid* types, int ntypes);
 
-// The first function `node` (an expression or a Query) calls whose owner is
-// neither a superuser nor `applier`; InvalidOid when there is none. Capture
-// runs these functions as whoever writes to a captured table.
-Oid untrusted_function(Node* node, Oid applier);
+// What in `tree` (an expression or a Query) runs code that a role other than
+// a superuser, `applier` or `table_owner` wrote or can still change, as a
+// palloc'd description; nullptr when nothing does. Capture runs it as
+// whoever writes to the captured table. Looked at: the owners of functions
+// (and, for functions whose body resolves names when it runs, the schemas of
+// their pinned search_path), of domains, of the relations and views a query
+// reads (views' definitions too).
+char* untrusted_code(Node* tree, Oid applier, Oid table_owner);
 Oid function_owner(Oid func);
 
 // The owner of the extension's tables (bitdex_sync.ops): outbox rows and
