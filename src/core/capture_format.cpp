@@ -7,27 +7,31 @@
 namespace bitdex::capture {
 namespace {
 
-void tag(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint8_t out[kSha256Size]) {
-  char db[4];
-  for (int i = 0; i < 4; i++) db[i] = static_cast<char>(database >> (8 * i));
-  key.mac({std::string_view(db, 4), std::string_view(reinterpret_cast<const char*>(record), 1),
+void tag(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid,
+         uint8_t out[kSha256Size]) {
+  char ids[8];
+  for (int i = 0; i < 4; i++) {
+    ids[i] = static_cast<char>(database >> (8 * i));
+    ids[4 + i] = static_cast<char>(xid >> (8 * i));
+  }
+  key.mac({std::string_view(ids, 8), std::string_view(reinterpret_cast<const char*>(record), 1),
            std::string_view(reinterpret_cast<const char*>(record) + 1 + kTagSize, len - 1 - kTagSize)},
           out);
 }
 
 }  // namespace
 
-void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database) {
+void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid) {
   if (len < kHeaderSize) throw Error(ErrorKind::Internal, "capture record shorter than its header");
   uint8_t mac[kSha256Size];
-  tag(record, len, key, database, mac);
+  tag(record, len, key, database, xid, mac);
   for (size_t i = 0; i < kTagSize; i++) record[1 + i] = mac[i];
 }
 
-bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database) {
+bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid) {
   if (len < kHeaderSize || record[0] != kFormat) return false;
   uint8_t mac[kSha256Size];
-  tag(record, len, key, database, mac);
+  tag(record, len, key, database, xid, mac);
   uint8_t diff = 0;  // every byte compared: no early exit to time
   for (size_t i = 0; i < kTagSize; i++) diff |= static_cast<uint8_t>(mac[i] ^ record[1 + i]);
   return diff == 0;

@@ -169,8 +169,8 @@ namespace {
 // writers, with a trigger of its own).
 struct TrustCheck {
   Oid applier, table_owner;
-  char* why;                // the first thing that is not trusted, described
-  List* seen = NIL;         // views and atomic bodies already walked (a view's range table names itself)
+  char* why;         // the first thing that is not trusted, described
+  List* seen = NIL;  // views and atomic bodies already walked (a view's range table names itself)
 };
 
 bool trust_walker(Node* node, TrustCheck* c);
@@ -232,9 +232,10 @@ bool function_untrusted(Oid func, void* arg) {
   }
   if (!trusted(c, owner)) {
     ReleaseSysCache(tup);
-    c->why = psprintf("function %s is owned by role \"%s\", which is neither a superuser, the role applying the "
-                      "config nor the owner of the table",
-                      format_procedure_qualified(func), role_name(owner));
+    c->why = psprintf(
+        "function %s is owned by role \"%s\", which is neither a superuser, the role applying the "
+        "config nor the owner of the table",
+        format_procedure_qualified(func), role_name(owner));
     return true;
   }
   if (!no_body_tree) {
@@ -258,9 +259,10 @@ bool function_untrusted(Oid func, void* arg) {
     foreach (lc, names) closed = closed && schema_closed(c, static_cast<char*>(lfirst(lc)));
   }
   if (closed) return false;
-  c->why = psprintf("function %s resolves the names in its body when it runs, %s", format_procedure_qualified(func),
-                    path ? psprintf("with search_path = %s, in which roles that are not trusted may create objects", path)
-                         : "in the search_path of whoever writes to the table");
+  c->why =
+      psprintf("function %s resolves the names in its body when it runs, %s", format_procedure_qualified(func),
+               path ? psprintf("with search_path = %s, in which roles that are not trusted may create objects", path)
+                    : "in the search_path of whoever writes to the table");
   return true;
 }
 
@@ -276,9 +278,10 @@ bool relation_untrusted(Oid relid, TrustCheck* c) {
   if (list_member_oid(c->seen, relid)) return false;
   c->seen = lappend_oid(c->seen, relid);
   if (!trusted(c, owner)) {
-    c->why = psprintf("%s %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
-                      "nor the owner of the table (its definition or row security runs as the writer)",
-                      kind == RELKIND_VIEW ? "view" : "relation", get_rel_name(relid), role_name(owner));
+    c->why = psprintf(
+        "%s %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
+        "nor the owner of the table (its definition or row security runs as the writer)",
+        kind == RELKIND_VIEW ? "view" : "relation", get_rel_name(relid), role_name(owner));
     return true;
   }
   if (kind != RELKIND_VIEW) return false;
@@ -298,9 +301,10 @@ bool trust_walker(Node* node, TrustCheck* c) {
     const Oid owner = HeapTupleIsValid(tup) ? ((Form_pg_type)GETSTRUCT(tup))->typowner : InvalidOid;
     if (HeapTupleIsValid(tup)) ReleaseSysCache(tup);
     if (OidIsValid(owner) && !trusted(c, owner)) {
-      c->why = psprintf("domain %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
-                        "nor the owner of the table",
-                        format_type_be(domain), role_name(owner));
+      c->why = psprintf(
+          "domain %s is owned by role \"%s\", which is neither a superuser, the role applying the config "
+          "nor the owner of the table",
+          format_type_be(domain), role_name(owner));
       return true;
     }
   }
@@ -308,8 +312,7 @@ bool trust_walker(Node* node, TrustCheck* c) {
     auto* rte = castNode(RangeTblEntry, node);
     return rte->rtekind == RTE_RELATION && relation_untrusted(rte->relid, c);
   }
-  if (IsA(node, Query))
-    return query_tree_walker((Query*)node, (bool (*)())trust_walker, c, QTW_EXAMINE_RTES_BEFORE);
+  if (IsA(node, Query)) return query_tree_walker((Query*)node, (bool (*)())trust_walker, c, QTW_EXAMINE_RTES_BEFORE);
   return expression_tree_walker(node, (bool (*)())trust_walker, c);
 }
 

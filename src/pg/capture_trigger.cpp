@@ -643,15 +643,17 @@ void emit_outbox(int64 entity_id) {
 
 char g_seal_error[256];
 
-// Tags g_record with the server's capture key (capture_format.hpp): the
-// worker accepts no capture message without it.
+// Tags g_record with the server's capture key for this transaction
+// (capture_format.hpp): the worker accepts no capture message without it.
 void seal_record() {
   const bitdex::HmacSha256* mac = capture_mac();
   if (!mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
+  // The top-level transaction: decoding sees the message at its commit.
+  const TransactionId xid = GetTopTransactionId();
   if (!run_cpp(
           [&] {
             bitdex::capture::seal(reinterpret_cast<uint8_t*>(g_record.data), static_cast<size_t>(g_record.len), *mac,
-                                  MyDatabaseId);
+                                  MyDatabaseId, xid);
             return true;
           },
           g_seal_error, sizeof g_seal_error))

@@ -85,10 +85,10 @@ bool is_worker_origin(RepOriginId origin) {
   return origin != InvalidRepOriginId && origin == g_worker->origin;
 }
 
-// A message with our prefix that the capture trigger did not write: any
-// role may call pg_logical_emit_message(). It is dropped, never written and
-// never taken for poison (which could stop the slot); status() counts it,
-// and the log says so at most every minute.
+// A message with our prefix that the capture trigger did not write in the
+// transaction it is in: any role may call pg_logical_emit_message(). It is
+// dropped, never written and never taken for poison (which could stop the
+// slot); status() counts it, and the log says so at most every minute.
 void reject_message(XLogRecPtr lsn) {
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
@@ -122,7 +122,9 @@ void hold_message(LogicalDecodingContext* ctx, XLogReaderState* r) {
   const XLogRecPtr lsn = r->ReadRecPtr;
   const auto* data = reinterpret_cast<const uint8_t*>(m->message + m->prefix_size);
   const size_t size = m->message_size;
-  if (!capture::authentic(data, size, *g_worker->mac, MyDatabaseId)) {
+  // Authenticated at commit, when the transaction it belongs to is known
+  // (capture_format.hpp); what can never authenticate is dropped now.
+  if (size < capture::kHeaderSize || data[0] != capture::kFormat) {
     reject_message(lsn);
     return;
   }
@@ -137,8 +139,13 @@ void hold_message(LogicalDecodingContext* ctx, XLogReaderState* r) {
 
 // One capture message of a committed transaction, in commit order: decoded
 // into the open batch, or quarantined.
-void take_message(XLogRecPtr commit_lsn, TimestampTz commit_time, uint32_t index, const uint8_t* data, size_t size) {
+void take_message(XLogRecPtr commit_lsn, TimestampTz commit_time, TransactionId xid, uint32_t index,
+                  const uint8_t* data, size_t size) {
   if (g_worker->slot_stop_requested) return;  // stopped in front of a poison record
+  if (!capture::authentic(data, size, *g_worker->mac, MyDatabaseId, xid)) {
+    reject_message(commit_lsn);
+    return;
+  }
   bool added = false;
   bool ok = run_cpp(
       [&] {
@@ -204,7 +211,7 @@ void commit_record(LogicalDecodingContext* ctx, XLogReaderState* r, uint8 info) 
             g_worker->error, sizeof g_worker->error))
       messages_failed();
     if (!more) break;
-    take_message(commit_lsn, parsed.xact_time, index, data, size);
+    take_message(commit_lsn, parsed.xact_time, xid, index, data, size);
   }
   run_cpp(
       [] {

@@ -45,12 +45,12 @@ void change(LogicalDecodingContext*, ReorderBufferTXN*, Relation, ReorderBufferC
 // A message with our prefix but without the capture trigger's tag (any role
 // may emit one) is not printed: what this plugin shows is what the worker
 // would write.
-void message(LogicalDecodingContext* ctx, ReorderBufferTXN*, XLogRecPtr, bool transactional, const char* prefix,
+void message(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr, bool transactional, const char* prefix,
              Size size, const char* data) {
   if (!transactional || strcmp(prefix, bitdex::capture::kMessagePrefix) != 0) return;
   const bitdex::HmacSha256* mac = bitdex::pg::capture_mac();
   if (!mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
-  if (!bitdex::capture::authentic(reinterpret_cast<const uint8_t*>(data), size, *mac, MyDatabaseId)) return;
+  if (!bitdex::capture::authentic(reinterpret_cast<const uint8_t*>(data), size, *mac, MyDatabaseId, txn->xid)) return;
   if (!to_json(data, size))
     ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bad bitdex_sync capture message: %s", g_error)));
   OutputPluginPrepareWrite(ctx, true);

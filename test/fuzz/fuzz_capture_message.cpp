@@ -11,7 +11,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const bitdex::HmacSha256 key(std::string(32, '\x5a'));
-  if (bitdex::capture::authentic(data, size, key, 1)) std::abort();  // a 2^-128 event
+  if (bitdex::capture::authentic(data, size, key, 1, 7)) std::abort();  // a 2^-128 event
   try {
     (void)bitdex::capture::decode(data, size);
   } catch (const bitdex::Error&) {
@@ -20,9 +20,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string sealed(reinterpret_cast<const char*>(data), size);
   sealed[0] = static_cast<char>(bitdex::capture::kFormat);
   auto* p = reinterpret_cast<uint8_t*>(sealed.data());
-  bitdex::capture::seal(p, sealed.size(), key, 1);
-  if (!bitdex::capture::authentic(p, sealed.size(), key, 1)) std::abort();
-  if (bitdex::capture::authentic(p, sealed.size(), key, 2)) std::abort();
+  bitdex::capture::seal(p, sealed.size(), key, 1, 7);
+  if (!bitdex::capture::authentic(p, sealed.size(), key, 1, 7)) std::abort();
+  if (bitdex::capture::authentic(p, sealed.size(), key, 2, 7)) std::abort();
+  if (bitdex::capture::authentic(p, sealed.size(), key, 1, 8)) std::abort();
   try {
     (void)bitdex::capture::to_json(p, sealed.size());
   } catch (const bitdex::Error&) {

@@ -54,8 +54,9 @@ sub set_policy {
 # A message the decoder cannot read but whose tag is valid (the trigger never
 # writes one; a bug could): poison. An untagged one is not poison but a
 # forgery, rejected without a trace in the ops WAL (007_security.pl).
-my $poison_hex = signed_message($node, 'postgres', pack('q<', 77) . 'garbage');
-my $garbage = qq{SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$poison_hex'::bytea)};
+install_signer($node);
+my $poison_hex = unpack('H*', pack('q<', 77) . 'garbage');
+my $garbage = qq{SELECT bdx_test.emit_signed('\\x$poison_hex'::bytea)};
 my $bad_row = q{INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (%d, '[{"op": "frobnicate"}]')};
 
 # --- skip ------------------------------------------------------------------
@@ -66,8 +67,8 @@ sql('INSERT INTO img VALUES (2, 2)');
 sql('INSERT INTO box VALUES (1001, 1)');
 sync();
 is(created(1) + created(2) + created(1001), 3, 'skip: the records around the poison are written');
-is(sql("SELECT source || ' ' || payload || ' ' || (reason <> '')::int FROM bitdex_sync.quarantine WHERE source = 'slot'"),
-  "slot \\x$poison_hex 1", 'skip: the bad message is quarantined with its bytes and a reason');
+like(sql("SELECT source || ' ' || payload || ' ' || (reason <> '')::int FROM bitdex_sync.quarantine WHERE source = 'slot'"),
+  qr/^slot \\x02[0-9a-f]{32}$poison_hex 1$/, 'skip: the bad message is quarantined with its bytes and a reason');
 like(sql("SELECT position FROM bitdex_sync.quarantine WHERE source = 'slot'"), qr{^[0-9A-F]+/[0-9A-F]+:\d+$},
   'skip: ... and its position (commit LSN:index)');
 is(sql("SELECT entity_id || ' ' || payload FROM bitdex_sync.quarantine WHERE source = 'outbox'"),

@@ -61,9 +61,10 @@ my %forged = (
 );
 set_conf('bitdex_sync.on_poison_slot', 'stop');
 sql('INSERT INTO img VALUES (1, 1)');
+my ($rc, $err);
 for my $what (sort keys %forged) {
   my $hex = unpack('H*', $forged{$what});
-  my ($rc, $err) = as_mallory("SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$hex'::bytea)");
+  ($rc, $err) = as_mallory("SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$hex'::bytea)");
   is($rc, 0, "forged message ($what): a role without grants may emit it") or diag($err);
 }
 sql('INSERT INTO img VALUES (2, 2)');
@@ -80,15 +81,26 @@ is(sql("SELECT count(*) FROM bitdex_sync.quarantine"), '0', 'forgeries are not q
 like(sql('SELECT bitdex_sync.metrics()'), qr/^bitdex_sync_rejected_messages_total\{database="postgres"\} 4$/m,
   'metrics() counts them');
 like(slurp_file($node->logfile), qr/rejected a logical message with prefix "bitdex_sync"/, 'the log says so');
-# The same bytes with the server's tag are taken (what the trigger writes).
-my $signed = signed_message($node, 'postgres', $entity . $ops);
-sql("SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$signed'::bytea)");
+# The same bytes with the server's tag for their transaction are taken
+# (what the trigger writes) ...
+install_signer($node);
+my $rest = unpack('H*', $entity . $ops);
+my $signed = sql("SELECT encode(bdx_test.emit_signed('\\x$rest'::bytea), 'hex')");
 sync();
 like(dump_wal(), qr/"entity_id":1000,"creates_slot":true,"ops":\[\{"op":"set","field":"lvl","value":42\}\]/,
   'with the capture key\'s tag the same bytes are a capture record');
+# ... but not when copied into another transaction (a role that could read
+# the message, with REPLICATION say, cannot replay it).
+($rc, $err) = as_mallory("SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$signed'::bytea)");
+is($rc, 0, 'a replay may be emitted') or diag($err);
+sql('INSERT INTO img VALUES (3, 3)');
+sync();
+is(scalar(() = dump_wal() =~ /"entity_id":1000,/g), 1, 'a tagged message replayed in another transaction is rejected');
+is(sql("SELECT rejected_messages FROM bitdex_sync.status() WHERE source = 'slot'"), scalar(keys %forged) + 1,
+  '... and counted');
 ok(-f $node->data_dir . '/bitdex_sync.key', 'the capture key lives in the data directory');
 is(sprintf('%04o', (stat($node->data_dir . '/bitdex_sync.key'))[2] & 07777), '0600', '... readable by the server only');
-my ($rc, $err) = as_mallory(q{SELECT pg_read_binary_file('bitdex_sync.key')});
+($rc, $err) = as_mallory(q{SELECT pg_read_binary_file('bitdex_sync.key')});
 like($err, qr/permission denied/, 'a role without grants cannot read the key');
 set_conf('bitdex_sync.on_poison_slot', 'skip');
 

@@ -7,7 +7,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(bitdex_node create_extension signed_message wal_dir);
+our @EXPORT = qw(bitdex_node create_extension install_signer wal_dir);
 
 # bitdex_node($name, $extra_conf): the node, started; $extra_conf holds more
 # postgresql.conf lines.
@@ -44,22 +44,43 @@ sub wal_dir {
   return "$root/$oid";
 }
 
-# signed_message($node, $db, $rest): the hex of a capture message (format 2)
-# whose bytes after the tag are $rest (entity id and ops), tagged with the
-# server's capture key as the capture trigger tags it, for
-# pg_logical_emit_message(true, 'bitdex_sync', '\x...'::bytea). Tests use it
-# to reach the decoder with bytes the trigger would never write.
-sub signed_message {
-  my ($node, $db, $rest) = @_;
-  require Digest::SHA;
-  my $path = $node->data_dir . '/bitdex_sync.key';
-  open(my $fh, '<:raw', $path) or die "cannot read $path: $!";
-  local $/;
-  my $key = <$fh>;
-  close($fh);
-  my $dboid = $node->safe_psql($db, 'SELECT oid FROM pg_database WHERE datname = current_database()');
-  my $tag = substr(Digest::SHA::hmac_sha256(pack('V', $dboid) . "\x02" . $rest, $key), 0, 16);
-  return unpack('H*', "\x02" . $tag . $rest);
+# install_signer($node, $db = 'postgres'): functions in schema bdx_test of
+# that database; SELECT bdx_test.emit_signed('\x...'::bytea) then emits a
+# capture message (format 2) whose bytes after the tag are the argument,
+# tagged with the server's capture key for the emitting transaction as the
+# capture trigger tags it, and returns the whole message. Tests use it to
+# reach the decoder with bytes the trigger would never write. Superuser:
+# it reads the key file.
+sub install_signer {
+  my ($node, $db) = @_;
+  $node->safe_psql($db // 'postgres', q{
+CREATE SCHEMA IF NOT EXISTS bdx_test;
+CREATE OR REPLACE FUNCTION bdx_test.le32(v bigint) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+  SELECT set_byte(set_byte(set_byte(set_byte('\x00000000'::bytea, 0, (v & 255)::int), 1, ((v >> 8) & 255)::int),
+                           2, ((v >> 16) & 255)::int), 3, ((v >> 24) & 255)::int) $$;
+CREATE OR REPLACE FUNCTION bdx_test.pad(k bytea, c int) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE r bytea := decode(repeat('00', 64), 'hex');
+BEGIN
+  FOR i IN 0..63 LOOP
+    r := set_byte(r, i, (CASE WHEN i < length(k) THEN get_byte(k, i) ELSE 0 END) # c);
+  END LOOP;
+  RETURN r;
+END $$;
+CREATE OR REPLACE FUNCTION bdx_test.hmac(k bytea, m bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+  SELECT sha256(bdx_test.pad(k, 92) || sha256(bdx_test.pad(k, 54) || m)) $$;
+CREATE OR REPLACE FUNCTION bdx_test.emit_signed(rest bytea) RETURNS bytea LANGUAGE plpgsql AS $$
+DECLARE
+  xid bigint := pg_current_xact_id()::text::bigint % 4294967296;
+  db bigint := (SELECT oid FROM pg_database WHERE datname = current_database());
+  msg bytea;
+BEGIN
+  msg := '\x02'::bytea || substr(bdx_test.hmac(pg_read_binary_file('bitdex_sync.key'),
+                                               bdx_test.le32(db) || bdx_test.le32(xid) || '\x02'::bytea || rest), 1, 16)
+         || rest;
+  PERFORM pg_logical_emit_message(true, 'bitdex_sync', msg);
+  RETURN msg;
+END $$;
+});
 }
 
 1;

@@ -75,21 +75,22 @@ TEST(Sha256, IncrementalEqualsWhole) {
   }
 }
 
-TEST(CaptureFormat, OnlyTheSealingKeyAndDatabaseAuthenticate) {
+TEST(CaptureFormat, OnlyTheSealingKeyDatabaseAndTransactionAuthenticate) {
   HmacSha256 key(std::string(32, '\x11')), other(std::string(32, '\x12'));
   std::string r = record(42, {Op::set("lvl", OpValue::int64(7)), Op::alive()});
   auto* p = reinterpret_cast<uint8_t*>(r.data());
-  EXPECT_FALSE(capture::authentic(p, r.size(), key, 5)) << "an unsealed record";
-  capture::seal(p, r.size(), key, 5);
-  EXPECT_TRUE(capture::authentic(p, r.size(), key, 5));
-  EXPECT_FALSE(capture::authentic(p, r.size(), other, 5)) << "another key";
-  EXPECT_FALSE(capture::authentic(p, r.size(), key, 6)) << "another database";
-  EXPECT_FALSE(capture::authentic(p, r.size() - 1, key, 5)) << "truncated";
+  EXPECT_FALSE(capture::authentic(p, r.size(), key, 5, 900)) << "an unsealed record";
+  capture::seal(p, r.size(), key, 5, 900);
+  EXPECT_TRUE(capture::authentic(p, r.size(), key, 5, 900));
+  EXPECT_FALSE(capture::authentic(p, r.size(), other, 5, 900)) << "another key";
+  EXPECT_FALSE(capture::authentic(p, r.size(), key, 6, 900)) << "another database";
+  EXPECT_FALSE(capture::authentic(p, r.size(), key, 5, 901)) << "replayed in another transaction";
+  EXPECT_FALSE(capture::authentic(p, r.size() - 1, key, 5, 900)) << "truncated";
   for (size_t i = 0; i < r.size(); i++)
     for (uint8_t bit : {1, 128}) {
       std::string flipped = r;
       flipped[i] = static_cast<char>(flipped[i] ^ bit);
-      EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>(flipped.data()), flipped.size(), key, 5))
+      EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>(flipped.data()), flipped.size(), key, 5, 900))
           << "byte " << i;
     }
   EntityRecord d = capture::decode(p, r.size());
@@ -99,7 +100,7 @@ TEST(CaptureFormat, OnlyTheSealingKeyAndDatabaseAuthenticate) {
             R"({"entity_id":42,"ops":[{"op":"set","field":"lvl","value":7},{"op":"alive"}]})");
   // A format-1 message (no tag) is neither authentic nor decoded.
   std::string v1 = "\x01" + std::string(8, '\0') + "\x00";
-  EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>(v1.data()), v1.size(), key, 5));
+  EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>(v1.data()), v1.size(), key, 5, 900));
   EXPECT_THROW(capture::decode(reinterpret_cast<const uint8_t*>(v1.data()), v1.size()), Error);
-  EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>("\x00"), 1, key, 5));
+  EXPECT_FALSE(capture::authentic(reinterpret_cast<const uint8_t*>("\x00"), 1, key, 5, 900));
 }

@@ -3,9 +3,12 @@
 // the output plugin read it:
 //   u8 format (2) | 16-byte tag | i64 entity id, little-endian | ops payload (ops_codec)
 // The tag is the first 16 bytes of HMAC-SHA-256 under the server's capture
-// key over (u32 database OID, little-endian | format | everything after the
-// tag). pg_logical_emit_message() is open to every role; the tag is what
-// tells the worker a message came from the capture trigger.
+// key over (u32 database OID | u32 top-level transaction id, both
+// little-endian | format | everything after the tag).
+// pg_logical_emit_message() is open to every role; the tag is what tells the
+// worker a message came from the capture trigger, in the transaction it is
+// decoded in (a message copied from one transaction into another, by a role
+// that could read it, does not authenticate there).
 // Ops are BitDex V2's as the trigger built them (alive stays an op here;
 // dedup turns it into creates_slot).
 #pragma once
@@ -34,11 +37,12 @@ inline void write_header(Out& out, int64_t entity_id) {
   out.append(b, kHeaderSize);
 }
 
-// Fills the tag of a whole record (header + ops) in place.
-void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database);
+// Fills the tag of a whole record (header + ops) in place, for the
+// transaction `xid` of database `database`.
+void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid);
 // True when `record` is at least a header long and carries the tag `key`
-// gives it for `database`.
-bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database);
+// gives it for `database` and top-level transaction `xid`.
+bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid);
 
 // Decodes one payload (its tag is not checked here); throws Error(Corrupt).
 EntityRecord decode(const uint8_t* data, size_t len);
