@@ -140,11 +140,12 @@ CREATE FUNCTION bitdex_sync.guard_ddl() RETURNS event_trigger
 CREATE EVENT TRIGGER bitdex_sync_guard ON ddl_command_end EXECUTE FUNCTION bitdex_sync.guard_ddl();
 -- Also under session_replication_role = replica.
 ALTER EVENT TRIGGER bitdex_sync_guard ENABLE ALWAYS;
--- DROP EXTENSION bitdex_sync with rows waiting in the outbox is refused.
+-- DROP EXTENSION bitdex_sync with rows waiting in the outbox is refused (and
+-- DROP SCHEMA bitdex_sync CASCADE, DROP OWNED BY its owner: they drop it too).
 CREATE FUNCTION bitdex_sync.guard_drop() RETURNS event_trigger
   AS 'MODULE_PATHNAME', 'bitdex_sync_guard_drop'
   LANGUAGE C;
-CREATE EVENT TRIGGER bitdex_sync_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+CREATE EVENT TRIGGER bitdex_sync_guard_drop ON ddl_command_start WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
   EXECUTE FUNCTION bitdex_sync.guard_drop();
 ALTER EVENT TRIGGER bitdex_sync_guard_drop ENABLE ALWAYS;
 REVOKE ALL ON FUNCTION bitdex_sync.broken_capture(), bitdex_sync.guard_ddl(), bitdex_sync.guard_drop() FROM PUBLIC;

@@ -14,6 +14,7 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -110,7 +111,31 @@ Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS) {
   PG_RETURN_VOID();
 }
 
-// bitdex_sync.guard_drop(): the event trigger at the start of DROP EXTENSION.
+namespace {
+
+// Whether the command may drop the extension: DROP EXTENSION bitdex_sync,
+// DROP SCHEMA bitdex_sync (CASCADE), DROP OWNED BY its owner.
+bool drops_extension(Node* stmt) {
+  ListCell* lc;
+  if (IsA(stmt, DropStmt)) {
+    auto* drop = castNode(DropStmt, stmt);
+    if (drop->removeType != OBJECT_EXTENSION && drop->removeType != OBJECT_SCHEMA) return false;
+    foreach (lc, drop->objects)
+      if (IsA(lfirst(lc), String) && strcmp(strVal(lfirst(lc)), "bitdex_sync") == 0) return true;
+    return false;
+  }
+  if (IsA(stmt, DropOwnedStmt)) {
+    const Oid owner = bitdex::pg::extension_owner();
+    foreach (lc, castNode(DropOwnedStmt, stmt)->roles)
+      if (get_rolespec_oid(lfirst_node(RoleSpec, lc), true) == owner) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// bitdex_sync.guard_drop(): the event trigger at the start of DROP
+// EXTENSION, DROP SCHEMA and DROP OWNED (each can drop the extension).
 // Rows waiting in the outbox would go with the table: the drop is refused
 // while there are any (bitdex_sync.allow_capture_loss lets it through). The
 // extension is locked first, as the drop itself will: the worker finishes
@@ -124,14 +149,8 @@ Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS) {
     ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
                     errmsg("bitdex_sync.guard_drop() must be called as an event trigger")));
   auto* event = reinterpret_cast<EventTriggerData*>(fcinfo->context);
-  if (!IsA(event->parsetree, DropStmt) || castNode(DropStmt, event->parsetree)->removeType != OBJECT_EXTENSION)
-    PG_RETURN_VOID();
-  bool ours = false;
-  ListCell* lc;
-  foreach (lc, castNode(DropStmt, event->parsetree)->objects)
-    ours = ours || strcmp(strVal(lfirst(lc)), "bitdex_sync") == 0;
   const Oid ext = get_extension_oid("bitdex_sync", true);
-  if (!ours || !OidIsValid(ext)) PG_RETURN_VOID();
+  if (!OidIsValid(ext) || !drops_extension(event->parsetree)) PG_RETURN_VOID();
   extension_change_at_commit();
   LockDatabaseObject(ExtensionRelationId, ext, 0, AccessExclusiveLock);
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");

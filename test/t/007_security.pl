@@ -144,6 +144,10 @@ $node->poll_query_until('postgres', "SELECT state = 'stopped at poison' FROM bit
 ($rc, my $out, $err) = $node->psql('postgres', 'DROP EXTENSION bitdex_sync CASCADE');
 isnt($rc, 0, 'DROP EXTENSION is refused while rows wait in the outbox');
 like($err, qr/301 captured rows .* wait in the outbox/, '... saying how many');
+($rc, $out, $err) = $node->psql('postgres', 'DROP SCHEMA bitdex_sync CASCADE');
+like($err, qr/301 captured rows .* wait in the outbox/, 'so is DROP SCHEMA bitdex_sync CASCADE');
+($rc, $out, $err) = $node->psql('postgres', 'DROP OWNED BY CURRENT_USER CASCADE');
+like($err, qr/301 captured rows .* wait in the outbox/, 'and DROP OWNED BY the extension\'s owner');
 is(sql('SELECT count(*) FROM bitdex_sync.ops'), '301', '... and they are still there');
 set_conf('bitdex_sync.on_poison_outbox', 'skip');
 sync();
