@@ -667,6 +667,13 @@ void emit_keep(Source* s, int64 entity_id) {
   bitdex::capture::write_header(out, entity_id);
   bitdex::codec::write_varint(out, static_cast<uint64_t>(g_nops));
   appendBinaryStringInfo(&g_record, g_ops.data, g_ops.len);
+  if (static_cast<size_t>(g_record.len) > bitdex::capture::kMaxRecord)
+    ereport(ERROR,
+            (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+             errmsg("bitdex_sync: the captured change of entity " INT64_FORMAT " is %d bytes, more than %zu MB",
+                    entity_id, g_record.len, bitdex::capture::kMaxRecord >> 20),
+             errdetail("A capture record of the ops WAL holds at most %zu MB.", bitdex::capture::kMaxRecord >> 20),
+             errhint("Capture a shorter value (a prefix or a hash of the column) in the config.")));
   if (s->outbox) {
     emit_outbox(entity_id);
   } else {

@@ -13,6 +13,8 @@
 // makes a crash between the two harmless.
 #include <string>
 
+#include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/pg/worker_state.hpp"
 
@@ -102,6 +104,11 @@ void outbox_consume() {
       size_t nops = 0;
       bool ok = run_cpp(
           [&] {
+            // The trigger writes no bigger row; a row written by hand may be.
+            if (strlen(text) > 2 * capture::kMaxRecord)
+              throw Error(ErrorKind::InvalidInput, "outbox id " + std::to_string(id) + ": ops of " +
+                                                       std::to_string(strlen(text)) +
+                                                       " bytes are too large to capture");
             EntityRecord r;
             r.entity_id = entity;
             r.ops = parse_ops(json::parse(text), "outbox id " + std::to_string(id));

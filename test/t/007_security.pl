@@ -104,6 +104,28 @@ is(sprintf('%04o', (stat($node->data_dir . '/bitdex_sync.key'))[2] & 07777), '06
 like($err, qr/permission denied/, 'a role without grants cannot read the key');
 set_conf('bitdex_sync.on_poison_slot', 'skip');
 
+# --- one huge value: refused in the writing statement, not a stalled worker -----
+sql(q{
+CREATE TABLE big (id int PRIMARY KEY, t text);
+GRANT INSERT ON big TO mallory;
+SELECT count(*) FROM bitdex_sync.apply_config($$
+sources:
+  - table: img
+    sets_alive: true
+    track_fields: [lvl]
+  - table: big
+    sets_alive: true
+    track_fields: [t]
+$$);
+});
+($rc, $err) = as_mallory(q{INSERT INTO big VALUES (1, repeat('a', 65 * 1024 * 1024))});
+like($err, qr/captured change of entity 1 is \d+ bytes, more than 64 MB/, 'a change too large for a capture record is refused');
+($rc, $err) = as_mallory(q{INSERT INTO big VALUES (2, repeat('b', 1000))});
+is($rc, 0, 'smaller ones go through') or diag($err);
+sync();
+like(dump_wal(), qr/"entity_id":2,"creates_slot":true/, '... and the worker writes them');
+is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'slot'"), 'running', '... and runs');
+
 # --- item 5: a gap where the guard did not run ----------------------------------
 # A superuser can switch the guard itself off; the worker still notices.
 sql(q{ALTER EVENT TRIGGER bitdex_sync_guard DISABLE});
@@ -115,8 +137,8 @@ is(sql("SELECT source || ' ' || problem FROM bitdex_sync.capture_gaps"), 'img di
   'the worker records a capture trigger disabled behind the guard');
 is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap', 'status() shows the gap');
 like(slurp_file($node->logfile), qr/capture gap recorded: source "img"/, 'the log says so');
-is(sql(q{SELECT action FROM bitdex_sync.apply_config('{"sources":[{"table":"img","sets_alive":true,"track_fields":["lvl"]}]}')}),
-  'enable', 'apply_config enables it again');
+is(sql(q{SELECT string_agg(source || ' ' || action, ', ' ORDER BY source) FROM bitdex_sync.apply_config('{"sources":[{"table":"img","sets_alive":true,"track_fields":["lvl"]}]}')}),
+  'big drop, img enable', 'apply_config enables it again');
 is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap (restored)',
   'the gap is shown as restored until it is dealt with');
 sql('DELETE FROM bitdex_sync.capture_gaps');

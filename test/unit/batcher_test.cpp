@@ -4,6 +4,7 @@
 
 #include "bitdex_sync/core/batcher.hpp"
 #include "bitdex_sync/core/wal_reader.hpp"
+#include "support/model_index.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace bitdex;
@@ -120,3 +121,38 @@ TEST(Batcher, NewLimitsApplyToTheOpenBatch) {
 }
 
 }  // namespace
+
+// What dedup merges for one entity may outgrow a WAL record (capture writes
+// records of up to 64 MiB): the batcher cuts it into records of the same
+// entity, in order, and applying them means the same.
+TEST(Batcher, CutsRecordsThatOutgrowTheBound) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/wal";
+  auto w = wal::WalWriter::open({dir});
+  pipeline::Batcher b(*w, {100, 1u << 30});
+  std::vector<EntityRecord> in;
+  for (int i = 0; i < 5; i++) {
+    EntityRecord r = rec(9, 100, static_cast<uint32_t>(i),
+                         {Op::add("blob", OpValue::string(std::string(20u << 20, static_cast<char>('a' + i))))});
+    if (i == 0) r.ops.insert(r.ops.begin(), Op::alive());
+    in.push_back(r);
+    b.add(std::move(r));
+  }
+  b.flush();
+  auto batches = read_all(dir);
+  ASSERT_EQ(batches.size(), 1u);
+  const Batch& out = batches[0].records;
+  ASSERT_GE(out.size(), 2u) << "a 100 MiB record was not cut";
+  size_t ops = 0;
+  for (size_t i = 0; i < out.size(); i++) {
+    EXPECT_EQ(out[i].entity_id, 9);
+    EXPECT_EQ(out[i].creates_slot, i + 1 == out.size()) << "creates_slot belongs to the last part";
+    EXPECT_LE(pipeline::record_bytes(out[i]), pipeline::kSplitBytes + (21u << 20));
+    ops += out[i].ops.size();
+  }
+  EXPECT_EQ(ops, 5u);
+  test::ModelIndex a, c;
+  a.apply(in);
+  c.apply(out);
+  EXPECT_TRUE(a == c) << a.diff(c);
+}

@@ -67,7 +67,14 @@ class Batcher {
   BatchTotals totals_;
 };
 
-// Memory a record holds, roughly: what the memory bound counts.
+// Memory a record holds, roughly: what the memory bound counts (at least
+// its encoded size in the WAL).
 size_t record_bytes(const EntityRecord& r);
+
+// A record (after dedup) holding more than this is written as several
+// records of the same entity, in order: capture refuses a single change
+// above capture::kMaxRecord (64 MiB), so each stays below the WAL's 256 MiB
+// record bound.
+inline constexpr size_t kSplitBytes = 64u << 20;
 
 }  // namespace bitdex::pipeline

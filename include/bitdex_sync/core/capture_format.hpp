@@ -27,6 +27,11 @@ inline constexpr uint8_t kFormat = 2;
 inline constexpr size_t kTagSize = 16;
 inline constexpr size_t kHeaderSize = 1 + kTagSize + 8;
 inline constexpr size_t kKeySize = 32;  // bytes of the server's capture key
+// The largest record the capture trigger writes: a change that would make a
+// bigger one is refused in the writing statement (the ops WAL holds records
+// of up to 256 MiB; dedup merges records of one entity, and the worker cuts
+// what grows past 64 MiB).
+inline constexpr size_t kMaxRecord = 64u << 20;
 
 // Writes the header with a zero tag; seal() fills it once the ops follow.
 template <class Out>
