@@ -237,6 +237,30 @@ sources:
 $$) ORDER BY source;
 SELECT count(*) AS open_gaps FROM bitdex_sync.capture_gaps WHERE ended_at IS NULL;
 DELETE FROM bitdex_sync.capture_gaps;
+-- Commands that change a captured table's rows without firing capture are
+-- refused: TRUNCATE (also of a partition, or reached by CASCADE), ATTACH or
+-- DETACH of a partition that holds rows. Empty partitions come and go.
+CREATE TABLE sec_ref (id int PRIMARY KEY);
+ALTER TABLE sec_guard ADD COLUMN ref int REFERENCES sec_ref;
+TRUNCATE sec_guard;
+TRUNCATE sec_part_2;
+TRUNCATE sec_ref CASCADE;
+CREATE TABLE sec_part_3 (id int, lvl int, name text);
+INSERT INTO sec_part_3 VALUES (250, 1, 'x');
+ALTER TABLE sec_part ATTACH PARTITION sec_part_3 FOR VALUES FROM (200) TO (300);
+DELETE FROM sec_part_3;
+ALTER TABLE sec_part ATTACH PARTITION sec_part_3 FOR VALUES FROM (200) TO (300);
+ALTER TABLE sec_part DETACH PARTITION sec_part_1;
+ALTER TABLE sec_part DETACH PARTITION sec_part_3;
+TRUNCATE sec_part_3;
+SET bitdex_sync.allow_capture_loss = on;
+TRUNCATE sec_guard;
+RESET bitdex_sync.allow_capture_loss;
+SELECT source, problem, ended_at IS NOT NULL AS ended FROM bitdex_sync.capture_gaps WHERE problem LIKE 'TRUNCATE%';
+DELETE FROM bitdex_sync.capture_gaps;
+ALTER TABLE sec_guard DROP COLUMN ref;
+DROP TABLE sec_ref, sec_part_3;
+
 -- A source leaves the config first, then its table can go.
 BEGIN;
 SELECT source, action FROM bitdex_sync.apply_config($$

@@ -11,8 +11,13 @@
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
+#include "access/xact.h"
+#include "catalog/heap.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_inherits.h"
+#include "nodes/value.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "commands/event_trigger.h"
@@ -182,3 +187,141 @@ Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS) {
   SPI_finish();
   PG_RETURN_VOID();
 }
+
+// ---- commands that change a captured table's rows without firing capture ----
+
+namespace bitdex::pg {
+namespace {
+
+// The sources of this installation on table `relid`, as "name|trigger" text
+// (SPI connected, as the owner); empty when none.
+List* sources_on(Oid relid) {
+  Datum arg = ObjectIdGetDatum(relid);
+  Oid type = OIDOID;
+  if (SPI_execute_with_args("SELECT s.name, s.trigger_name, s.table_name FROM bitdex_sync.sources s "
+                            "JOIN bitdex_sync.instance i ON i.id = s.instance WHERE s.table_oid = $1 ORDER BY 1",
+                            1, &type, &arg, nullptr, true, 0) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not read bitdex_sync.sources");
+  List* out = NIL;
+  for (uint64 i = 0; i < SPI_processed; i++) {
+    HeapTuple row = SPI_tuptable->vals[i];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    out = lappend(out, list_make3(makeString(SPI_getvalue(row, desc, 1)), makeString(SPI_getvalue(row, desc, 2)),
+                                  makeString(SPI_getvalue(row, desc, 3))));
+  }
+  return out;
+}
+
+// `relid` or the partitioned tables it belongs to, as captured: its sources.
+List* captured_sources(Oid relid) {
+  List* out = sources_on(relid);
+  ListCell* lc;
+  List* ancestors = get_rel_relispartition(relid) ? get_partition_ancestors(relid) : NIL;
+  foreach (lc, ancestors) out = list_concat(out, sources_on(lfirst_oid(lc)));
+  return out;
+}
+
+// Refuses `what` on `relid` (its rows change and capture sees nothing) when
+// a source captures it; with bitdex_sync.allow_capture_loss it is let
+// through and recorded as a capture gap of each such source.
+void refuse_or_record(Oid relid, const char* what, const char* hint) {
+  List* sources = captured_sources(relid);
+  if (sources == NIL) return;
+  List* first = linitial_node(List, sources);
+  if (!g_allow_capture_loss)
+    ereport(ERROR,
+            (errcode(ERRCODE_OBJECT_IN_USE),
+             errmsg("%s would change the rows of %s without capture seeing it (source \"%s\" of bitdex_sync)", what,
+                    get_rel_name(relid), strVal(linitial(first))),
+             errdetail("The index would keep what the table no longer holds, or lack what it holds now."),
+             errhint("%s To do it anyway and record the gap, a superuser sets bitdex_sync.allow_capture_loss = on.",
+                     hint)));
+  ListCell* lc;
+  foreach (lc, sources) {
+    List* s = lfirst_node(List, lc);
+    Oid types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+    Datum values[5] = {CStringGetTextDatum(strVal(linitial(s))), CStringGetTextDatum(strVal(lthird(s))),
+                       CStringGetTextDatum(strVal(lsecond(s))),
+                       CStringGetTextDatum(psprintf("%s of %s", what, get_rel_name(relid))),
+                       CStringGetTextDatum(GetUserNameFromId(GetUserId(), false))};
+    if (SPI_execute_with_args("INSERT INTO bitdex_sync.capture_gaps (source, table_name, trigger_name, problem, "
+                              "detected_by, role, ended_at) VALUES ($1, $2, $3, $4, 'ddl', $5, now())",
+                              5, types, values, nullptr, false, 0) != SPI_OK_INSERT)
+      elog(ERROR, "bitdex_sync: could not record a capture gap");
+    ereport(WARNING, (errmsg("bitdex_sync: capture gap recorded: %s of %s (source \"%s\")", what, get_rel_name(relid),
+                             strVal(linitial(s))),
+                      errhint("The source needs a load to match the table again.")));
+  }
+}
+
+// Whether the table (with its partitions or children) holds a row.
+bool has_rows(Oid relid) {
+  const char* sql =
+      psprintf("SELECT EXISTS (SELECT FROM %s)",
+               quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid)));
+  if (SPI_execute(sql, true, 1) != SPI_OK_SELECT) elog(ERROR, "bitdex_sync: could not read %s", get_rel_name(relid));
+  bool isnull;
+  return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+void guard_truncate(TruncateStmt* stmt) {
+  List* relids = NIL;
+  ListCell* lc;
+  foreach (lc, stmt->relations) {
+    RangeVar* rv = lfirst_node(RangeVar, lc);
+    Oid relid = RangeVarGetRelid(rv, NoLock, true);
+    if (!OidIsValid(relid)) continue;
+    relids = list_append_unique_oid(relids, relid);
+    if (rv->inh) relids = list_concat_unique_oid(relids, find_all_inheritors(relid, NoLock, nullptr));
+  }
+  // CASCADE truncates what references them too, to the end of the chain.
+  for (List* added = relids; stmt->behavior == DROP_CASCADE && added != NIL;) {
+    List* more = NIL;
+    foreach (lc, heap_truncate_find_FKs(relids))
+      if (!list_member_oid(relids, lfirst_oid(lc))) more = lappend_oid(more, lfirst_oid(lc));
+    relids = list_concat(relids, more);
+    added = more;
+  }
+  foreach (lc, relids)
+    refuse_or_record(lfirst_oid(lc), "TRUNCATE",
+                     "Remove the source from the config first (capture of TRUNCATE comes with loads).");
+}
+
+void guard_alter_table(AlterTableStmt* stmt) {
+  ListCell* lc;
+  foreach (lc, stmt->cmds) {
+    auto* cmd = lfirst_node(AlterTableCmd, lc);
+    if (cmd->subtype != AT_AttachPartition && cmd->subtype != AT_DetachPartition) continue;
+    Oid parent = RangeVarGetRelid(stmt->relation, NoLock, true);
+    Oid part = RangeVarGetRelid(castNode(PartitionCmd, cmd->def)->name, NoLock, true);
+    if (!OidIsValid(parent) || !OidIsValid(part) || captured_sources(parent) == NIL) continue;
+    // The command takes this lock too: no row can come or go before it runs.
+    LockRelationOid(part, AccessExclusiveLock);
+    if (!has_rows(part)) continue;  // an empty partition changes nothing captured
+    const bool attach = cmd->subtype == AT_AttachPartition;
+    refuse_or_record(parent, attach ? "ATTACH PARTITION of a table with rows" : "DETACH PARTITION of a table with rows",
+                     attach ? "Attach it while empty and fill it through the partitioned table, or remove the source "
+                              "from the config first."
+                            : "Empty it first (through the partitioned table, so that capture sees the deletes), or "
+                              "remove the source from the config first.");
+  }
+}
+
+}  // namespace
+
+void guard_utility(Node* stmt) {
+  if (!IsA(stmt, TruncateStmt) && !IsA(stmt, AlterTableStmt)) return;
+  if (!IsTransactionState() || !OidIsValid(get_extension_oid("bitdex_sync", true))) return;
+  Oid nsp = get_namespace_oid("bitdex_sync", true);
+  if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("instance", nsp))) return;
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  UserContext was = enter_owner();
+  if (IsA(stmt, TruncateStmt))
+    guard_truncate(castNode(TruncateStmt, stmt));
+  else
+    guard_alter_table(castNode(AlterTableStmt, stmt));
+  leave_owner(was);
+  SPI_finish();
+}
+
+}  // namespace bitdex::pg

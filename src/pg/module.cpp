@@ -24,6 +24,6 @@ void _PG_init(void) {
   MarkGUCPrefixReserved("bitdex_sync");
   bitdex::pg::install_shared_memory_hooks();
   RegisterXactCallback(bitdex::pg::at_transaction_end, nullptr);
-  bitdex::pg::install_commit_prepared_hook();
+  bitdex::pg::install_utility_hook();
   bitdex::pg::register_workers();
 }

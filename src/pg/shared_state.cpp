@@ -358,21 +358,24 @@ void note_captured(bool outbox) {
 
 // COMMIT PREPARED commits a transaction that may have captured ops in
 // another session (whose PREPARE did not wake the worker): its commit wakes
-// the worker as if it had captured them itself, into the outbox too.
-void note_commit_prepared(PlannedStmt* pstmt, const char* query, bool read_only_tree, ProcessUtilityContext context,
-                          ParamListInfo params, QueryEnvironment* env, DestReceiver* dest, QueryCompletion* qc) {
+// the worker as if it had captured them itself, into the outbox too. And
+// commands that change a captured table's rows without firing capture are
+// refused first (capture_guard.cpp).
+void utility_hook(PlannedStmt* pstmt, const char* query, bool read_only_tree, ProcessUtilityContext context,
+                  ParamListInfo params, QueryEnvironment* env, DestReceiver* dest, QueryCompletion* qc) {
   Node* utility = pstmt->utilityStmt;
   if (IsA(utility, TransactionStmt) && castNode(TransactionStmt, utility)->kind == TRANS_STMT_COMMIT_PREPARED)
     g_commit_prepared = true;
+  guard_utility(utility);
   if (g_prev_utility)
     g_prev_utility(pstmt, query, read_only_tree, context, params, env, dest, qc);
   else
     standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc);
 }
 
-void install_commit_prepared_hook() {
+void install_utility_hook() {
   g_prev_utility = ProcessUtility_hook;
-  ProcessUtility_hook = note_commit_prepared;
+  ProcessUtility_hook = utility_hook;
 }
 
 void at_transaction_end(XactEvent event, void*) {

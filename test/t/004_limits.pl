@@ -70,7 +70,7 @@ SKIP: {
   $seen{$1}++ while $dump =~ /"entity_id":(\d+),"creates_slot":true/g;
   is(scalar(keys %seen), $n, "every row committed around the full disk is in the ops WAL ($n)");
   is(scalar(grep { $seen{$_} > 1 } keys %seen), 0, 'none twice');
-  sql('TRUNCATE img');
+  sql('DELETE FROM img');  # not TRUNCATE: the capture guard refuses it on a captured table
 }
 
 # --- one transaction larger than batch_max_memory ------------------------------

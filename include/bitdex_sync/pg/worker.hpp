@@ -162,8 +162,9 @@ void extension_change_at_commit();
 // database's worker once it has committed.
 void note_captured(bool outbox);
 void at_transaction_end(XactEvent event, void* arg);
-// ... and so does COMMIT PREPARED (a ProcessUtility hook notes it).
-void install_commit_prepared_hook();
+// ... and so does COMMIT PREPARED (a ProcessUtility hook notes it; the same
+// hook runs the capture guard's checks of TRUNCATE and partitions).
+void install_utility_hook();
 
 }  // namespace bitdex::pg
 
