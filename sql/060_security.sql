@@ -195,6 +195,7 @@ ALTER TABLE sec_guard ENABLE REPLICA TRIGGER :"guard_trigger";
 DROP TRIGGER :"guard_trigger" ON sec_guard;
 DROP TABLE sec_guard;
 ALTER TABLE sec_part_1 DISABLE TRIGGER :"clone_trigger";
+ALTER TRIGGER :"guard_trigger" ON sec_guard RENAME TO sec_renamed;
 -- ... while what leaves capture alone is not in the way.
 ALTER TABLE sec_guard ADD COLUMN note text;
 ALTER TABLE sec_guard ENABLE ALWAYS TRIGGER :"guard_trigger";
@@ -237,6 +238,42 @@ sources:
 $$) ORDER BY source;
 SELECT count(*) AS open_gaps FROM bitdex_sync.capture_gaps WHERE ended_at IS NULL;
 DELETE FROM bitdex_sync.capture_gaps;
+-- A trigger renamed anyway is dropped by its OID when apply_config
+-- replaces it (not left behind beside the new one).
+SET bitdex_sync.allow_capture_loss = on;
+ALTER TRIGGER :"guard_trigger" ON sec_guard RENAME TO sec_renamed;
+RESET bitdex_sync.allow_capture_loss;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+  - table: sec_guard
+    track_fields: [lvl]
+$$) ORDER BY source;
+SELECT tgname ~ '^bitdex_sec_guard_' AS ours FROM pg_trigger WHERE tgrelid = 'sec_guard'::regclass AND NOT tgisinternal;
+DELETE FROM bitdex_sync.capture_gaps;
+-- A shared_ops_fields helper name taken by a function bitdex_sync did not
+-- make is refused (CREATE OR REPLACE would keep its owner, who could change
+-- it); the helper's body is parsed once, like the trigger's expressions.
+CREATE FUNCTION public.bitdex_sec_guard_lvl_ops(_row sec_guard) RETURNS jsonb LANGUAGE sql AS 'SELECT NULL::jsonb';
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_guard
+    track_fields: [lvl]
+    shared_ops_fields: [lvl]
+$$) ORDER BY source;
+DROP FUNCTION public.bitdex_sec_guard_lvl_ops(sec_guard);
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: sec_part
+    sets_alive: true
+    track_fields: [lvl, "pg_catalog.upper({name}) as uname"]
+  - table: sec_guard
+    track_fields: [lvl]
+    shared_ops_fields: [lvl]
+$$) ORDER BY source;
+SELECT prosqlbody IS NOT NULL AS body_parsed_once FROM pg_proc WHERE proname = 'bitdex_sec_guard_lvl_ops';
 -- Commands that change a captured table's rows without firing capture are
 -- refused: TRUNCATE (also of a partition, or reached by CASCADE), ATTACH or
 -- DETACH of a partition that holds rows. Empty partitions come and go.

@@ -117,6 +117,10 @@ CREATE FUNCTION bitdex_sync.broken_capture()
     FROM mine s
    WHERE NOT EXISTS (SELECT FROM pg_trigger t WHERE t.oid = s.trigger_oid)
   UNION ALL
+  SELECT s.name, s.table_name, t.tgname, 'renamed from ' || s.trigger_name
+    FROM mine s JOIN pg_trigger t ON t.oid = s.trigger_oid
+   WHERE t.tgname <> s.trigger_name
+  UNION ALL
   -- Rows recorded by another installation (a restored dump): their OIDs and
   -- trees are another database's, so their triggers capture nothing until
   -- the config is applied again.

@@ -219,11 +219,15 @@ std::string helper_sql(const std::string& qualified_table, const std::string& sc
     if (cf.target == field) expr = &cf.expr;
   if (!expr)
     throw Error(ErrorKind::InvalidInput, "source \"" + s.name + "\": shared_ops_fields names \"" + field + "\"");
+  // A RETURN body is parsed when the function is made (apply_config runs
+  // this with the search_path it analyses capture expressions under) and
+  // stored as a tree: the helper calls what the trigger calls, and a
+  // function made later cannot change that.
   return "CREATE OR REPLACE FUNCTION " + config::quote_ident(schema) + "." +
          config::quote_ident(helper_name(s, field)) + "(_row " + qualified_table +
-         ") RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $bitdex$ "
-         "SELECT pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('op', 'set', 'field', " +
-         config::quote_literal(field) + ", 'value', bitdex_sync.op_value(" + expr->render("_row.") + "))) $bitdex$;\n";
+         ") RETURNS jsonb LANGUAGE sql STABLE RETURN "
+         "pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('op', 'set', 'field', " +
+         config::quote_literal(field) + ", 'value', bitdex_sync.op_value(" + expr->render("_row.") + ")));\n";
 }
 
 std::string drop_helper_sql(const std::string& qualified_helper, const std::string& qualified_table) {

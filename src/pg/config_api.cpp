@@ -3,6 +3,7 @@
 // configured ones exist, in the caller's transaction (an error anywhere
 // leaves everything as it was). Only triggers recorded in
 // bitdex_sync.sources are ever dropped.
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -300,6 +301,17 @@ bool trigger_present(const Recorded& rec) {
   return SPI_processed > 0;
 }
 
+// The recorded trigger under another name (ALTER TRIGGER ... RENAME let
+// through): DROP TRIGGER for it, or nothing.
+std::string drop_renamed(const Recorded& rec) {
+  Oid types[2] = {OIDOID, OIDOID};
+  Datum values[2] = {ObjectIdGetDatum(rec.trigger_oid), ObjectIdGetDatum(rec.relid)};
+  spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values, true);
+  if (SPI_processed == 0) return {};
+  const std::string now = spi_text(0, 1);
+  return now == rec.trigger ? std::string() : trigger_gen::drop_sql(qualified_name(rec.relid), now);
+}
+
 // Runs bitdex_sync's own bookkeeping (its tables) as the extension's owner,
 // so that EXECUTE on apply_config is all a role needs besides the rights on
 // the captured tables (the DDL runs as the caller and checks those).
@@ -352,7 +364,7 @@ std::string enable_sql(const std::string& source) {
   spi_exec_args(
       "SELECT format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', table_name, trigger_name) "
       "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem NOT IN ('dropped', 'recorded by an earlier "
-      "installation (a restored dump)') ORDER BY 1",
+      "installation (a restored dump)') AND problem NOT LIKE 'renamed%' ORDER BY 1",
       1, &type, &value, true);
   std::string sql;
   for (uint64 i = 0; i < SPI_processed; i++) sql += spi_text(static_cast<int>(i), 1) + "\n";
@@ -397,6 +409,21 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     const Planned& p = planned[i];
     const std::string& name = p.src->name;
     auto rec = recorded.find(name);
+    // A helper's name taken by a function bitdex_sync did not make (CREATE
+    // OR REPLACE would keep its owner, who could change it later).
+    for (const std::string& h : p.helpers) {
+      const bool ours =
+          rec != recorded.end() && rec->second.ours &&
+          std::find(rec->second.helpers.begin(), rec->second.helpers.end(), h) != rec->second.helpers.end();
+      Oid type = TEXTOID;
+      Datum arg = pg_guard([&] { return CStringGetTextDatum((h + "(" + p.qualified + ")").c_str()); });
+      spi_exec_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", 1, &type, &arg, true);
+      if (!ours && spi_text(0, 1) == "t")
+        throw Error(ErrorKind::InvalidInput,
+                    "source \"" + name + "\", shared_ops_fields: a function " + h + "(" + p.qualified +
+                        ") exists but was not created by bitdex_sync",
+                    {}, "Drop it or rename the field; bitdex_sync only replaces helpers it created.");
+    }
     const bool exists = trigger_exists(p.relid, p.trigger);
     const bool present = rec != recorded.end() && rec->second.ours && trigger_present(rec->second);
     if (rec != recorded.end() && rec->second.trigger == p.trigger && rec->second.relid == p.relid && present) {
@@ -420,6 +447,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       // The recorded trigger, or one of our computed name on the same table
       // recorded under another OID (a restored dump): ours to replace.
       if (present || (ours && exists)) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      if (rec->second.ours) ddl += drop_renamed(rec->second);
       if (present || (ours && exists) || rec->second.relid == p.relid) ddl += drop_helpers(rec->second);
       actions.push_back({name, "replace", p.trigger, p.qualified});
     } else {
@@ -433,6 +461,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
     if (trigger_present(rec)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
+    if (rec.ours) ddl += drop_renamed(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
   if (dry_run) return actions;
@@ -447,7 +476,16 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                 "decoding), then apply the config.");
   if (!ddl.empty()) {
     Applying applying;
-    spi_exec(ddl, SPI_OK_UTILITY);
+    // The search_path capture expressions are analysed under: the helpers'
+    // bodies (parsed now and stored) resolve what the trigger's trees do.
+    const char* ddl_text = ddl.c_str();
+    pg_guard([&] {
+      const int nest = NewGUCNestLevel();
+      (void)set_config_option("search_path", "pg_catalog, public, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+                              true, 0, false);
+      if (SPI_execute(ddl_text, false, 0) != SPI_OK_UTILITY) elog(ERROR, "bitdex_sync: apply_config's DDL failed");
+      AtEOXact_GUC(true, nest);
+    });
   }
   // applied_by names the caller, not the owner who writes the row.
   const std::string applier = pg_guard([] { return GetUserNameFromId(GetUserId(), false); });

@@ -328,9 +328,9 @@ sources:
   EXPECT_EQ(
       trigger_gen::helper_sql("\"public\".\"Image\"", "public", s, "sortAtUnix"),
       "CREATE OR REPLACE FUNCTION \"public\".\"bitdex_image_sortatunix_ops\"(_row \"public\".\"Image\") RETURNS jsonb "
-      "LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $bitdex$ SELECT pg_catalog.jsonb_build_array("
+      "LANGUAGE sql STABLE RETURN pg_catalog.jsonb_build_array("
       "pg_catalog.jsonb_build_object('op', 'set', 'field', 'sortAtUnix', 'value', bitdex_sync.op_value("
-      "extract(epoch from _row.\"sortAt\")::bigint))) $bitdex$;\n");
+      "extract(epoch from _row.\"sortAt\")::bigint)));\n");
   // Adding a shared field changes the definition, hence the trigger name.
   Source without = s;
   without.shared_ops_fields.clear();
