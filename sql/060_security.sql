@@ -29,6 +29,9 @@ CREATE TEMP TABLE sec_t (id int, x int);
 CREATE FUNCTION pg_temp.evil() RETURNS jsonb LANGUAGE sql AS $$ ALTER ROLE sec_mallory SUPERUSER; SELECT '[1]'::jsonb $$;
 CREATE TRIGGER sec_forged AFTER INSERT ON pg_temp.sec_t FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture('{"v":1,"source":"x","kind":"fan_out","sink":"message","slot":"\"id\"","alive":false,"delete":false,"fields":[{"f":"x","sql":"\"x\""}],"query":"postId in [{ids}]","query_cols":[],"ids_sql":"SELECT pg_temp.evil()","ids_params":[]}');
 INSERT INTO pg_temp.sec_t VALUES (1, 1);
+-- 2. ... and through the outbox sink, rows of its choosing in bitdex_sync.ops.
+CREATE TRIGGER sec_forged_outbox AFTER INSERT ON pg_temp.sec_t FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture('{"v":1,"source":"x","kind":"direct","sink":"outbox","slot":"\"id\"","alive":true,"delete":false,"fields":[{"f":"lvl","sql":"42"}]}');
+INSERT INTO pg_temp.sec_t VALUES (1001, 1);
 RESET ROLE;
 SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'sec_mallory';
 
@@ -37,11 +40,11 @@ SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'sec_mallo
 CREATE TABLE sec_forge (id int PRIMARY KEY, x int);
 CREATE TRIGGER sec_forged AFTER INSERT ON sec_forge FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture();
 INSERT INTO sec_forge VALUES (1, 1);
--- 2. ... the same for the outbox: no forged rows in bitdex_sync.ops.
+-- ... the same for the outbox: no forged rows in bitdex_sync.ops.
 CREATE TRIGGER sec_forged_outbox AFTER INSERT ON sec_forge FOR EACH ROW EXECUTE FUNCTION bitdex_sync.capture('{"v":1,"source":"x","kind":"direct","sink":"outbox","slot":"\"id\"","alive":true,"delete":false,"fields":[{"f":"lvl","sql":"42"}]}');
 DROP TRIGGER sec_forged ON sec_forge;
 INSERT INTO sec_forge VALUES (1000, 1);
-SELECT count(*) AS forged_outbox_rows FROM bitdex_sync.ops WHERE entity_id IN (1, 1000);
+SELECT count(*) AS forged_outbox_rows FROM bitdex_sync.ops WHERE entity_id IN (1000, 1001);
 DROP TABLE sec_forge;
 
 -- A per-row fan-out reads the children with the writer's rights, not the
