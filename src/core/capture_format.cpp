@@ -7,8 +7,8 @@
 namespace bitdex::capture {
 namespace {
 
-void tag(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid,
-         uint8_t out[kSha256Size]) {
+void tag(const uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid,
+         uint8_t out[kSipTagSize]) {
   char ids[8];
   for (int i = 0; i < 4; i++) {
     ids[i] = static_cast<char>(database >> (8 * i));
@@ -21,16 +21,16 @@ void tag(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t data
 
 }  // namespace
 
-void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid) {
+void seal(uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid) {
   if (len < kHeaderSize) throw Error(ErrorKind::Internal, "capture record shorter than its header");
-  uint8_t mac[kSha256Size];
+  uint8_t mac[kSipTagSize];
   tag(record, len, key, database, xid, mac);
   for (size_t i = 0; i < kTagSize; i++) record[1 + i] = mac[i];
 }
 
-bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid) {
+bool authentic(const uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid) {
   if (len < kHeaderSize || record[0] != kFormat) return false;
-  uint8_t mac[kSha256Size];
+  uint8_t mac[kSipTagSize];
   tag(record, len, key, database, xid, mac);
   uint8_t diff = 0;  // every byte compared: no early exit to time
   for (size_t i = 0; i < kTagSize; i++) diff |= static_cast<uint8_t>(mac[i] ^ record[1 + i]);

@@ -1,5 +1,4 @@
-// SHA-256 (FIPS 180-4) and HMAC-SHA-256 (RFC 2104): the stable digest behind
-// generated object names, and the tag that authenticates capture messages.
+// SHA-256 (FIPS 180-4): the stable digest behind generated object names.
 #include "bitdex_sync/core/sha256.hpp"
 
 #include <algorithm>
@@ -100,34 +99,6 @@ std::string sha256_hex(std::string_view data) {
     out += buf;
   }
   return out;
-}
-
-HmacSha256::HmacSha256(std::string_view key) {
-  unsigned char k[64] = {0};
-  if (key.size() > 64) {
-    Sha256 s;
-    s.update(key.data(), key.size());
-    s.final(k);
-  } else {
-    std::memcpy(k, key.data(), key.size());
-  }
-  unsigned char ipad[64], opad[64];
-  for (int i = 0; i < 64; i++) {
-    ipad[i] = k[i] ^ 0x36;
-    opad[i] = k[i] ^ 0x5c;
-  }
-  inner_.update(ipad, 64);
-  outer_.update(opad, 64);
-}
-
-void HmacSha256::mac(std::initializer_list<std::string_view> parts, uint8_t out[kSha256Size]) const {
-  Sha256 in = inner_;
-  for (std::string_view p : parts) in.update(p.data(), p.size());
-  uint8_t d[kSha256Size];
-  in.final(d);
-  Sha256 o = outer_;
-  o.update(d, sizeof d);
-  o.final(out);
 }
 
 }  // namespace bitdex

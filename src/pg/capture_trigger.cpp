@@ -646,7 +646,7 @@ char g_seal_error[256];
 // Tags g_record with the server's capture key for this transaction
 // (capture_format.hpp): the worker accepts no capture message without it.
 void seal_record() {
-  const bitdex::HmacSha256* mac = capture_mac();
+  const bitdex::SipHash128* mac = capture_mac();
   if (!mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
   // The top-level transaction: decoding sees the message at its commit.
   const TransactionId xid = GetTopTransactionId();

@@ -48,7 +48,7 @@ void change(LogicalDecodingContext*, ReorderBufferTXN*, Relation, ReorderBufferC
 void message(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr, bool transactional, const char* prefix,
              Size size, const char* data) {
   if (!transactional || strcmp(prefix, bitdex::capture::kMessagePrefix) != 0) return;
-  const bitdex::HmacSha256* mac = bitdex::pg::capture_mac();
+  const bitdex::SipHash128* mac = bitdex::pg::capture_mac();
   if (!mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
   if (!bitdex::capture::authentic(reinterpret_cast<const uint8_t*>(data), size, *mac, MyDatabaseId, txn->xid)) return;
   if (!to_json(data, size))

@@ -189,12 +189,12 @@ SharedState* shared_state() {
   return g_shared;
 }
 
-const bitdex::HmacSha256* capture_mac() noexcept {
-  static bitdex::HmacSha256* mac = nullptr;
+const bitdex::SipHash128* capture_mac() noexcept {
+  static bitdex::SipHash128* mac = nullptr;
   if (!mac && g_shared) {
     try {
-      mac = new bitdex::HmacSha256(
-          std::string_view(reinterpret_cast<const char*>(g_shared->capture_key), sizeof g_shared->capture_key));
+      static_assert(sizeof g_shared->capture_key >= bitdex::kSipKeySize);
+      mac = new bitdex::SipHash128(g_shared->capture_key);  // its first 16 bytes
     } catch (...) {
       return nullptr;
     }

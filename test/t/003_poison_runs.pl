@@ -54,14 +54,13 @@ sub set_policy {
 # A message the decoder cannot read but whose tag is valid (the trigger never
 # writes one; a bug could): poison. An untagged one is not poison but a
 # forgery, rejected without a trace in the ops WAL (007_security.pl).
-install_signer($node);
-my $poison_hex = unpack('H*', pack('q<', 77) . 'garbage');
-my $garbage = qq{SELECT bdx_test.emit_signed('\\x$poison_hex'::bytea)};
+my $poison = pack('q<', 77) . 'garbage';
+my $poison_hex = unpack('H*', $poison);
 my $bad_row = q{INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (%d, '[{"op": "frobnicate"}]')};
 
 # --- skip ------------------------------------------------------------------
 sql('INSERT INTO img VALUES (1, 1)');
-sql($garbage);
+emit_signed($node, $poison);
 sql(sprintf($bad_row, 900));
 sql('INSERT INTO img VALUES (2, 2)');
 sql('INSERT INTO box VALUES (1001, 1)');
@@ -81,7 +80,7 @@ is(sql('SELECT count(*) FROM bitdex_sync.ops'), '0', 'the outbox is empty');
 # --- stop, slot ----------------------------------------------------------------
 set_policy('slot', 'stop');
 sql('INSERT INTO img VALUES (3, 3)');
-sql($garbage);
+emit_signed($node, $poison);
 sql('INSERT INTO img VALUES (4, 4)');
 $node->poll_query_until('postgres', "SELECT state = 'stopped at poison' FROM bitdex_sync.status() WHERE source = 'slot'")
   or die 'slot did not stop';
@@ -162,7 +161,7 @@ is(sql("SELECT count(*) FROM bitdex_sync.quarantine WHERE source = 'outbox' AND 
 # confirmed, so the message is decoded again after the crash.
 open($fh, '>', $fault) or die "cannot create $fault: $!";
 close($fh);
-sql("BEGIN; INSERT INTO img VALUES (6, 6); $garbage; INSERT INTO img VALUES (7, 7); COMMIT");
+emit_signed($node, $poison, before => ['INSERT INTO img VALUES (6, 6)'], after => ['INSERT INTO img VALUES (7, 7)']);
 $node->poll_query_until('postgres', "SELECT count(*) = 3 FROM bitdex_sync.quarantine WHERE source = 'slot'")
   or die 'the third bad message was not quarantined';
 ok(!-e $fault, 'crash, slot: the worker was killed after a durable batch');

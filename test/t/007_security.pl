@@ -83,9 +83,7 @@ like(sql('SELECT bitdex_sync.metrics()'), qr/^bitdex_sync_rejected_messages_tota
 like(slurp_file($node->logfile), qr/rejected a logical message with prefix "bitdex_sync"/, 'the log says so');
 # The same bytes with the server's tag for their transaction are taken
 # (what the trigger writes) ...
-install_signer($node);
-my $rest = unpack('H*', $entity . $ops);
-my $signed = sql("SELECT encode(bdx_test.emit_signed('\\x$rest'::bytea), 'hex')");
+my $signed = emit_signed($node, $entity . $ops);
 sync();
 like(dump_wal(), qr/"entity_id":1000,"creates_slot":true,"ops":\[\{"op":"set","field":"lvl","value":42\}\]/,
   'with the capture key\'s tag the same bytes are a capture record');

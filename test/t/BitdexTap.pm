@@ -7,7 +7,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(bitdex_node create_extension install_signer wal_dir);
+our @EXPORT = qw(bitdex_node create_extension emit_signed wal_dir);
 
 # bitdex_node($name, $extra_conf): the node, started; $extra_conf holds more
 # postgresql.conf lines.
@@ -44,43 +44,59 @@ sub wal_dir {
   return "$root/$oid";
 }
 
-# install_signer($node, $db = 'postgres'): functions in schema bdx_test of
-# that database; SELECT bdx_test.emit_signed('\x...'::bytea) then emits a
-# capture message (format 2) whose bytes after the tag are the argument,
-# tagged with the server's capture key for the emitting transaction as the
-# capture trigger tags it, and returns the whole message. Tests use it to
-# reach the decoder with bytes the trigger would never write. Superuser:
-# it reads the key file.
-sub install_signer {
-  my ($node, $db) = @_;
-  $node->safe_psql($db // 'postgres', q{
-CREATE SCHEMA IF NOT EXISTS bdx_test;
-CREATE OR REPLACE FUNCTION bdx_test.le32(v bigint) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-  SELECT set_byte(set_byte(set_byte(set_byte('\x00000000'::bytea, 0, (v & 255)::int), 1, ((v >> 8) & 255)::int),
-                           2, ((v >> 16) & 255)::int), 3, ((v >> 24) & 255)::int) $$;
-CREATE OR REPLACE FUNCTION bdx_test.pad(k bytea, c int) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE r bytea := decode(repeat('00', 64), 'hex');
-BEGIN
-  FOR i IN 0..63 LOOP
-    r := set_byte(r, i, (CASE WHEN i < length(k) THEN get_byte(k, i) ELSE 0 END) # c);
-  END LOOP;
-  RETURN r;
-END $$;
-CREATE OR REPLACE FUNCTION bdx_test.hmac(k bytea, m bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-  SELECT sha256(bdx_test.pad(k, 92) || sha256(bdx_test.pad(k, 54) || m)) $$;
-CREATE OR REPLACE FUNCTION bdx_test.emit_signed(rest bytea) RETURNS bytea LANGUAGE plpgsql AS $$
-DECLARE
-  xid bigint := pg_current_xact_id()::text::bigint % 4294967296;
-  db bigint := (SELECT oid FROM pg_database WHERE datname = current_database());
-  msg bytea;
-BEGIN
-  msg := '\x02'::bytea || substr(bdx_test.hmac(pg_read_binary_file('bitdex_sync.key'),
-                                               bdx_test.le32(db) || bdx_test.le32(xid) || '\x02'::bytea || rest), 1, 16)
-         || rest;
-  PERFORM pg_logical_emit_message(true, 'bitdex_sync', msg);
-  RETURN msg;
-END $$;
-});
+# siphash128($key, $message): SipHash-2-4-128 (what capture tags messages
+# with; src/core/siphash.cpp), as 16 bytes.
+sub _rotl { use integer; my ($x, $b) = @_; return ($x << $b) | (($x >> (64 - $b)) & ((1 << $b) - 1)); }
+sub siphash128 {
+  use integer;
+  no warnings 'portable';
+  my ($key, $msg) = @_;
+  my ($k0, $k1) = unpack('q<q<', $key);
+  my @v = ($k0 ^ 0x736f6d6570736575, $k1 ^ 0x646f72616e646f6d ^ 0xee, $k0 ^ 0x6c7967656e657261,
+    $k1 ^ 0x7465646279746573);
+  my $round = sub {
+    $v[0] += $v[1]; $v[1] = _rotl($v[1], 13); $v[1] ^= $v[0]; $v[0] = _rotl($v[0], 32);
+    $v[2] += $v[3]; $v[3] = _rotl($v[3], 16); $v[3] ^= $v[2];
+    $v[0] += $v[3]; $v[3] = _rotl($v[3], 21); $v[3] ^= $v[0];
+    $v[2] += $v[1]; $v[1] = _rotl($v[1], 17); $v[1] ^= $v[2]; $v[2] = _rotl($v[2], 32);
+  };
+  my $len = length($msg);
+  my $padded = $msg . ("\0" x ((8 - ($len + 1) % 8) % 8)) . chr($len & 0xff);
+  for my $m (unpack('q<*', $padded)) { $v[3] ^= $m; $round->(); $round->(); $v[0] ^= $m; }
+  $v[2] ^= 0xee;
+  $round->() for 1 .. 4;
+  my $lo = $v[0] ^ $v[1] ^ $v[2] ^ $v[3];
+  $v[1] ^= 0xdd;
+  $round->() for 1 .. 4;
+  return pack('q<q<', $lo, $v[0] ^ $v[1] ^ $v[2] ^ $v[3]);
+}
+
+# emit_signed($node, $rest, db => 'postgres', before => [...], after => [...]):
+# in one transaction (the statements `before`, the message, the statements
+# `after`), emits a capture message (format 2) whose bytes after the tag are
+# $rest, tagged with the server's capture key for that transaction as the
+# capture trigger tags it; returns the message in hex. Tests use it to reach
+# the decoder with bytes the trigger would never write.
+sub emit_signed {
+  my ($node, $rest, %o) = @_;
+  my $db = $o{db} // 'postgres';
+  my $path = $node->data_dir . '/bitdex_sync.key';
+  open(my $fh, '<:raw', $path) or die "cannot read $path: $!";
+  local $/;
+  my $key = substr(<$fh>, 0, 16);
+  close($fh);
+  my $dboid = $node->safe_psql($db, 'SELECT oid FROM pg_database WHERE datname = current_database()');
+  my $s = $node->background_psql($db);
+  $s->query_safe('BEGIN');
+  $s->query_safe($_) for @{ $o{before} // [] };
+  my $xid = $s->query_safe('SELECT pg_current_xact_id()::text::bigint % 4294967296');
+  my $msg = "\x02" . siphash128($key, pack('VV', $dboid, $xid) . "\x02" . $rest) . $rest;
+  my $hex = unpack('H*', $msg);
+  $s->query_safe("SELECT pg_logical_emit_message(true, 'bitdex_sync', '\\x$hex'::bytea)");
+  $s->query_safe($_) for @{ $o{after} // [] };
+  $s->query_safe('COMMIT');
+  $s->quit;
+  return $hex;
 }
 
 1;

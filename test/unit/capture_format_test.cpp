@@ -1,5 +1,6 @@
-// HMAC-SHA-256 against RFC 4231, and the capture message's tag: only the key
-// and database that sealed a record accept it, and any changed byte fails.
+// SipHash-2-4-128 against the reference vectors, and the capture message's
+// tag: only the key, database and transaction that sealed a record accept
+// it, and any changed byte fails.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -8,6 +9,7 @@
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/ops_codec.hpp"
 #include "bitdex_sync/core/sha256.hpp"
+#include "bitdex_sync/core/siphash.hpp"
 
 using namespace bitdex;
 
@@ -23,10 +25,19 @@ std::string hex(const uint8_t* p, size_t n) {
   return out;
 }
 
-std::string hmac_hex(const std::string& key, const std::string& data) {
-  uint8_t out[kSha256Size];
-  HmacSha256(key).mac({data}, out);
+// The reference vectors: key 00 01 .. 0f, message 00 01 .. (n-1).
+std::string sip_hex(size_t n) {
+  uint8_t key[16], msg[64], out[16];
+  for (int i = 0; i < 16; i++) key[i] = static_cast<uint8_t>(i);
+  for (size_t i = 0; i < n; i++) msg[i] = static_cast<uint8_t>(i);
+  SipHash128(key).mac({std::string_view(reinterpret_cast<const char*>(msg), n)}, out);
   return hex(out, sizeof out);
+}
+
+SipHash128 key_of(char c) {
+  uint8_t k[16];
+  for (uint8_t& b : k) b = static_cast<uint8_t>(c);
+  return SipHash128(k);
 }
 
 struct StringOut {
@@ -45,22 +56,26 @@ std::string record(int64_t entity, const std::vector<Op>& ops) {
 
 }  // namespace
 
-TEST(Hmac, Rfc4231Vectors) {
-  EXPECT_EQ(hmac_hex(std::string(20, '\x0b'), "Hi There"),
-            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
-  EXPECT_EQ(hmac_hex("Jefe", "what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-  EXPECT_EQ(hmac_hex(std::string(20, '\xaa'), std::string(50, '\xdd')),
-            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
-  // A key longer than a block is hashed first.
-  EXPECT_EQ(hmac_hex(std::string(131, '\xaa'), "Test Using Larger Than Block-Size Key - Hash Key First"),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-  // Parts are hashed as their concatenation.
-  uint8_t a[kSha256Size], b[kSha256Size];
-  HmacSha256 k("Jefe");
-  k.mac({"what do ya ", "want for", " nothing?"}, a);
-  k.mac({"what do ya want for nothing?"}, b);
-  EXPECT_EQ(hex(a, sizeof a), hex(b, sizeof b));
+TEST(SipHash, ReferenceVectors) {
+  EXPECT_EQ(sip_hex(0), "a3817f04ba25a8e66df67214c7550293");
+  EXPECT_EQ(sip_hex(1), "da87c1d86b99af44347659119b22fc45");
+  EXPECT_EQ(sip_hex(7), "a1f1ebbed8dbc153c0b84aa61ff08239");
+  EXPECT_EQ(sip_hex(8), "3b62a9ba6258f5610f83e264f31497b4");
+  EXPECT_EQ(sip_hex(15), "5493e99933b0a8117e08ec0f97cfc3d9");
+  EXPECT_EQ(sip_hex(63), "5150d1772f50834a503e069a973fbd7c");
+  // Parts are hashed as their concatenation, wherever they split words.
+  uint8_t key[16], a[16], b[16];
+  for (int i = 0; i < 16; i++) key[i] = static_cast<uint8_t>(i);
+  SipHash128 k(key);
+  const std::string msg = "what do ya want for nothing? and a little more";
+  k.mac({msg}, a);
+  for (size_t cut1 = 0; cut1 <= msg.size(); cut1 += 3)
+    for (size_t cut2 = cut1; cut2 <= msg.size(); cut2 += 5) {
+      k.mac({std::string_view(msg).substr(0, cut1), std::string_view(msg).substr(cut1, cut2 - cut1),
+             std::string_view(msg).substr(cut2)},
+            b);
+      ASSERT_EQ(hex(a, sizeof a), hex(b, sizeof b)) << cut1 << " " << cut2;
+    }
 }
 
 TEST(Sha256, IncrementalEqualsWhole) {
@@ -76,7 +91,7 @@ TEST(Sha256, IncrementalEqualsWhole) {
 }
 
 TEST(CaptureFormat, OnlyTheSealingKeyDatabaseAndTransactionAuthenticate) {
-  HmacSha256 key(std::string(32, '\x11')), other(std::string(32, '\x12'));
+  SipHash128 key = key_of('\x11'), other = key_of('\x12');
   std::string r = record(42, {Op::set("lvl", OpValue::int64(7)), Op::alive()});
   auto* p = reinterpret_cast<uint8_t*>(r.data());
   EXPECT_FALSE(capture::authentic(p, r.size(), key, 5, 900)) << "an unsealed record";

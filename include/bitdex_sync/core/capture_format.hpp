@@ -2,8 +2,8 @@
 // (logical decoding message with prefix "bitdex_sync") and as the worker and
 // the output plugin read it:
 //   u8 format (2) | 16-byte tag | i64 entity id, little-endian | ops payload (ops_codec)
-// The tag is the first 16 bytes of HMAC-SHA-256 under the server's capture
-// key over (u32 database OID | u32 top-level transaction id, both
+// The tag is SipHash-2-4-128 under the server's capture key (siphash.hpp)
+// over (u32 database OID | u32 top-level transaction id, both
 // little-endian | format | everything after the tag).
 // pg_logical_emit_message() is open to every role; the tag is what tells the
 // worker a message came from the capture trigger, in the transaction it is
@@ -18,7 +18,7 @@
 #include <string>
 
 #include "bitdex_sync/core/ops.hpp"
-#include "bitdex_sync/core/sha256.hpp"
+#include "bitdex_sync/core/siphash.hpp"
 
 namespace bitdex::capture {
 
@@ -26,7 +26,7 @@ inline constexpr char kMessagePrefix[] = "bitdex_sync";
 inline constexpr uint8_t kFormat = 2;
 inline constexpr size_t kTagSize = 16;
 inline constexpr size_t kHeaderSize = 1 + kTagSize + 8;
-inline constexpr size_t kKeySize = 32;  // bytes of the server's capture key
+inline constexpr size_t kKeySize = kSipKeySize;  // bytes of the capture key
 // The largest record the capture trigger writes: a change that would make a
 // bigger one is refused in the writing statement (the ops WAL holds records
 // of up to 256 MiB; dedup merges records of one entity, and the worker cuts
@@ -44,10 +44,10 @@ inline void write_header(Out& out, int64_t entity_id) {
 
 // Fills the tag of a whole record (header + ops) in place, for the
 // transaction `xid` of database `database`.
-void seal(uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid);
+void seal(uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid);
 // True when `record` is at least a header long and carries the tag `key`
 // gives it for `database` and top-level transaction `xid`.
-bool authentic(const uint8_t* record, size_t len, const HmacSha256& key, uint32_t database, uint32_t xid);
+bool authentic(const uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid);
 
 // Decodes one payload (its tag is not checked here); throws Error(Corrupt).
 EntityRecord decode(const uint8_t* data, size_t len);

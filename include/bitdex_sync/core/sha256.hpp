@@ -1,10 +1,8 @@
-// SHA-256 (FIPS 180-4): the stable digest behind generated object names;
-// HMAC-SHA-256 (RFC 2104): the tag that authenticates capture messages.
+// SHA-256 (FIPS 180-4): the stable digest behind generated object names.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -29,17 +27,5 @@ class Sha256 {
 
 // Lowercase hex digest of `data`.
 std::string sha256_hex(std::string_view data);
-
-// HMAC-SHA-256 with the key's inner and outer blocks hashed once: each tag
-// then costs the message's blocks plus two.
-class HmacSha256 {
- public:
-  explicit HmacSha256(std::string_view key);
-  // The tag of the concatenation of `parts`.
-  void mac(std::initializer_list<std::string_view> parts, uint8_t out[kSha256Size]) const;
-
- private:
-  Sha256 inner_, outer_;
-};
 
 }  // namespace bitdex

@@ -4,7 +4,7 @@
 // errors, latches, and the launcher's requests.
 #pragma once
 
-#include "bitdex_sync/core/sha256.hpp"
+#include "bitdex_sync/core/siphash.hpp"
 #include "bitdex_sync/pg/postgres.hpp"
 
 extern "C" {
@@ -121,9 +121,9 @@ struct SharedState {
 };
 
 SharedState* shared_state();  // nullptr before shared memory is attached
-// This process's HMAC over the capture key (see capture_format.hpp), built
+// This process's SipHash keyed with the capture key (capture_format.hpp), built
 // at first use; nullptr without shared memory or memory.
-const bitdex::HmacSha256* capture_mac() noexcept;
+const bitdex::SipHash128* capture_mac() noexcept;
 // The capture key's file, relative to the data directory.
 constexpr const char* kCaptureKeyFile = "bitdex_sync.key";
 void install_shared_memory_hooks();

@@ -69,7 +69,7 @@ struct Worker {
   bool caches_for_decoding = false;         // see use_caches_for_decoding
   bool wal_unflushed = false;               // decoding reached a record not flushed whole yet
   int64 run_id = 0;                         // this run's row in bitdex_sync.runs
-  const HmacSha256* mac = nullptr;          // authenticates capture messages (set before decoding)
+  const SipHash128* mac = nullptr;          // authenticates capture messages (set before decoding)
   TimestampTz rejected_warned_at = 0;       // last warning of a rejected message
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   bool origin_dropped = false;              // by this process, since the extension went
