@@ -22,7 +22,9 @@
 #   BENCH_WORKLOADS ("a b c")  BENCH_VARIANTS ("none noop v2 bitdex")
 #   BENCH_DIR (/tmp/bitdex_capture_bench)  BENCH_PORT (54331)  SHARED (../shared)
 # Prints one line per run and a summary table: median TPS, and the median
-# over rounds of each run's change against the none run next to it.
+# over rounds of each run's change against the none run next to it. Each run
+# line also has the CPU the server used per transaction (µs: all its
+# processes, and the worker alone): steadier than TPS on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
@@ -65,6 +67,18 @@ use_variant() {
     -c "CHECKPOINT" >/dev/null
 }
 
+# CPU seconds (utime + stime, in clock ticks) of the server so far: its live
+# processes and what the postmaster has reaped (backends that exited).
+server_ticks() {
+  local pm=$1 t=0 p
+  t=$(awk '{print $16 + $17}' "/proc/$pm/stat")
+  for p in $(pgrep -P "$pm"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+postmaster=$(head -1 "$dir/data/postmaster.pid")
+
 results=$dir/results.tsv
 : > "$results"
 k=0
@@ -79,12 +93,18 @@ for r in $(seq 1 "$rounds"); do
       f=$(ls "$dir/bench/pgbench/${w}_"*.sql)
       pid=
       if [ "$v" = paused ] || [ "$v" = bare ]; then pid=$(private_pg_worker_pid); kill -STOP "$pid"; fi
+      worker=$(private_pg_worker_pid)
+      t0=$(server_ticks "$postmaster"); w0=$(proc_ticks "$worker")
       tps=$("${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T "$seconds" \
               -f "$f" postgres 2>/dev/null | awk '/^tps = / {print $3; exit}')
       if [ -n "$pid" ]; then kill -CONT "$pid"; fi
-      # Every variant starts with the worker caught up.
+      # Every variant starts with the worker caught up (what it does to
+      # catch up counts in its CPU).
       "${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('600s')" >/dev/null
-      printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$w" "$tps" | tee -a "$results"
+      t1=$(server_ticks "$postmaster"); w1=$(proc_ticks "$worker")
+      cpu=$(python3 -c "import sys; t,s,h,a,b,c,d=map(float,sys.argv[1:]); n=t*s; print(f'{(b-a)/h*1e6/n:.1f}\t{(d-c)/h*1e6/n:.2f}')" \
+              "$tps" "$seconds" "$hz" "$t0" "$t1" "$w0" "$w1")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$v" "$w" "$tps" "$cpu" | tee -a "$results"
     done
   done
 done
@@ -94,7 +114,7 @@ import sys, statistics
 path, variants, workloads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 runs, by_round = {}, {}
 for line in open(path):
-    r, v, w, tps = line.split('\t')
+    r, v, w, tps = line.split('\t')[:4]
     runs.setdefault((v, w), []).append(float(tps))
     by_round[(r, v, w)] = float(tps)
 print()
