@@ -53,6 +53,7 @@ const char* stream_name(Stream s) {
   switch (s) {
     case Stream::Slot: return "slot";
     case Stream::Outbox: return "outbox";
+    case Stream::Load: return "load";
     case Stream::None: return "none";
   }
   return "unknown";
@@ -63,6 +64,8 @@ void write_pos(std::string& out, const SourcePos& p) {
   if (p.stream == Stream::Slot)
     std::snprintf(buf, sizeof buf, "{\"stream\":\"slot\",\"lsn\":\"%X/%X\",\"index\":%u}",
                   static_cast<unsigned>(p.major >> 32), static_cast<unsigned>(p.major), p.minor);
+  else if (p.stream == Stream::Load)
+    std::snprintf(buf, sizeof buf, "{\"stream\":\"load\",\"load\":%" PRIu64 ",\"chunk\":%u}", p.major, p.minor);
   else
     std::snprintf(buf, sizeof buf, "{\"stream\":\"%s\",\"id\":%" PRIu64 "}", stream_name(p.stream), p.major);
   out += buf;
@@ -86,6 +89,13 @@ int cmd_dump(const std::string& dir, const Cursor& from) {
       line = "{\"batch\":" + std::to_string(b.seq) + ",\"segment\":" + std::to_string(b.begin.generation) +
              ",\"position\":";
       write_pos(line, r.pos);
+      if (r.clear) {
+        line += ",\"clear\":";
+        write_clear_json(line, *r.clear);
+        line += "}\n";
+        std::fputs(line.c_str(), stdout);
+        continue;
+      }
       line += ",\"entity_id\":" + std::to_string(r.entity_id) + ",\"creates_slot\":";
       line += r.creates_slot ? "true" : "false";
       line += ",\"ops\":";
@@ -174,6 +184,7 @@ Totals scan(const std::string& dir, std::vector<std::string>* problems, std::str
           problems->push_back("batch " + std::to_string(b.seq) + ": record of entity " + std::to_string(r.entity_id) +
                               " has a position outside the batch's range");
         t.records++;
+        if (r.clear) t.by_kind["clear"]++;
         t.ops += r.ops.size();
         t.creates_slot += r.creates_slot;
         for (const Op& op : r.ops) {

@@ -31,6 +31,8 @@
 //   when nothing between them (and neither's writes) can change which slots
 //   the query matches, and the later one commutes with those in between; the
 //   merged nested ops keep the last op per pair (exact for every slot).
+// * A clear record touches every slot: nothing moves across it. It closes
+//   the segment before it and passes through unchanged.
 #include "bitdex_sync/core/dedup.hpp"
 
 #include <functional>
@@ -156,6 +158,12 @@ class Deduper {
       Op alive = Op::alive();
       event(r.entity_id, alive, r.pos);
     }
+  }
+
+  // A clear record: everything before it is emitted first.
+  void barrier(EntityRecord& r) {
+    flush();
+    out_.push_back(std::move(r));
   }
 
   Batch finish() {
@@ -354,7 +362,10 @@ Batch dedup(Batch batch, DedupStats* stats, CancelCheck cancelled) {
   for (EntityRecord& r : batch) {
     if (cancelled && ++n % 1024 == 0 && cancelled()) throw Error(ErrorKind::Cancelled, "dedup was cancelled");
     ops_in += r.ops.size();
-    d.record(r);
+    if (r.is_clear())
+      d.barrier(r);
+    else
+      d.record(r);
   }
   Batch out = d.finish();
   if (stats) {

@@ -152,10 +152,50 @@ std::vector<Op> parse_ops(const json::Value& v, const std::string& where) {
   return out;
 }
 
+Clear parse_clear(const json::Value& v, const std::string& where) {
+  if (v.type != json::Type::Object) bad(where, "\"clear\" must be an object {source, fields, delete_slots}");
+  Clear c;
+  if (const json::Value* s = v.find("source")) {
+    if (s->type != json::Type::String) bad(where, "\"clear\".\"source\" must be a string");
+    c.source = s->text;
+  }
+  const json::Value& fields = member(v, "fields", where);
+  if (fields.type != json::Type::Array) bad(where, "\"clear\".\"fields\" must be an array of field names");
+  for (const json::Value& f : fields.items) {
+    if (f.type != json::Type::String || f.text.empty())
+      bad(where, "\"clear\".\"fields\" must hold non-empty strings");
+    c.fields.push_back(f.text);
+  }
+  for (auto [key, flag] : {std::pair{"delete_slots", &c.delete_slots}, std::pair{"alive_slots", &c.alive_slots}})
+    if (const json::Value* b = v.find(key)) {
+      if (b->type != json::Type::Bool) bad(where, std::string("\"clear\".\"") + key + "\" must be a boolean");
+      *flag = b->boolean;
+    }
+  if (c.alive_slots && !c.delete_slots) bad(where, "\"clear\".\"alive_slots\" needs \"delete_slots\"");
+  if (c.fields.empty() && !c.alive_slots) bad(where, "\"clear\" names no field");
+  return c;
+}
+
+void write_clear_json(std::string& out, const Clear& c) {
+  out += "{\"source\":";
+  json::write_string(out, c.source);
+  out += ",\"fields\":[";
+  for (size_t i = 0; i < c.fields.size(); i++) {
+    if (i) out += ',';
+    json::write_string(out, c.fields[i]);
+  }
+  out += "],\"delete_slots\":";
+  out += c.delete_slots ? "true" : "false";
+  out += ",\"alive_slots\":";
+  out += c.alive_slots ? "true" : "false";
+  out += '}';
+}
+
 EntityRecord parse_record(const json::Value& v, const std::string& where) {
   if (v.type != json::Type::Object)
     bad(where,
         std::string("a record must be an object {entity_id, ops, creates_slot}, got ") + json::type_name(v.type));
+  if (const json::Value* c = v.find("clear")) return EntityRecord::clearing(parse_clear(*c, where));
   EntityRecord r;
   const json::Value& id = member(v, "entity_id", where);
   if (id.type != json::Type::Number || !canonical_int(id.text, r.entity_id))
@@ -211,6 +251,12 @@ void write_ops_json(std::string& out, const std::vector<Op>& ops) {
 }
 
 void write_record_json(std::string& out, const EntityRecord& r) {
+  if (r.clear) {
+    out += "{\"clear\":";
+    write_clear_json(out, *r.clear);
+    out += '}';
+    return;
+  }
   out += "{\"entity_id\":";
   out += std::to_string(r.entity_id);
   out += ",\"ops\":";

@@ -114,7 +114,7 @@ ReadStatus WalReader::next(WalBatch* out) {
         }
         break;
       }
-      if (v.type == RecordType::Entity) {
+      if (is_batch_member(v.type)) {
         views.push_back(v);
         at += v.total_len;
         continue;

@@ -96,6 +96,7 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
   instance_ = h.instance;
   generation_ = generation;
   header_len_ = hlen;
+  version_ = h.version;
   marks_ = h.marks;
   next_seq_ = h.next_batch_seq;
 
@@ -109,7 +110,7 @@ void WalWriter::recover_last_segment(uint64_t generation, OpenReport* rep) {
       break;
     }
     if (st == Parse::Corrupt) break;
-    if (v.type == RecordType::Entity) {
+    if (is_batch_member(v.type)) {
       in_batch++;
       at += v.total_len;
       continue;
@@ -165,6 +166,7 @@ void WalWriter::create_segment(uint64_t generation) {
   generation_ = generation;
   header_len_ = bytes.size();
   end_ = bytes.size();
+  version_ = kFormatVersion;
 }
 
 AppendResult WalWriter::append(const Batch& records, const std::vector<SourcePos>& covered) {
@@ -187,7 +189,13 @@ AppendResult WalWriter::append(const Batch& records, const std::vector<SourcePos
                   "Positions must be above the durable mark and at most the covered position.");
   }
 
-  if (end_ >= opts_.segment_size && end_ > header_len_) create_segment(generation_ + 1);
+  // A clear record goes only into a segment whose version has them: a
+  // reader of an older version stops at the segment header, not at a
+  // record it would take for damage.
+  bool clears = false;
+  for (const EntityRecord& r : records) clears = clears || r.is_clear();
+  if ((end_ >= opts_.segment_size && end_ > header_len_) || (clears && version_ < kFirstClearVersion))
+    create_segment(generation_ + 1);
 
   buf_.clear();
   for (const EntityRecord& r : records) append_entity_record(buf_, r);

@@ -25,6 +25,10 @@ void Index::apply(const Batch& b, const std::string& where) {
 
 void Index::apply(const EntityRecord& r, const std::string& where) {
   counters_.records++;
+  if (r.clear) {
+    apply_clear(*r.clear);
+    return;
+  }
   // queryOpSet records are not about their own entity, so the slot check
   // applies only to records that touch it.
   auto slot = [&] { return slot_of(r.entity_id, where); };
@@ -83,6 +87,32 @@ void Index::remove_slot(uint32_t slot) {
   }
 }
 
+void Index::apply_clear(const Clear& c) {
+  counters_.clears++;
+  if (!c.delete_slots) {
+    for (const std::string& name : c.fields) fields_.erase(name);
+    return;
+  }
+  Roaring gone = c.alive_slots ? alive_ : Roaring();
+  for (const std::string& name : c.fields) {
+    auto f = fields_.find(name);
+    if (f == fields_.end()) continue;
+    for (const ValueMap::Entry& e : f->second.values) gone |= e.bitmap;
+  }
+  if (gone.isEmpty()) return;
+  alive_ -= gone;
+  for (auto& [name, field] : fields_) {
+    for (size_t i = 0; i < field.values.size();) {
+      Roaring& b = field.values.at(i).bitmap;
+      b -= gone;
+      if (b.isEmpty())
+        field.values.erase_at(i);  // the last entry moves to i
+      else
+        i++;
+    }
+  }
+}
+
 Roaring Index::match(const QueryClause& c) const {
   Roaring out;
   for (const OpValue& value : c.values)
@@ -96,6 +126,8 @@ std::string describe(const EntityRecord& r, const std::string& where) {
     out += "commit LSN " + std::to_string(r.pos.major) + " op " + std::to_string(r.pos.minor) + ", ";
   else if (r.pos.stream == Stream::Outbox)
     out += "outbox id " + std::to_string(r.pos.major) + ", ";
+  else if (r.pos.stream == Stream::Load)
+    out += "load " + std::to_string(r.pos.major) + " chunk " + std::to_string(r.pos.minor) + ", ";
   return out + "entity " + std::to_string(r.entity_id);
 }
 

@@ -153,6 +153,7 @@ Batch HistoryGen::next_change() {
     cascade_ = pick(0, 1) == 1;
     decided_cascade_ = true;
   }
+  if (truncates_ && pick(0, 59) == 0) return truncate();
   switch (pick(0, 11)) {
     case 0:
     case 1:
@@ -166,6 +167,35 @@ Batch HistoryGen::next_change() {
     case 9: return update_tag();
     default: return upsert_post();
   }
+}
+
+}  // namespace bitdex::test
+
+namespace bitdex::test {
+
+// TRUNCATE of one of the three tables, as the capture's clear record: the
+// image table's slots are deleted (on_delete), the tag table's field and the
+// post table's fan-out fields are cleared.
+Batch HistoryGen::truncate() {
+  Clear c;
+  switch (pick(0, 2)) {
+    case 0:
+      c = Clear{true, true, "image", {"a", "b", "postId"}};
+      images_.clear();
+      if (cascade_) tags_.clear();  // TRUNCATE ... CASCADE: the tag table's own clear follows
+      break;
+    case 1:
+      c = Clear{false, false, "tag.tagIds", {"tagIds"}};
+      tags_.clear();
+      break;
+    default:
+      c = Clear{false, false, "post", {"publishedAt", "availability"}};
+      posts_.clear();
+      break;
+  }
+  Batch out{EntityRecord::clearing(c)};
+  if (c.delete_slots && cascade_) out.push_back(EntityRecord::clearing(Clear{false, false, "tag.tagIds", {"tagIds"}}));
+  return out;
 }
 
 }  // namespace bitdex::test

@@ -25,6 +25,8 @@ class HistoryGen {
   Batch next_change();
 
   std::mt19937_64& rng() { return rng_; }
+  // Also emit TRUNCATEs (clear records), now and then.
+  void with_truncates(bool on = true) { truncates_ = on; }
 
  private:
   struct Image {
@@ -49,6 +51,7 @@ class HistoryGen {
   Batch delete_tag();
   Batch update_tag();
   Batch upsert_post();
+  Batch truncate();
 
   std::mt19937_64 rng_;
   std::map<int64_t, Image> images_;
@@ -56,6 +59,7 @@ class HistoryGen {
   std::map<int64_t, Post> posts_;
   bool cascade_ = false;
   bool decided_cascade_ = false;
+  bool truncates_ = false;
 };
 
 }  // namespace bitdex::test

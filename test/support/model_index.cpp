@@ -45,19 +45,40 @@ void ModelIndex::query_op_set(const Op& op) {
     for (const Op& n : op.ops) field_op(slot, n);
 }
 
+void ModelIndex::delete_slot(int64_t slot) {
+  alive_.erase(slot);
+  for (auto it = bitmaps_.begin(); it != bitmaps_.end();) {
+    it->second.erase(slot);
+    it = it->second.empty() ? bitmaps_.erase(it) : std::next(it);
+  }
+}
+
+// Written from the definition, slot by slot: the clear record's meaning.
+void ModelIndex::clear(const Clear& c) {
+  std::set<std::string> fields(c.fields.begin(), c.fields.end());
+  if (!c.delete_slots) {
+    for (auto it = bitmaps_.begin(); it != bitmaps_.end();)
+      it = fields.count(it->first.first) ? bitmaps_.erase(it) : std::next(it);
+    return;
+  }
+  std::set<int64_t> gone;
+  if (c.alive_slots) gone = alive_;
+  for (const auto& [k, slots] : bitmaps_)
+    if (fields.count(k.first)) gone.insert(slots.begin(), slots.end());
+  for (int64_t slot : gone) delete_slot(slot);
+}
+
 void ModelIndex::apply(const EntityRecord& r) {
+  if (r.clear) {
+    clear(*r.clear);
+    return;
+  }
   for (const Op& op : r.ops) {
     switch (op.kind) {
       case OpKind::Set:
       case OpKind::Add:
       case OpKind::Remove: field_op(r.entity_id, op); break;
-      case OpKind::Delete:
-        alive_.erase(r.entity_id);
-        for (auto it = bitmaps_.begin(); it != bitmaps_.end();) {
-          it->second.erase(r.entity_id);
-          it = it->second.empty() ? bitmaps_.erase(it) : std::next(it);
-        }
-        break;
+      case OpKind::Delete: delete_slot(r.entity_id); break;
       case OpKind::Alive: alive_.insert(r.entity_id); break;
       case OpKind::QueryOpSet: query_op_set(op); break;
     }

@@ -35,6 +35,8 @@ class ModelIndex {
  private:
   void field_op(int64_t slot, const Op& op);
   void query_op_set(const Op& op);
+  void delete_slot(int64_t slot);
+  void clear(const Clear& c);
 
   std::set<int64_t> alive_;
   std::map<Key, std::set<int64_t>> bitmaps_;  // never holds an empty set

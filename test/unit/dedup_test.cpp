@@ -202,6 +202,7 @@ TEST(DedupProperty, SameStateAsApplyingEveryOpInOrder) {
   for (uint64_t h = 0; h < histories; h++) {
     const uint64_t hseed = seed * 1000003 + h;
     HistoryGen gen(hseed);
+    gen.with_truncates(h % 4 == 0);
     auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen.rng()); };
     ModelIndex state;
     for (int i = pick(0, 12); i > 0; i--) state.apply(gen.next_change());  // history before the checked part

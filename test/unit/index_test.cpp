@@ -119,6 +119,7 @@ TEST(Index, RandomHistoriesAgreeWithTheModel) {
   size_t changes = 0;
   for (int h = 0; h < 300; h++) {
     HistoryGen gen(seeds());
+    gen.with_truncates(h % 3 == 0);
     Index ix;
     ModelIndex m;
     for (int i = 0; i < 200; i++) {

@@ -437,7 +437,7 @@ TEST(Wal, DocumentedLayout) {
   encode_segment_header(hdr, h);
   ASSERT_EQ(hdr.size(), 68u + 16u);
   EXPECT_EQ(hdr.substr(0, 8), "BDXOPWAL");
-  EXPECT_EQ(static_cast<uint8_t>(hdr[8]), 2);      // version
+  EXPECT_EQ(static_cast<uint8_t>(hdr[8]), 3);      // version
   EXPECT_EQ(static_cast<uint8_t>(hdr[12]), 84);    // header length
   EXPECT_EQ(static_cast<uint8_t>(hdr[16]), 0x88);  // WAL id, little-endian
   EXPECT_EQ(static_cast<uint8_t>(hdr[24]), 3);     // generation

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,8 +60,9 @@ struct Op {
 };
 
 // Where an op came from. Positions are comparable only within one stream:
-// the logical slot's (commit LSN, index in transaction), or the outbox id.
-enum class Stream : uint8_t { None = 0, Slot = 1, Outbox = 2 };
+// the logical slot's (commit LSN, index in transaction), the outbox id, or
+// a load's (load id, chunk number).
+enum class Stream : uint8_t { None = 0, Slot = 1, Outbox = 2, Load = 3 };
 
 struct SourcePos {
   Stream stream = Stream::None;
@@ -74,26 +76,58 @@ struct SourcePos {
   bool operator<=(const SourcePos& o) const { return !(o < *this); }
 };
 
-// One entity's ops as captured: {entity_id, ops, creates_slot}.
+// What a clear record takes out of the index, on every slot at once (SPEC
+// §9: a TRUNCATE, a field whose definition changed or went away). Either
+// the fields are cleared (every bitmap of each dropped), or, with
+// delete_slots, every slot holding a value in one of them (and with
+// alive_slots every alive slot too) is deleted as a `delete` op would.
+struct Clear {
+  bool delete_slots = false;
+  bool alive_slots = false;  // only with delete_slots
+  std::string source;        // the source it comes from: for people reading the WAL
+  std::vector<std::string> fields;
+
+  bool operator==(const Clear& o) const {
+    return delete_slots == o.delete_slots && alive_slots == o.alive_slots && source == o.source &&
+           fields == o.fields;
+  }
+};
+
+// One entity's ops as captured: {entity_id, ops, creates_slot}; or, when
+// `clear` is set, a clear record (entity_id 0, no ops), which no op moves
+// across (a barrier for dedup).
 struct EntityRecord {
   int64_t entity_id = 0;
   bool creates_slot = false;
   std::vector<Op> ops;
   SourcePos pos;
+  std::shared_ptr<const Clear> clear;
 
+  bool is_clear() const { return clear != nullptr; }
   bool operator==(const EntityRecord& o) const {
-    return entity_id == o.entity_id && creates_slot == o.creates_slot && ops == o.ops && pos == o.pos;
+    return entity_id == o.entity_id && creates_slot == o.creates_slot && ops == o.ops && pos == o.pos &&
+           (clear == o.clear || (clear && o.clear && *clear == *o.clear));
+  }
+  static EntityRecord clearing(Clear c, SourcePos pos = {}) {
+    EntityRecord r;
+    r.clear = std::make_shared<const Clear>(std::move(c));
+    r.pos = pos;
+    return r;
   }
 };
 
 using Batch = std::vector<EntityRecord>;
 
 // JSON ⇄ model. Parsing ignores unknown keys and rejects unknown ops with an
-// Error(InvalidInput) whose message names the op and where it was.
+// Error(InvalidInput) whose message names the op and where it was. A clear
+// record is {"clear": {"source": S, "fields": [..], "delete_slots": b,
+// "alive_slots": b}}.
 Op parse_op(const json::Value& v, const std::string& where, bool nested = false);
 std::vector<Op> parse_ops(const json::Value& v, const std::string& where);
 EntityRecord parse_record(const json::Value& v, const std::string& where);
 Batch parse_batch(std::string_view json_text);
+Clear parse_clear(const json::Value& v, const std::string& where);
+void write_clear_json(std::string& out, const Clear& c);
 
 void write_op_json(std::string& out, const Op& op);
 void write_ops_json(std::string& out, const std::vector<Op>& ops);

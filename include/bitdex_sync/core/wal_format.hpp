@@ -12,7 +12,10 @@
 namespace bitdex::wal {
 
 inline constexpr char kSegmentMagic[8] = {'B', 'D', 'X', 'O', 'P', 'W', 'A', 'L'};
-inline constexpr uint32_t kFormatVersion = 2;      // written; version 1 is still read
+// Written: 3 (clear records). Versions 1 and 2 are still read; a clear
+// record is only ever written into a version-3 segment.
+inline constexpr uint32_t kFormatVersion = 3;
+inline constexpr uint32_t kFirstClearVersion = 3;
 inline constexpr size_t kSegmentHeaderFixed = 64;  // before the stream marks (version 1: 48)
 inline constexpr size_t kSegmentHeaderFixedV1 = 48;
 inline constexpr size_t kMarkSize = 16;
@@ -20,10 +23,14 @@ inline constexpr size_t kRecordHeaderSize = 32;
 inline constexpr uint32_t kMaxRecordSize = 256u << 20;
 inline constexpr uint32_t kMaxMarks = 255;
 
-enum class RecordType : uint8_t { Entity = 1, BatchEnd = 2 };
+enum class RecordType : uint8_t { Entity = 1, BatchEnd = 2, Clear = 3 };
 inline constexpr uint8_t kFlagCreatesSlot = 0x01;
+// Clear record payload flags.
+inline constexpr uint8_t kClearDeleteSlots = 0x01;
+inline constexpr uint8_t kClearAliveSlots = 0x02;
 
 struct SegmentHeader {
+  uint32_t version = kFormatVersion;  // as read (written: always kFormatVersion)
   uint64_t wal_id = 0;           // random, identical in every segment of one WAL
   uint32_t database = 0;         // OID of the database it captures (0: written by a tool; version 1)
   uint64_t instance = 0;         // the extension instance writing it (0: a tool; version 1)
@@ -34,7 +41,7 @@ struct SegmentHeader {
 
 struct BatchEnd {
   uint64_t batch_seq = 0;
-  uint32_t record_count = 0;     // entity records in the batch
+  uint32_t record_count = 0;     // records in the batch (entity and clear)
   std::vector<SourcePos> marks;  // per stream: highest position covered so far
 };
 
@@ -59,6 +66,7 @@ void encode_segment_header(std::string& out, const SegmentHeader& h);
 // On Ok sets *h and *header_len; on Corrupt sets *why.
 Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, size_t* header_len, std::string* why);
 
+// An entity record, or a clear record when r.clear is set.
 void append_entity_record(std::string& out, const EntityRecord& r);
 void append_batch_end(std::string& out, const BatchEnd& b);
 
@@ -68,8 +76,10 @@ Parse decode_record(const uint8_t* p, size_t avail, RecordView* out, std::string
 
 // Decodes a BatchEnd payload; throws Error(Corrupt).
 BatchEnd decode_batch_end(const RecordView& v);
-// Decodes an entity record (payload ops); throws Error(Corrupt).
+// Decodes an entity or clear record; throws Error(Corrupt).
 EntityRecord decode_entity(const RecordView& v);
+// True for the record types a batch holds before its batch end.
+inline bool is_batch_member(RecordType t) { return t == RecordType::Entity || t == RecordType::Clear; }
 
 // True when a valid batch-end record of a batch numbered above
 // `expected_seq` starts anywhere in [from, len): proof that bad bytes before it

@@ -80,6 +80,7 @@ class WalWriter {
   uint64_t generation_ = 0;
   uint64_t end_ = 0;  // durable end of the current segment
   uint64_t header_len_ = 0;
+  uint32_t version_ = kFormatVersion;  // of the current segment
   uint64_t next_seq_ = 1;
   std::vector<SourcePos> marks_;
   bool broken_ = false;

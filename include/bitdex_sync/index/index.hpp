@@ -37,6 +37,7 @@ struct Counters {
   uint64_t ops = 0;             // top-level ops applied
   uint64_t null_queries = 0;    // queryOpSet with "query": null, skipped
   uint64_t bad_queries = 0;     // queryOpSet whose query does not parse, skipped and reported
+  uint64_t clears = 0;          // clear records applied (not kept in a snapshot)
   uint64_t batches = 0;         // WAL batches applied (set by the follower)
   uint64_t last_batch_seq = 0;  // seq of the last WAL batch applied
 };
@@ -48,7 +49,8 @@ class Index {
   // and creates_slot (after the record's ops) mark it alive, queryOpSet
   // applies its nested ops to every alive slot matching its query. Entity
   // ids outside 0..2^32-1 throw Error(InvalidInput); a malformed query is
-  // skipped and appended to problems() with `where`.
+  // skipped and appended to problems() with `where`. A clear record drops
+  // its fields, or deletes the slots holding a value in them (Clear).
   void apply(const EntityRecord& r, const std::string& where = {});
   void apply(const Batch& b, const std::string& where = {});
 
@@ -95,6 +97,7 @@ class Index {
   void field_op(uint32_t slot, const Op& op);
   void query_op_set(const Op& op, const EntityRecord& r, const std::string& where);
   void remove_slot(uint32_t slot);
+  void apply_clear(const Clear& c);
 
   std::map<std::string, Field> fields_;
   Roaring alive_;
