@@ -277,9 +277,12 @@ sources:
     shared_ops_fields: [lvl]
 $$) ORDER BY source;
 SELECT prosqlbody IS NOT NULL AS body_parsed_once FROM pg_proc WHERE proname = 'bitdex_sec_guard_lvl_ops';
--- Commands that change a captured table's rows without firing capture are
--- refused: TRUNCATE (also of a partition, or reached by CASCADE), ATTACH or
--- DETACH of a partition that holds rows. Empty partitions come and go.
+-- Commands that change a captured table's rows without being captured
+-- exactly are refused: TRUNCATE of a table whose source shares a field with
+-- another source (its clear would take the other's values too; also when
+-- reached by CASCADE), of a partition without its captured partitioned
+-- table, ATTACH or DETACH of a partition that holds rows. Empty partitions
+-- come and go. (TRUNCATE captured as a clear record: 070_load.)
 CREATE TABLE sec_ref (id int PRIMARY KEY);
 ALTER TABLE sec_guard ADD COLUMN ref int REFERENCES sec_ref;
 TRUNCATE sec_guard;

@@ -60,7 +60,12 @@ CREATE TABLE bitdex_sync.sources (
   trigger_oid  oid NOT NULL UNIQUE,
   spec         text NOT NULL,
   compiled     text NOT NULL,
-  instance     bigint NOT NULL  -- bitdex_sync.instance.id when recorded: a restored dump's rows are not this one's
+  instance     bigint NOT NULL,  -- bitdex_sync.instance.id when recorded: a restored dump's rows are not this one's
+  -- The statement-level AFTER TRUNCATE trigger beside the row trigger, and
+  -- what it captures: {"sink", "clear": the clear record, "refuse": reason or null}.
+  truncate_trigger_name text,
+  truncate_trigger_oid  oid UNIQUE,
+  truncate_spec         text
 );
 CREATE TABLE bitdex_sync.config_history (
   id         bigserial PRIMARY KEY,
@@ -108,7 +113,12 @@ CREATE FUNCTION bitdex_sync.broken_capture()
   SET search_path = pg_catalog
   AS $$
   WITH RECURSIVE mine AS (
-    SELECT s.* FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance),
+    -- Each source's row trigger and its TRUNCATE trigger.
+    SELECT s.name, s.table_name, t.trigger_name, t.trigger_oid
+      FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance
+      CROSS JOIN LATERAL (VALUES (s.trigger_name, s.trigger_oid),
+                                 (s.truncate_trigger_name, s.truncate_trigger_oid)) t(trigger_name, trigger_oid)
+     WHERE t.trigger_oid IS NOT NULL),
   tr(source, oid) AS (
     SELECT name, trigger_oid FROM mine
     UNION ALL

@@ -162,8 +162,7 @@ Clear parse_clear(const json::Value& v, const std::string& where) {
   const json::Value& fields = member(v, "fields", where);
   if (fields.type != json::Type::Array) bad(where, "\"clear\".\"fields\" must be an array of field names");
   for (const json::Value& f : fields.items) {
-    if (f.type != json::Type::String || f.text.empty())
-      bad(where, "\"clear\".\"fields\" must hold non-empty strings");
+    if (f.type != json::Type::String || f.text.empty()) bad(where, "\"clear\".\"fields\" must hold non-empty strings");
     c.fields.push_back(f.text);
   }
   for (auto [key, flag] : {std::pair{"delete_slots", &c.delete_slots}, std::pair{"alive_slots", &c.alive_slots}})

@@ -59,6 +59,24 @@ class Decoder {
 
   bool done() const { return p_ == end_; }
 
+  Clear clear() {
+    const uint8_t flags = byte();
+    if (flags & ~(kClearDeleteSlots | kClearAliveSlots)) fail("unknown clear flags");
+    Clear c;
+    c.delete_slots = (flags & kClearDeleteSlots) != 0;
+    c.alive_slots = (flags & kClearAliveSlots) != 0;
+    if (c.alive_slots && !c.delete_slots) fail("clear of alive slots without deleting slots");
+    c.source = bytes();
+    const uint64_t n = varint();
+    if (n > static_cast<uint64_t>(end_ - p_)) fail("more fields than bytes");
+    for (uint64_t i = 0; i < n; i++) {
+      c.fields.push_back(bytes());
+      if (c.fields.back().empty()) fail("empty field name");
+    }
+    if (c.fields.empty() && !c.alive_slots) fail("a clear of nothing");
+    return c;
+  }
+
  private:
   [[noreturn]] void fail(const char* what) {
     throw Error(ErrorKind::Corrupt, std::string("malformed op payload: ") + what);
@@ -140,6 +158,20 @@ std::vector<Op> decode_ops(const uint8_t* data, size_t len) {
   std::vector<Op> ops = d.ops(0);
   if (!d.done()) throw Error(ErrorKind::Corrupt, "malformed op payload: trailing bytes");
   return ops;
+}
+
+void encode_clear(std::string& out, const Clear& c) {
+  out += static_cast<char>((c.delete_slots ? kClearDeleteSlots : 0) | (c.alive_slots ? kClearAliveSlots : 0));
+  put_bytes(out, c.source);
+  put_varint(out, c.fields.size());
+  for (const std::string& f : c.fields) put_bytes(out, f);
+}
+
+Clear decode_clear(const uint8_t* data, size_t len) {
+  Decoder d(data, len);
+  Clear c = d.clear();
+  if (!d.done()) throw Error(ErrorKind::Corrupt, "malformed clear payload: trailing bytes");
+  return c;
 }
 
 }  // namespace bitdex::codec

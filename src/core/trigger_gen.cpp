@@ -1,6 +1,8 @@
 // Capture spec, names and DDL for one source.
 #include "bitdex_sync/core/trigger_gen.hpp"
 
+#include <algorithm>
+
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/sha256.hpp"
 #include "bitdex_sync/core/cpp_only.hpp"
@@ -232,6 +234,58 @@ std::string helper_sql(const std::string& qualified_table, const std::string& sc
 
 std::string drop_helper_sql(const std::string& qualified_helper, const std::string& qualified_table) {
   return "DROP FUNCTION IF EXISTS " + qualified_helper + "(" + qualified_table + ");\n";
+}
+
+std::vector<std::string> fields_written(const config::Source& s) {
+  std::vector<std::string> out;
+  if (s.kind == SourceKind::Join) out.push_back(s.field);
+  for (const auto& tf : s.track_fields) out.push_back(tf.target);
+  for (const auto& cf : s.computed_fields) out.push_back(cf.target);
+  return out;
+}
+
+Clear truncate_clear(const config::Source& s) {
+  Clear c;
+  c.source = s.name;
+  c.fields = fields_written(s);
+  c.delete_slots = s.kind == SourceKind::Direct && s.on_delete;
+  c.alive_slots = c.delete_slots && s.sets_alive;
+  return c;
+}
+
+std::string truncate_spec(const config::Config& cfg, const config::Source& s) {
+  const Clear c = truncate_clear(s);
+  std::string refuse;
+  for (const config::Source& other : cfg.sources) {
+    if (&other == &s || !refuse.empty()) continue;
+    for (const std::string& f : fields_written(other))
+      if (std::find(c.fields.begin(), c.fields.end(), f) != c.fields.end()) {
+        refuse = "field \"" + f + "\" is also written by source \"" + other.name + "\"";
+        break;
+      }
+  }
+  std::string out = "{";
+  str_member(out, "sink", config::sink_name(s.sink));
+  key(out, "clear");
+  write_clear_json(out, c);
+  if (refuse.empty()) {
+    key(out, "refuse");
+    out += "null";
+  } else {
+    str_member(out, "refuse", refuse);
+  }
+  return out + "}";
+}
+
+std::string truncate_trigger_name(const std::string& row_trigger) {
+  return row_trigger + "_t";
+}
+
+std::string create_truncate_sql(const std::string& qualified_table, const std::string& row_trigger) {
+  const std::string name = config::quote_ident(truncate_trigger_name(row_trigger));
+  return "CREATE TRIGGER " + name + " AFTER TRUNCATE ON " + qualified_table +
+         " FOR EACH STATEMENT EXECUTE FUNCTION bitdex_sync.capture();\nALTER TABLE " + qualified_table +
+         " ENABLE ALWAYS TRIGGER " + name + ";\n";
 }
 
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger) {

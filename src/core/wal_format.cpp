@@ -154,16 +154,8 @@ Parse decode_segment_header(const uint8_t* p, size_t avail, SegmentHeader* h, si
 
 void append_entity_record(std::string& out, const EntityRecord& r) {
   if (r.clear) {
-    const Clear& c = *r.clear;
     size_t start = begin_record(out, RecordType::Clear, 0, r.pos, 0);
-    put_u8(out, static_cast<uint8_t>((c.delete_slots ? kClearDeleteSlots : 0) | (c.alive_slots ? kClearAliveSlots : 0)));
-    codec::put_varint(out, c.source.size());
-    out += c.source;
-    codec::put_varint(out, c.fields.size());
-    for (const std::string& f : c.fields) {
-      codec::put_varint(out, f.size());
-      out += f;
-    }
+    codec::encode_clear(out, *r.clear);
     end_record(out, start);
     return;
   }
@@ -221,60 +213,8 @@ BatchEnd decode_batch_end(const RecordView& v) {
   return b;
 }
 
-namespace {
-
-// A bounds-checked reader of a clear record's payload.
-struct PayloadReader {
-  const uint8_t* p;
-  size_t len, at = 0;
-
-  [[noreturn]] static void bad(const char* what) {
-    throw Error(ErrorKind::Corrupt, std::string("clear record: ") + what);
-  }
-  uint64_t varint() {
-    uint64_t v = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
-      if (at >= len) bad("truncated varint");
-      const uint8_t b = p[at++];
-      if (shift == 63 && b > 1) bad("varint overflows 64 bits");
-      v |= uint64_t(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
-    }
-    bad("varint longer than 10 bytes");
-  }
-  std::string str() {
-    const uint64_t n = varint();
-    if (n > len - at) bad("string runs past the record");
-    std::string s(reinterpret_cast<const char*>(p + at), n);
-    at += n;
-    return s;
-  }
-};
-
-EntityRecord decode_clear(const RecordView& v) {
-  PayloadReader in{v.payload, v.payload_len};
-  if (in.len < 1) PayloadReader::bad("empty payload");
-  const uint8_t flags = in.p[in.at++];
-  if (flags & ~(kClearDeleteSlots | kClearAliveSlots)) PayloadReader::bad("unknown flags");
-  Clear c;
-  c.delete_slots = (flags & kClearDeleteSlots) != 0;
-  c.alive_slots = (flags & kClearAliveSlots) != 0;
-  if (c.alive_slots && !c.delete_slots) PayloadReader::bad("alive slots without delete slots");
-  c.source = in.str();
-  const uint64_t n = in.varint();
-  if (n > in.len - in.at) PayloadReader::bad("more fields than bytes");
-  for (uint64_t i = 0; i < n; i++) {
-    c.fields.push_back(in.str());
-    if (c.fields.back().empty()) PayloadReader::bad("empty field name");
-  }
-  if (in.at != in.len) PayloadReader::bad("trailing bytes");
-  return EntityRecord::clearing(std::move(c), v.pos);
-}
-
-}  // namespace
-
 EntityRecord decode_entity(const RecordView& v) {
-  if (v.type == RecordType::Clear) return decode_clear(v);
+  if (v.type == RecordType::Clear) return EntityRecord::clearing(codec::decode_clear(v.payload, v.payload_len), v.pos);
   EntityRecord r;
   r.entity_id = v.entity_id;
   r.creates_slot = (v.flags & kFlagCreatesSlot) != 0;

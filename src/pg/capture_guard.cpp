@@ -193,14 +193,22 @@ Datum bitdex_sync_guard_drop(PG_FUNCTION_ARGS) {
 namespace bitdex::pg {
 namespace {
 
-// The sources of this installation on table `relid`, as "name|trigger" text
-// (SPI connected, as the owner); empty when none.
-List* sources_on(Oid relid) {
+// The sources of this installation on table `relid`, as lists of (name,
+// trigger, table) (SPI connected, as the owner); empty when none. With
+// `untruncatable`, only those whose TRUNCATE trigger is not there and firing
+// always (a TRUNCATE of the table would not be captured for them).
+List* sources_on(Oid relid, bool untruncatable = false) {
   Datum arg = ObjectIdGetDatum(relid);
   Oid type = OIDOID;
-  if (SPI_execute_with_args("SELECT s.name, s.trigger_name, s.table_name FROM bitdex_sync.sources s "
-                            "JOIN bitdex_sync.instance i ON i.id = s.instance WHERE s.table_oid = $1 ORDER BY 1",
-                            1, &type, &arg, nullptr, true, 0) != SPI_OK_SELECT)
+  const char* sql =
+      untruncatable
+          ? "SELECT s.name, s.trigger_name, s.table_name FROM bitdex_sync.sources s "
+            "JOIN bitdex_sync.instance i ON i.id = s.instance WHERE s.table_oid = $1 AND NOT EXISTS (SELECT FROM "
+            "pg_catalog.pg_trigger t WHERE t.oid = s.truncate_trigger_oid AND t.tgrelid = s.table_oid AND "
+            "t.tgenabled = 'A') ORDER BY 1"
+          : "SELECT s.name, s.trigger_name, s.table_name FROM bitdex_sync.sources s "
+            "JOIN bitdex_sync.instance i ON i.id = s.instance WHERE s.table_oid = $1 ORDER BY 1";
+  if (SPI_execute_with_args(sql, 1, &type, &arg, nullptr, true, 0) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read bitdex_sync.sources");
   List* out = NIL;
   for (uint64 i = 0; i < SPI_processed; i++) {
@@ -222,10 +230,10 @@ List* captured_sources(Oid relid) {
 }
 
 // Refuses `what` on `relid` (its rows change and capture sees nothing) when
-// a source captures it; with bitdex_sync.allow_capture_loss it is let
-// through and recorded as a capture gap of each such source.
-void refuse_or_record(Oid relid, const char* what, const char* hint) {
-  List* sources = captured_sources(relid);
+// `sources` (those that would miss it) is not empty; with
+// bitdex_sync.allow_capture_loss it is let through and recorded as a
+// capture gap of each such source.
+void refuse_or_record(Oid relid, List* sources, const char* what, const char* hint) {
   if (sources == NIL) return;
   List* first = linitial_node(List, sources);
   if (!g_allow_capture_loss)
@@ -282,9 +290,21 @@ void guard_truncate(TruncateStmt* stmt) {
     relids = list_concat(relids, more);
     added = more;
   }
-  foreach (lc, relids)
-    refuse_or_record(lfirst_oid(lc), "TRUNCATE",
-                     "Remove the source from the config first (capture of TRUNCATE comes with loads).");
+  // Each table's own sources capture its TRUNCATE with their TRUNCATE
+  // trigger. A partition has none (statement triggers are not cloned): it
+  // may be truncated only with the captured partitioned table above it,
+  // whose trigger then fires.
+  foreach (lc, relids) {
+    const Oid relid = lfirst_oid(lc);
+    List* missed = sources_on(relid, true);
+    ListCell* a;
+    List* ancestors = get_rel_relispartition(relid) ? get_partition_ancestors(relid) : NIL;
+    foreach (a, ancestors)
+      if (!list_member_oid(relids, lfirst_oid(a))) missed = list_concat(missed, sources_on(lfirst_oid(a)));
+    refuse_or_record(relid, missed, "TRUNCATE",
+                     "Truncate the partitioned table, or DELETE the rows (each is captured); apply the config "
+                     "again if its TRUNCATE trigger is missing or disabled.");
+  }
 }
 
 void guard_alter_table(AlterTableStmt* stmt) {
@@ -299,7 +319,8 @@ void guard_alter_table(AlterTableStmt* stmt) {
     LockRelationOid(part, AccessExclusiveLock);
     if (!has_rows(part)) continue;  // an empty partition changes nothing captured
     const bool attach = cmd->subtype == AT_AttachPartition;
-    refuse_or_record(parent, attach ? "ATTACH PARTITION of a table with rows" : "DETACH PARTITION of a table with rows",
+    refuse_or_record(parent, captured_sources(parent),
+                     attach ? "ATTACH PARTITION of a table with rows" : "DETACH PARTITION of a table with rows",
                      attach ? "Attach it while empty and fill it through the partitioned table, or remove the source "
                               "from the config first."
                             : "Empty it first (through the partitioned table, so that capture sees the deletes), or "
@@ -308,6 +329,28 @@ void guard_alter_table(AlterTableStmt* stmt) {
 }
 
 }  // namespace
+
+// A TRUNCATE whose clear cannot be captured, let through by
+// bitdex_sync.allow_capture_loss: a capture gap of the source.
+void record_truncate_gap(const char* source, Oid relid, const char* trigger) {
+  if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  UserContext was = enter_owner();
+  Oid types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+  Datum values[5] = {CStringGetTextDatum(source),
+                     CStringGetTextDatum(
+                         quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid))),
+                     CStringGetTextDatum(trigger), CStringGetTextDatum(psprintf("TRUNCATE of %s", get_rel_name(relid))),
+                     CStringGetTextDatum(GetUserNameFromId(GetUserId(), false))};
+  if (SPI_execute_with_args("INSERT INTO bitdex_sync.capture_gaps (source, table_name, trigger_name, problem, "
+                            "detected_by, role, ended_at) VALUES ($1, $2, $3, $4, 'ddl', $5, now())",
+                            5, types, values, nullptr, false, 0) != SPI_OK_INSERT)
+    elog(ERROR, "bitdex_sync: could not record a capture gap");
+  leave_owner(was);
+  SPI_finish();
+  ereport(WARNING,
+          (errmsg("bitdex_sync: capture gap recorded: TRUNCATE of %s (source \"%s\")", get_rel_name(relid), source),
+           errhint("The source needs a load to match the table again.")));
+}
 
 void guard_utility(Node* stmt) {
   if (!IsA(stmt, TruncateStmt) && !IsA(stmt, AlterTableStmt)) return;

@@ -202,7 +202,10 @@ Oid recorded_trigger(const Trigger* t) {
 // Read directly with the latest snapshot, not through SPI: the writer has no
 // rights on the table, and a transaction whose snapshot predates the
 // apply_config that created the trigger must still find its row.
-bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
+// The row of bitdex_sync.sources of this installation whose column
+// `match` (trigger_oid or truncate_trigger_oid) is `tgoid`: its table and
+// the text columns `cols` (palloc'd). False when there is none.
+bool recorded_row(Oid tgoid, const char* match, Oid* table, int ncols, const char* const* cols, char** out) {
   Oid nsp = get_namespace_oid("bitdex_sync", true);
   Oid relid = OidIsValid(nsp) ? get_relname_relid("sources", nsp) : InvalidOid;
   Oid instance_rel = OidIsValid(nsp) ? get_relname_relid("instance", nsp) : InvalidOid;
@@ -226,35 +229,52 @@ bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
     table_close(rel, AccessShareLock);
   }
   Relation rel = table_open(relid, AccessShareLock);
-  const AttrNumber a_trigger = get_attnum(relid, "trigger_oid"), a_table = get_attnum(relid, "table_oid"),
-                   a_spec = get_attnum(relid, "spec"), a_compiled = get_attnum(relid, "compiled"),
+  const AttrNumber a_trigger = get_attnum(relid, match), a_table = get_attnum(relid, "table_oid"),
                    a_instance = get_attnum(relid, "instance");
-  if (a_trigger == InvalidAttrNumber || a_table == InvalidAttrNumber || a_spec == InvalidAttrNumber ||
-      a_compiled == InvalidAttrNumber || a_instance == InvalidAttrNumber)
-    elog(ERROR, "bitdex_sync: bitdex_sync.sources lacks the columns of this version");
+  AttrNumber* a_cols = (AttrNumber*)palloc(sizeof(AttrNumber) * ncols);
+  bool complete = a_trigger != InvalidAttrNumber && a_table != InvalidAttrNumber && a_instance != InvalidAttrNumber;
+  for (int i = 0; i < ncols; i++) complete = complete && (a_cols[i] = get_attnum(relid, cols[i])) != InvalidAttrNumber;
+  if (!complete) elog(ERROR, "bitdex_sync: bitdex_sync.sources lacks the columns of this version");
   TableScanDesc scan = table_beginscan(rel, snap, 0, nullptr);
   TupleDesc desc = RelationGetDescr(rel);
   bool found = false;
   HeapTuple tup;
   while (have_instance && !found && (tup = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
-    bool null_trigger, null_table, null_spec, null_compiled, null_instance;
-    Datum trigger = heap_getattr(tup, a_trigger, desc, &null_trigger);
-    if (null_trigger || DatumGetObjectId(trigger) != tgoid) continue;
-    Datum inst = heap_getattr(tup, a_instance, desc, &null_instance);
-    if (null_instance || DatumGetInt64(inst) != instance) continue;
-    Datum t = heap_getattr(tup, a_table, desc, &null_table);
-    Datum sp = heap_getattr(tup, a_spec, desc, &null_spec);
-    Datum c = heap_getattr(tup, a_compiled, desc, &null_compiled);
-    if (null_table || null_spec || null_compiled) continue;
+    bool isnull;
+    Datum trigger = heap_getattr(tup, a_trigger, desc, &isnull);
+    if (isnull || DatumGetObjectId(trigger) != tgoid) continue;
+    Datum inst = heap_getattr(tup, a_instance, desc, &isnull);
+    if (isnull || DatumGetInt64(inst) != instance) continue;
+    Datum t = heap_getattr(tup, a_table, desc, &isnull);
+    if (isnull) continue;
+    bool all = true;
+    for (int i = 0; i < ncols && all; i++) {
+      Datum d = heap_getattr(tup, a_cols[i], desc, &isnull);
+      all = !isnull;
+      if (all) out[i] = TextDatumGetCString(d);
+    }
+    if (!all) continue;
     *table = DatumGetObjectId(t);
-    *spec = TextDatumGetCString(sp);
-    *compiled = TextDatumGetCString(c);
     found = true;
   }
   table_endscan(scan);
   UnregisterSnapshot(snap);
   table_close(rel, AccessShareLock);
   return found;
+}
+
+// What apply_config recorded for trigger `tgoid` in bitdex_sync.sources:
+// its table, spec and analysed trees (palloc'd text). False when nothing is.
+// Read directly with the latest snapshot, not through SPI: the writer has no
+// rights on the table, and a transaction whose snapshot predates the
+// apply_config that created the trigger must still find its row.
+bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
+  static const char* const cols[] = {"spec", "compiled"};
+  char* out[2];
+  if (!recorded_row(tgoid, "trigger_oid", table, 2, cols, out)) return false;
+  *spec = out[0];
+  *compiled = out[1];
+  return true;
 }
 
 // What an expression is for: a captured value (must be capturable), a
@@ -1027,6 +1047,84 @@ void row_fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTa
   if (children) pfree(children);
 }
 
+// ---- TRUNCATE ------------------------------------------------------------------
+
+// A recorded TRUNCATE trigger's spec, parsed: the clear message (zero tag),
+// its JSON for the outbox, whether it goes to the outbox, and why a TRUNCATE
+// is refused (empty: captured). Static storage: filled under run_cpp.
+struct TruncateSpec {
+  std::string message, json, refuse;
+  bool outbox = false;
+};
+TruncateSpec* g_truncate = nullptr;
+char g_truncate_error[256];
+
+bool parse_truncate_spec(const char* text) noexcept {
+  return run_cpp(
+      [&] {
+        if (!g_truncate) g_truncate = new TruncateSpec();
+        const bitdex::json::Value v = bitdex::json::parse(text);
+        const bitdex::json::Value* clear = v.find("clear");
+        const bitdex::json::Value* sink = v.find("sink");
+        if (!clear || !sink || sink->type != bitdex::json::Type::String)
+          throw bitdex::Error(bitdex::ErrorKind::InvalidInput, "the TRUNCATE spec lacks \"clear\" or \"sink\"");
+        const bitdex::Clear c = bitdex::parse_clear(*clear, "TRUNCATE spec");
+        g_truncate->message = bitdex::capture::clear_message(c);
+        g_truncate->json = "{\"clear\":";
+        bitdex::write_clear_json(g_truncate->json, c);
+        g_truncate->json += "}";
+        g_truncate->outbox = sink->text == "outbox";
+        const bitdex::json::Value* refuse = v.find("refuse");
+        g_truncate->refuse = refuse && refuse->type == bitdex::json::Type::String ? refuse->text : "";
+        return true;
+      },
+      g_truncate_error, sizeof g_truncate_error);
+}
+
+// A TRUNCATE of a captured table: one clear record of what the source put in
+// the index (trigger_gen::truncate_clear), in the truncating transaction.
+void capture_truncate(TriggerData* td) {
+  static const char* const cols[] = {"truncate_spec", "name"};
+  char* out[2];
+  Oid table = InvalidOid;
+  if (!recorded_row(td->tg_trigger->tgoid, "truncate_trigger_oid", &table, 2, cols, out))
+    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                    errmsg("trigger \"%s\" on table \"%s\" is not a capture trigger of bitdex_sync",
+                           td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation)),
+                    errhint("Drop this trigger, or apply the config again to let apply_config create its own.")));
+  if (!parse_truncate_spec(out[0]))
+    ereport(ERROR,
+            (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bad bitdex_sync TRUNCATE spec: %s", g_truncate_error),
+             errhint("Apply the config again with bitdex_sync.apply_config().")));
+  if (!g_truncate->refuse.empty()) {
+    if (!g_allow_capture_loss)
+      ereport(ERROR,
+              (errcode(ERRCODE_OBJECT_IN_USE),
+               errmsg("TRUNCATE of %s cannot be captured (source \"%s\" of bitdex_sync): %s",
+                      RelationGetRelationName(td->tg_relation), out[1], g_truncate->refuse.c_str()),
+               errdetail("Clearing the field would take the other source's values out of the index too."),
+               errhint("DELETE the rows instead (each is captured), or give each source fields of its own. To "
+                       "truncate anyway and record the gap, a superuser sets bitdex_sync.allow_capture_loss = on.")));
+    record_truncate_gap(out[1], RelationGetRelid(td->tg_relation), td->tg_trigger->tgname);
+    return;
+  }
+  if (g_truncate->outbox) {
+    UserContext owner = as_owner_begin();
+    Oid types[1] = {TEXTOID};
+    Datum values[1] = {CStringGetTextDatum(g_truncate->json.c_str())};
+    if (SPI_execute_with_args("INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (0, $1::jsonb)", 1, types, values,
+                              nullptr, false, 0) != SPI_OK_INSERT)
+      elog(ERROR, "bitdex_sync: outbox insert failed");
+    as_owner_end(owner);
+  } else {
+    resetStringInfo(&g_record);
+    appendBinaryStringInfo(&g_record, g_truncate->message.data(), static_cast<int>(g_truncate->message.size()));
+    seal_record();
+    LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+  }
+  bitdex::pg::note_captured(g_truncate->outbox);
+}
+
 }  // namespace
 }  // namespace bitdex::pg
 
@@ -1038,10 +1136,15 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
                     errmsg("bitdex_sync.capture() must be called as a trigger")));
   TriggerData* td = (TriggerData*)fcinfo->context;
   TriggerEvent ev = td->tg_event;
-  if (!TRIGGER_FIRED_AFTER(ev) || !TRIGGER_FIRED_FOR_ROW(ev))
+  const bool truncate = TRIGGER_FIRED_BY_TRUNCATE(ev) && TRIGGER_FIRED_FOR_STATEMENT(ev);
+  if (!TRIGGER_FIRED_AFTER(ev) || !(TRIGGER_FIRED_FOR_ROW(ev) || truncate))
     ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-                    errmsg("bitdex_sync.capture() must be an AFTER ... FOR EACH ROW trigger")));
+                    errmsg("bitdex_sync.capture() must be an AFTER ... FOR EACH ROW trigger, or AFTER TRUNCATE")));
   init_buffers();
+  if (truncate) {
+    capture_truncate(td);
+    return PointerGetDatum(nullptr);
+  }
   Source* s = get_source(td);
   resetStringInfo(&g_ops);
   g_nops = 0;
@@ -1055,7 +1158,7 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
   } else if (TRIGGER_FIRED_BY_DELETE(ev)) {
     oldrow = td->tg_trigslot;
   } else {
-    return PointerGetDatum(nullptr);  // TRUNCATE is not captured here
+    return PointerGetDatum(nullptr);
   }
   // A BEFORE UPDATE row trigger may change columns the statement did not
   // assign; then every field has to be compared.

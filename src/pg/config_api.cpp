@@ -49,6 +49,8 @@ struct Planned {
   std::string qualified;  // "schema"."table"
   trigger_gen::Resolved resolved;
   std::string trigger;
+  std::string truncate_trigger;  // the statement-level AFTER TRUNCATE trigger beside it
+  std::string truncate_spec;     // trigger_gen::truncate_spec
   std::string create;
   std::vector<std::string> helpers;  // qualified names of the shared_ops_fields functions
   std::string spec;                  // trigger_gen::capture_spec
@@ -249,12 +251,17 @@ Planned plan_source(const Source& s, size_t index) {
     p.helpers.push_back(config::quote_ident(nsp) + "." + config::quote_ident(trigger_gen::helper_name(s, f)));
   }
   p.create += trigger_gen::create_sql(p.qualified, s, p.resolved);  // rejects what is not supported yet
+  p.truncate_trigger = trigger_gen::truncate_trigger_name(p.trigger);
+  p.create += trigger_gen::create_truncate_sql(p.qualified, p.trigger);
   return p;
 }
 
 std::vector<Planned> plan(const config::Config& cfg) {
   std::vector<Planned> out;
-  for (size_t i = 0; i < cfg.sources.size(); i++) out.push_back(plan_source(cfg.sources[i], i));
+  for (size_t i = 0; i < cfg.sources.size(); i++) {
+    out.push_back(plan_source(cfg.sources[i], i));
+    out.back().truncate_spec = trigger_gen::truncate_spec(cfg, cfg.sources[i]);
+  }
   return out;
 }
 
@@ -285,31 +292,51 @@ struct Recorded {
   Oid relid = InvalidOid;
   std::string table, trigger;
   Oid trigger_oid = InvalidOid;
+  std::string truncate_trigger;  // empty: none recorded
+  Oid truncate_oid = InvalidOid;
   std::string compiled;
   bool ours = false;  // recorded by this installation (not a restored dump's row)
   std::vector<std::string> helpers;
 };
 
-// Whether the recorded trigger is there: with this OID, on this table,
-// under this name.
-bool trigger_present(const Recorded& rec) {
+// Whether trigger `oid` is there, on table `relid`, under `name`.
+bool trigger_present(Oid oid, Oid relid, const std::string& name) {
+  if (!OidIsValid(oid)) return false;
   Oid types[3] = {OIDOID, OIDOID, TEXTOID};
-  Datum values[3] = {ObjectIdGetDatum(rec.trigger_oid), ObjectIdGetDatum(rec.relid),
-                     pg_guard([&] { return CStringGetTextDatum(rec.trigger.c_str()); })};
+  Datum values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid),
+                     pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
   spi_exec_args("SELECT FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3, types,
                 values, true);
   return SPI_processed > 0;
 }
 
-// The recorded trigger under another name (ALTER TRIGGER ... RENAME let
-// through): DROP TRIGGER for it, or nothing.
-std::string drop_renamed(const Recorded& rec) {
+bool trigger_present(const Recorded& rec) {
+  return trigger_present(rec.trigger_oid, rec.relid, rec.trigger);
+}
+
+// Trigger `oid` under another name than `name` (ALTER TRIGGER ... RENAME
+// let through): DROP TRIGGER for it, or nothing.
+std::string drop_renamed(Oid oid, Oid relid, const std::string& name) {
+  if (!OidIsValid(oid)) return {};
   Oid types[2] = {OIDOID, OIDOID};
-  Datum values[2] = {ObjectIdGetDatum(rec.trigger_oid), ObjectIdGetDatum(rec.relid)};
+  Datum values[2] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid)};
   spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values, true);
   if (SPI_processed == 0) return {};
   const std::string now = spi_text(0, 1);
-  return now == rec.trigger ? std::string() : trigger_gen::drop_sql(qualified_name(rec.relid), now);
+  return now == name ? std::string() : trigger_gen::drop_sql(qualified_name(relid), now);
+}
+
+// Both recorded triggers of a source, renamed or not.
+std::string drop_renamed(const Recorded& rec) {
+  return drop_renamed(rec.trigger_oid, rec.relid, rec.trigger) +
+         drop_renamed(rec.truncate_oid, rec.relid, rec.truncate_trigger);
+}
+
+// DROP TRIGGER for the source's TRUNCATE trigger when it is there (the row
+// trigger may have gone on its own, with the guard overridden).
+std::string drop_truncate_trigger(const Recorded& rec) {
+  if (rec.truncate_trigger.empty() || !trigger_present(rec.truncate_oid, rec.relid, rec.truncate_trigger)) return {};
+  return trigger_gen::drop_sql(rec.table, rec.truncate_trigger);
 }
 
 // Runs bitdex_sync's own bookkeeping (its tables) as the extension's owner,
@@ -381,7 +408,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     spi_exec("LOCK TABLE bitdex_sync.sources IN SHARE ROW EXCLUSIVE MODE", SPI_OK_UTILITY);
     spi_exec(
         "SELECT name, table_oid, table_name, trigger_name, trigger_oid, compiled, h, "
-        "instance = (SELECT id FROM bitdex_sync.instance) FROM bitdex_sync.sources "
+        "instance = (SELECT id FROM bitdex_sync.instance), coalesce(truncate_trigger_name, ''), "
+        "coalesce(truncate_trigger_oid, 0) FROM bitdex_sync.sources "
         "LEFT JOIN LATERAL unnest(helpers) h ON true ORDER BY name",
         SPI_OK_SELECT);
     for (uint64 i = 0; i < SPI_processed; i++) {
@@ -395,6 +423,8 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       std::string h = spi_text(r, 7);
       if (!h.empty()) rec.helpers.push_back(h);
       rec.ours = spi_text(r, 8) == "t";
+      rec.truncate_trigger = spi_text(r, 9);
+      rec.truncate_oid = static_cast<Oid>(std::stoul(spi_text(r, 10)));
     }
   }
   auto drop_helpers = [](const Recorded& rec) {
@@ -430,23 +460,45 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       // Disabled behind our back (on the table or a partition's clone):
       // capture fires again from here on.
       std::string enable = enable_sql(name);
-      actions.push_back({name, enable.empty() ? "unchanged" : "enable", p.trigger, p.qualified});
+      std::string action = enable.empty() ? "unchanged" : "enable";
       ddl += enable;
+      // The TRUNCATE trigger: recorded and there, or made now (a config
+      // applied before TRUNCATE was captured, or the trigger dropped while
+      // bitdex_sync.allow_capture_loss let it through).
+      if (!trigger_present(rec->second.truncate_oid, p.relid, p.truncate_trigger)) {
+        if (trigger_exists(p.relid, p.truncate_trigger) && rec->second.truncate_trigger != p.truncate_trigger)
+          throw Error(ErrorKind::InvalidInput,
+                      "source \"" + name + "\": a trigger named \"" + p.truncate_trigger +
+                          "\" exists but was not recorded by bitdex_sync",
+                      {}, "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
+        if (rec->second.truncate_oid != InvalidOid)
+          ddl += drop_renamed(rec->second.truncate_oid, p.relid, rec->second.truncate_trigger);
+        ddl += trigger_gen::drop_sql(p.qualified, p.truncate_trigger);
+        ddl += trigger_gen::create_truncate_sql(p.qualified, p.trigger);
+        action = "enable";
+      }
+      actions.push_back({name, action, p.trigger, p.qualified});
       continue;
     }
     // Our trigger name on the table recorded for the source, by OID or (a
     // restored dump: other OIDs) by name.
     const bool ours = rec != recorded.end() && rec->second.trigger == p.trigger &&
                       (rec->second.relid == p.relid || rec->second.table == p.qualified);
-    if (exists && !ours)
-      throw Error(
-          ErrorKind::InvalidInput,
-          "source \"" + name + "\": a trigger named \"" + p.trigger + "\" exists but was not recorded by bitdex_sync",
-          {}, "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
+    const bool truncate_ours = rec != recorded.end() && rec->second.truncate_trigger == p.truncate_trigger &&
+                               (rec->second.relid == p.relid || rec->second.table == p.qualified);
+    for (const auto& [tg, mine] : {std::pair{&p.trigger, ours}, std::pair{&p.truncate_trigger, truncate_ours}})
+      if (!mine && trigger_exists(p.relid, *tg))
+        throw Error(
+            ErrorKind::InvalidInput,
+            "source \"" + name + "\": a trigger named \"" + *tg + "\" exists but was not recorded by bitdex_sync", {},
+            "Drop or rename that trigger; bitdex_sync only replaces triggers it created.");
     if (rec != recorded.end()) {
       // The recorded trigger, or one of our computed name on the same table
       // recorded under another OID (a restored dump): ours to replace.
       if (present || (ours && exists)) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      ddl += drop_truncate_trigger(rec->second);
+      if (truncate_ours && !rec->second.ours && trigger_exists(p.relid, p.truncate_trigger))
+        ddl += trigger_gen::drop_sql(p.qualified, p.truncate_trigger);  // a restored dump's
       if (rec->second.ours) ddl += drop_renamed(rec->second);
       if (present || (ours && exists) || rec->second.relid == p.relid) ddl += drop_helpers(rec->second);
       actions.push_back({name, "replace", p.trigger, p.qualified});
@@ -461,6 +513,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
     if (trigger_present(rec)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
+    ddl += drop_truncate_trigger(rec);
     if (rec.ours) ddl += drop_renamed(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
   }
@@ -495,6 +548,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
   for (size_t i = 0; i < planned.size(); i++) {
     const Planned& p = planned[i];
     Oid trigger_oid = pg_guard([&] { return get_trigger_oid(p.relid, p.trigger.c_str(), false); });
+    Oid truncate_oid = pg_guard([&] { return get_trigger_oid(p.relid, p.truncate_trigger.c_str(), false); });
     std::string compiled;
     auto rec = recorded.find(p.src->name);
     if (!created[i] && rec != recorded.end() && rec->second.ours && !rec->second.compiled.empty()) {
@@ -516,8 +570,9 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       helpers += "\"";
     }
     helpers += "}";
-    Oid types[10] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID, INT8OID};
-    Datum values[10] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
+    Oid types[13] = {TEXTOID, OIDOID,  TEXTOID, TEXTOID, TEXTOID, TEXTOID, OIDOID,
+                     TEXTOID, TEXTOID, INT8OID, TEXTOID, OIDOID,  TEXTOID};
+    Datum values[13] = {pg_guard([&] { return CStringGetTextDatum(p.src->name.c_str()); }),
                         ObjectIdGetDatum(p.relid),
                         pg_guard([&] { return CStringGetTextDatum(p.qualified.c_str()); }),
                         pg_guard([&] { return CStringGetTextDatum(p.trigger.c_str()); }),
@@ -526,11 +581,15 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                         ObjectIdGetDatum(trigger_oid),
                         pg_guard([&] { return CStringGetTextDatum(p.spec.c_str()); }),
                         pg_guard([&] { return CStringGetTextDatum(compiled.c_str()); }),
-                        Int64GetDatum(static_cast<int64>(instance))};
+                        Int64GetDatum(static_cast<int64>(instance)),
+                        pg_guard([&] { return CStringGetTextDatum(p.truncate_trigger.c_str()); }),
+                        ObjectIdGetDatum(truncate_oid),
+                        pg_guard([&] { return CStringGetTextDatum(p.truncate_spec.c_str()); })};
     int rc = spi_exec_args(
         "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers, trigger_oid, "
-        "spec, compiled, instance) VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9, $10)",
-        10, types, values, false);
+        "spec, compiled, instance, truncate_trigger_name, truncate_trigger_oid, truncate_spec) "
+        "VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9, $10, $11, $12, $13)",
+        13, types, values, false);
     if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
   }
   Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};

@@ -124,7 +124,9 @@ void hold_message(LogicalDecodingContext* ctx, XLogReaderState* r) {
   const size_t size = m->message_size;
   // Authenticated at commit, when the transaction it belongs to is known
   // (capture_format.hpp); what can never authenticate is dropped now.
-  if (size < capture::kHeaderSize || data[0] != capture::kFormat) {
+  const bool known = size > 0 && ((data[0] == capture::kFormat && size >= capture::kHeaderSize) ||
+                                  (data[0] == capture::kFormatClear && size >= capture::kClearHeaderSize));
+  if (!known) {
     reject_message(lsn);
     return;
   }

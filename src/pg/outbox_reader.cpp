@@ -110,8 +110,15 @@ void outbox_consume() {
                                                        std::to_string(strlen(text)) +
                                                        " bytes are too large to capture");
             EntityRecord r;
-            r.entity_id = entity;
-            r.ops = parse_ops(json::parse(text), "outbox id " + std::to_string(id));
+            const std::string where = "outbox id " + std::to_string(id);
+            json::Value v = json::parse(text);
+            // A TRUNCATE's clear record is {"clear": {...}} (entity 0).
+            const json::Value* clear = v.type == json::Type::Object ? v.find("clear") : nullptr;
+            if (clear)
+              r = EntityRecord::clearing(parse_clear(*clear, where));
+            else
+              r.ops = parse_ops(v, where);
+            r.entity_id = clear ? 0 : entity;
             r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(id), 0};
             nops = r.ops.size();
             g_worker->batcher->add(std::move(r));

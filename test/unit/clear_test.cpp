@@ -34,8 +34,7 @@ EntityRecord clear_rec(Clear c, uint64_t pos) {
 Batch populated() {
   return {rec(1, {Op::alive(), Op::set("a", OpValue::int64(1)), Op::add("tags", OpValue::int64(7))}, 1),
           rec(2, {Op::alive(), Op::set("a", OpValue::int64(2)), Op::add("tags", OpValue::int64(7))}, 2),
-          rec(3, {Op::add("tags", OpValue::int64(8))}, 3),
-          rec(4, {Op::alive()}, 4),
+          rec(3, {Op::add("tags", OpValue::int64(8))}, 3), rec(4, {Op::alive()}, 4),
           rec(1, {Op::set("p", OpValue::string("x"))}, 5)};
 }
 
@@ -77,8 +76,7 @@ TEST(Clear, WalRoundTripsAndRejectsDamage) {
   wal::append_entity_record(bytes, r);
   wal::RecordView v;
   std::string why;
-  ASSERT_EQ(wal::decode_record(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &v, &why),
-            wal::Parse::Ok);
+  ASSERT_EQ(wal::decode_record(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &v, &why), wal::Parse::Ok);
   EXPECT_EQ(v.type, wal::RecordType::Clear);
   EXPECT_EQ(wal::decode_entity(v), r);
   // Damage inside the payload, with the CRC made to match: still refused.

@@ -2,6 +2,8 @@
 // (logical decoding message with prefix "bitdex_sync") and as the worker and
 // the output plugin read it:
 //   u8 format (2) | 16-byte tag | i64 entity id, little-endian | ops payload (ops_codec)
+// or, for a TRUNCATE (a clear record, ops_codec's clear payload):
+//   u8 format (3) | 16-byte tag | clear payload
 // The tag is SipHash-2-4-128 under the server's capture key (siphash.hpp)
 // over (u32 database OID | u32 top-level transaction id, both
 // little-endian | format | everything after the tag).
@@ -24,8 +26,10 @@ namespace bitdex::capture {
 
 inline constexpr char kMessagePrefix[] = "bitdex_sync";
 inline constexpr uint8_t kFormat = 2;
+inline constexpr uint8_t kFormatClear = 3;
 inline constexpr size_t kTagSize = 16;
 inline constexpr size_t kHeaderSize = 1 + kTagSize + 8;
+inline constexpr size_t kClearHeaderSize = 1 + kTagSize;
 inline constexpr size_t kKeySize = kSipKeySize;  // bytes of the capture key
 // The largest record the capture trigger writes: a change that would make a
 // bigger one is refused in the writing statement (the ops WAL holds records
@@ -45,11 +49,16 @@ inline void write_header(Out& out, int64_t entity_id) {
 // Fills the tag of a whole record (header + ops) in place, for the
 // transaction `xid` of database `database`.
 void seal(uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid);
-// True when `record` is at least a header long and carries the tag `key`
-// gives it for `database` and top-level transaction `xid`.
+// A clear message with a zero tag (seal() fills it).
+std::string clear_message(const Clear& c);
+
+// True when `record` is a message of a known format at least a header long
+// and carries the tag `key` gives it for `database` and top-level
+// transaction `xid`.
 bool authentic(const uint8_t* record, size_t len, const SipHash128& key, uint32_t database, uint32_t xid);
 
-// Decodes one payload (its tag is not checked here); throws Error(Corrupt).
+// Decodes one payload (its tag is not checked here): an entity record, or a
+// clear record for format 3; throws Error(Corrupt).
 EntityRecord decode(const uint8_t* data, size_t len);
 
 // The record as JSON {"entity_id":..,"ops":[..]} (the outbox row's shape).

@@ -88,8 +88,7 @@ struct Clear {
   std::vector<std::string> fields;
 
   bool operator==(const Clear& o) const {
-    return delete_slots == o.delete_slots && alive_slots == o.alive_slots && source == o.source &&
-           fields == o.fields;
+    return delete_slots == o.delete_slots && alive_slots == o.alive_slots && source == o.source && fields == o.fields;
   }
 };
 

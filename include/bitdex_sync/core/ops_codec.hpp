@@ -68,6 +68,15 @@ void encode_ops(std::string& out, const std::vector<Op>& ops);
 // trailing bytes.
 std::vector<Op> decode_ops(const uint8_t* data, size_t len);
 
+// A clear record's payload: u8 flags (kClearDeleteSlots, kClearAliveSlots),
+// string source, varint count, string field × count. Decoding throws
+// Error(Corrupt) for unknown flags, alive_slots without delete_slots, an
+// empty field name, a clear of nothing, or trailing bytes.
+inline constexpr uint8_t kClearDeleteSlots = 0x01;
+inline constexpr uint8_t kClearAliveSlots = 0x02;
+void encode_clear(std::string& out, const Clear& c);
+Clear decode_clear(const uint8_t* data, size_t len);
+
 // LEB128 unsigned varint.
 void put_varint(std::string& out, uint64_t v);
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bitdex_sync/core/config.hpp"
+#include "bitdex_sync/core/ops.hpp"
 
 namespace bitdex::trigger_gen {
 
@@ -53,6 +54,29 @@ std::string rows_sql(const config::Source& s, const Resolved& r);
 // The query that computes {ids} of a fan-out with "expression" ($n = its columns).
 std::string ids_sql(const config::Source& s);
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger);
+
+// The index fields a source writes (direct: its tracked and computed fields;
+// join: its field and the targets of its computed fields; fan-outs: their
+// tracked fields), in config order.
+std::vector<std::string> fields_written(const config::Source& s);
+
+// What a TRUNCATE of the source's table takes out of the index: a direct
+// source with on_delete deletes the slots holding its fields (and, with
+// sets_alive, every alive slot), as a DELETE of each row would; any other
+// source clears the fields it writes (a direct source without on_delete
+// captures no DELETE either, so its slots stay).
+Clear truncate_clear(const config::Source& s);
+
+// The spec of the source's TRUNCATE trigger, recorded with it:
+// {"sink":..,"clear":{..clear record JSON..},"refuse":null|reason}. A
+// TRUNCATE is refused when another source of `cfg` writes one of its fields:
+// clearing the field would take that source's values out too.
+std::string truncate_spec(const config::Config& cfg, const config::Source& s);
+
+// The statement-level AFTER TRUNCATE trigger beside a source's row trigger
+// `row_trigger`: its name (the row trigger's plus "_t") and its DDL.
+std::string truncate_trigger_name(const std::string& row_trigger);
+std::string create_truncate_sql(const std::string& qualified_table, const std::string& row_trigger);
 
 // shared_ops_fields: one callable helper per field, "<schema>"."bitdex_<table>_<field>_ops"(row)
 // RETURNS jsonb, giving the field's set op for a row exactly as the trigger

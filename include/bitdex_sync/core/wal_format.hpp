@@ -25,18 +25,15 @@ inline constexpr uint32_t kMaxMarks = 255;
 
 enum class RecordType : uint8_t { Entity = 1, BatchEnd = 2, Clear = 3 };
 inline constexpr uint8_t kFlagCreatesSlot = 0x01;
-// Clear record payload flags.
-inline constexpr uint8_t kClearDeleteSlots = 0x01;
-inline constexpr uint8_t kClearAliveSlots = 0x02;
 
 struct SegmentHeader {
   uint32_t version = kFormatVersion;  // as read (written: always kFormatVersion)
-  uint64_t wal_id = 0;           // random, identical in every segment of one WAL
-  uint32_t database = 0;         // OID of the database it captures (0: written by a tool; version 1)
-  uint64_t instance = 0;         // the extension instance writing it (0: a tool; version 1)
-  uint64_t generation = 0;       // segment sequence number, from 1
-  uint64_t next_batch_seq = 1;   // sequence number of the first batch in it
-  std::vector<SourcePos> marks;  // per stream: highest position durable before it
+  uint64_t wal_id = 0;                // random, identical in every segment of one WAL
+  uint32_t database = 0;              // OID of the database it captures (0: written by a tool; version 1)
+  uint64_t instance = 0;              // the extension instance writing it (0: a tool; version 1)
+  uint64_t generation = 0;            // segment sequence number, from 1
+  uint64_t next_batch_seq = 1;        // sequence number of the first batch in it
+  std::vector<SourcePos> marks;       // per stream: highest position durable before it
 };
 
 struct BatchEnd {
@@ -79,7 +76,9 @@ BatchEnd decode_batch_end(const RecordView& v);
 // Decodes an entity or clear record; throws Error(Corrupt).
 EntityRecord decode_entity(const RecordView& v);
 // True for the record types a batch holds before its batch end.
-inline bool is_batch_member(RecordType t) { return t == RecordType::Entity || t == RecordType::Clear; }
+inline bool is_batch_member(RecordType t) {
+  return t == RecordType::Entity || t == RecordType::Clear;
+}
 
 // True when a valid batch-end record of a batch numbered above
 // `expected_seq` starts anywhere in [from, len): proof that bad bytes before it

@@ -71,11 +71,16 @@ extern bool g_allow_capture_loss;
 // gone or does not fire always and has no open gap yet (SPI connected, as
 // the extension's owner); WARNING per gap when `log`. Returns how many.
 int record_capture_gaps(const char* detected_by, bool log);
-// Before a utility command runs: refuses TRUNCATE of a captured table (or of
-// one a CASCADE reaches, or a partition of one), and ATTACH or DETACH of a
-// partition holding rows on a captured partitioned table: they change rows
-// without firing capture (bitdex_sync.allow_capture_loss records a gap).
+// Before a utility command runs: refuses a TRUNCATE that a source would not
+// capture (a partition of a captured partitioned table truncated without
+// it, a source whose TRUNCATE trigger is missing or disabled), and ATTACH or
+// DETACH of a partition holding rows on a captured partitioned table: they
+// change rows without firing capture (bitdex_sync.allow_capture_loss
+// records a gap).
 void guard_utility(Node* stmt);
+// Records a TRUNCATE of `relid` let through without its clear (the source
+// shares a field) as a capture gap of `source`, with a WARNING.
+void record_truncate_gap(const char* source, Oid relid, const char* trigger);
 
 // A stored fan-out query, planned once per backend and planned again after
 // an invalidation of a relation it reads or of any function; run with the
