@@ -10,11 +10,11 @@
 // * A remove whose pair was first written by a set/add in this batch is
 //   dropped: triggers emit set/add only for a value the row did not have
 //   (IS DISTINCT FROM, join-table keys), so the bit was clear before the batch
-//   and ends clear. This is what turns a→b→c into [remove a, set c] (the FIRST
-//   old value's remove, the LAST new value's set) and cancels add→remove.
-//   A remove→add pair keeps its add: after a delete of the entity a join row
-//   may survive whose bit the delete already cleared, so "the bit was set
-//   before" is not safe to assume; the add is harmless when it was.
+//   and ends clear. Not after a load's set/add (stream Load): a load writes
+//   every value of a row, whether or not the index has it already. This is what turns a→b→c into [remove a, set c] (the
+//   FIRST old value's remove, the LAST new value's set) and cancels add→remove. A remove→add pair keeps its add: after
+//   a delete of the entity a join row may survive whose bit the delete already cleared, so "the bit was set before" is
+//   not safe to assume; the add is harmless when it was.
 // * delete clears every bit of the slot and its alive flag, so it absorbs
 //   everything before it. Ops after it start from a known-clear slot: a later
 //   remove is dropped, a set kept. A delete that is followed by more ops is
@@ -204,7 +204,10 @@ class Deduper {
       e.pairs[static_cast<size_t>(at)].last = std::move(op);
       return;
     }
-    e.pairs.push_back(PairOp{op.kind, std::move(op)});
+    // A load's set/add does not prove the bit was clear before the batch (a
+    // load writes every value, the index may hold it already): it counts as
+    // a first remove would, so a later remove is kept.
+    e.pairs.push_back(PairOp{pos.stream == Stream::Load ? OpKind::Remove : op.kind, std::move(op)});
   }
 
   bool conflicts_with_queries(const Op& op) const {
