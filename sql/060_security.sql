@@ -319,7 +319,7 @@ COMMIT;
 -- tables: the bookkeeping in schema bitdex_sync is done as the owner.
 CREATE TABLE sec_own (id int PRIMARY KEY, lvl int);
 ALTER TABLE sec_own OWNER TO sec_owner;
-GRANT EXECUTE ON FUNCTION bitdex_sync.apply_config(text, boolean) TO sec_owner;
+GRANT EXECUTE ON FUNCTION bitdex_sync.apply_config(text, boolean, boolean) TO sec_owner;
 GRANT EXECUTE ON FUNCTION bitdex_sync.capture() TO sec_owner;
 SET ROLE sec_owner;
 SELECT source, action FROM bitdex_sync.apply_config($$

@@ -164,16 +164,18 @@ CREATE EVENT TRIGGER bitdex_sync_guard_drop ON ddl_command_start WHEN TAG IN ('D
 ALTER EVENT TRIGGER bitdex_sync_guard_drop ENABLE ALWAYS;
 REVOKE ALL ON FUNCTION bitdex_sync.broken_capture(), bitdex_sync.guard_ddl(), bitdex_sync.guard_drop() FROM PUBLIC;
 
-CREATE FUNCTION bitdex_sync.apply_config(config text, dry_run boolean DEFAULT false)
+-- load => false: no load is registered for new or changed sources (what a
+-- changed or removed definition put in the index is still cleared).
+CREATE FUNCTION bitdex_sync.apply_config(config text, dry_run boolean DEFAULT false, load boolean DEFAULT true)
   RETURNS TABLE (source text, action text, trigger_name text, table_name text)
   AS 'MODULE_PATHNAME', 'bitdex_sync_apply_config'
   LANGUAGE C STRICT VOLATILE;
-CREATE FUNCTION bitdex_sync.apply_config(config jsonb, dry_run boolean DEFAULT false)
+CREATE FUNCTION bitdex_sync.apply_config(config jsonb, dry_run boolean DEFAULT false, load boolean DEFAULT true)
   RETURNS TABLE (source text, action text, trigger_name text, table_name text)
   LANGUAGE sql STRICT VOLATILE
-  AS $$ SELECT * FROM bitdex_sync.apply_config($1::text, $2) $$;
-COMMENT ON FUNCTION bitdex_sync.apply_config(text, boolean) IS
-  'Validates a capture config (YAML or JSON) and creates/replaces/drops its triggers in one transaction';
+  AS $$ SELECT * FROM bitdex_sync.apply_config($1::text, $2, $3) $$;
+COMMENT ON FUNCTION bitdex_sync.apply_config(text, boolean, boolean) IS
+  'Validates a capture config (YAML or JSON), creates/replaces/drops its triggers and registers loads in one transaction';
 
 CREATE FUNCTION bitdex_sync.trigger_sql(config text) RETURNS text
   AS 'MODULE_PATHNAME', 'bitdex_sync_trigger_sql'
@@ -182,7 +184,7 @@ CREATE FUNCTION bitdex_sync.trigger_sql(config jsonb) RETURNS text
   LANGUAGE sql STRICT STABLE
   AS $$ SELECT bitdex_sync.trigger_sql($1::text) $$;
 
-REVOKE ALL ON FUNCTION bitdex_sync.apply_config(text, boolean), bitdex_sync.apply_config(jsonb, boolean),
+REVOKE ALL ON FUNCTION bitdex_sync.apply_config(text, boolean, boolean), bitdex_sync.apply_config(jsonb, boolean, boolean),
   bitdex_sync.trigger_sql(text), bitdex_sync.trigger_sql(jsonb) FROM PUBLIC;
 
 -- The op value of any capturable value, exactly as the capture trigger
@@ -228,6 +230,34 @@ CREATE TABLE bitdex_sync.runs (
   error       text
 );
 
+-- Loads (docs/load.md): one row per load of one source, registered by
+-- apply_config (a new source, a changed definition), load() or
+-- start_new_wal(), run by the worker in chunks of slot keys while capture
+-- goes on. A reload is a new row; older rows stay as history. A chunk's
+-- keys (chunk_from, chunk_to] are recorded before its ops are written; the
+-- ops WAL's load mark says whether they were, so a restart neither repeats
+-- nor skips a chunk. NULL keys are the ends of the key range.
+CREATE TABLE bitdex_sync.loads (
+  id            bigserial PRIMARY KEY,
+  source        text NOT NULL,
+  digest        text NOT NULL,   -- the source's definition when registered (its trigger's name)
+  reason        text NOT NULL,   -- new source | definition changed | by hand | new ops WAL
+  state         text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'complete', 'failed')),
+  rows          bigint NOT NULL DEFAULT 0,   -- source rows loaded so far
+  estimate      bigint,                      -- the planner's estimate of the source's rows at the start
+  chunks        integer NOT NULL DEFAULT 0,  -- chunks written
+  chunk         integer NOT NULL DEFAULT 0,  -- the last chunk planned (written, or in flight)
+  chunk_from    bigint,
+  chunk_to      bigint,
+  chunk_rows    bigint NOT NULL DEFAULT 0,   -- source rows in that chunk
+  loaded_to     bigint,                      -- every key <= it is loaded (NULL: none, or all when complete)
+  registered_at timestamptz NOT NULL DEFAULT now(),
+  started_at    timestamptz,
+  finished_at   timestamptz,
+  error         text
+);
+CREATE INDEX ON bitdex_sync.loads (state) WHERE state IN ('pending', 'running');
+
 -- Raw per-worker state from shared memory (one row per database with a
 -- worker); status() and metrics() present it.
 CREATE FUNCTION bitdex_sync.worker_state(
@@ -237,7 +267,7 @@ CREATE FUNCTION bitdex_sync.worker_state(
     OUT started_at timestamptz, OUT last_batch_at timestamptz, OUT last_error text, OUT last_error_at timestamptz,
     OUT failures_in_a_row int, OUT latency_buckets bigint[], OUT latency_sum_ms float8, OUT latency_count bigint,
     OUT outbox_done bigint, OUT outbox_ops bigint, OUT slot_stopped boolean, OUT outbox_stopped boolean,
-    OUT rejected_messages bigint)
+    OUT rejected_messages bigint, OUT load_rows bigint, OUT load_chunks bigint, OUT load_cuts bigint)
   RETURNS SETOF record
   AS 'MODULE_PATHNAME', 'bitdex_sync_worker_state'
   LANGUAGE C VOLATILE;
@@ -255,7 +285,7 @@ CREATE FUNCTION bitdex_sync.status()
                  slot_retained_wal_bytes numeric, ops_captured bigint, ops_written bigint, records_skipped bigint,
                  batches bigint, wal_bytes_written bigint, poison_ops bigint, errors_total bigint,
                  failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz,
-                 rejected_messages bigint)
+                 rejected_messages bigint, load_rows bigint, load_rows_per_second float8, load_eta_seconds float8)
   LANGUAGE sql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog
   AS $$
@@ -265,7 +295,8 @@ CREATE FUNCTION bitdex_sync.status()
               THEN extract(epoch FROM clock_timestamp() - w.last_batch_at)::float8 ELSE 0 END,
          pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn),
          w.ops_captured - w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
-         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, w.rejected_messages
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, w.rejected_messages,
+         NULL::bigint, NULL::float8, NULL::float8
     FROM bitdex_sync.worker_state() w
     LEFT JOIN pg_database d ON d.datname = w.database
     LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
@@ -273,7 +304,8 @@ CREATE FUNCTION bitdex_sync.status()
   SELECT 'outbox', w.database, CASE WHEN w.outbox_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
          coalesce(extract(epoch FROM clock_timestamp() - o.oldest)::float8, 0), NULL,
          w.outbox_ops, w.ops_written, w.records_skipped, w.batches, w.wal_bytes_written, w.poison_ops,
-         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, NULL::bigint
+         w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, NULL::bigint,
+         NULL, NULL, NULL
     FROM bitdex_sync.worker_state() w
     LEFT JOIN LATERAL (SELECT count(*) AS rows, min(created_at) AS oldest FROM bitdex_sync.ops
                         WHERE id > coalesce(w.outbox_done, 0)) o ON w.database = current_database()
@@ -285,17 +317,36 @@ CREATE FUNCTION bitdex_sync.status()
          format('trigger %s on %s %s from %s%s: changes to the table in between are missing from the ops WAL',
                 g.trigger_name, g.table_name, g.problem, g.started_at,
                 CASE WHEN g.ended_at IS NULL THEN ' on' ELSE ' to ' || g.ended_at END),
-         g.started_at, NULL
+         g.started_at, NULL, NULL, NULL, NULL
     FROM bitdex_sync.capture_gaps g
   UNION ALL
   SELECT b.source, current_database(), 'capture gap', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
          NULL, NULL, NULL, NULL, NULL, NULL,
          format('trigger %s on %s %s (not recorded yet): changes to the table are not captured', b.trigger_name,
                 b.table_name, b.problem),
-         clock_timestamp(), NULL
+         clock_timestamp(), NULL, NULL, NULL, NULL
     FROM bitdex_sync.broken_capture() b
    WHERE NOT EXISTS (SELECT FROM bitdex_sync.capture_gaps g WHERE g.ended_at IS NULL AND g.source = b.source
                        AND g.table_name = b.table_name AND g.trigger_name = b.trigger_name)
+  UNION ALL
+  -- Loads pending or running, and each source's latest load when it failed:
+  -- rows so far, rows per second, and the time left by the planner's
+  -- estimate of the source's rows (docs/load.md).
+  SELECT l.source, current_database(), 'load ' || l.state, NULL, NULL, NULL, NULL, NULL,
+         greatest(l.estimate - l.rows, 0), NULL, NULL, NULL, NULL, NULL, l.chunks, NULL, NULL, NULL, NULL, NULL,
+         CASE WHEN l.state = 'failed' THEN l.error
+              ELSE format('load %s (%s): %s of ~%s rows in %s chunks', l.id, l.reason, l.rows,
+                          coalesce(l.estimate::text, '?'), l.chunks) END,
+         CASE WHEN l.state = 'failed' THEN l.finished_at END, NULL,
+         l.rows, r.per_second,
+         CASE WHEN r.per_second > 0 AND l.estimate IS NOT NULL
+              THEN greatest(l.estimate - l.rows, 0) / r.per_second END
+    FROM bitdex_sync.loads l
+    LEFT JOIN LATERAL (SELECT CASE WHEN l.started_at IS NOT NULL AND clock_timestamp() > l.started_at
+                                   THEN l.rows / extract(epoch FROM clock_timestamp() - l.started_at)::float8 END
+                                AS per_second) r ON true
+   WHERE l.state IN ('pending', 'running')
+      OR (l.state = 'failed' AND l.id = (SELECT max(id) FROM bitdex_sync.loads x WHERE x.source = l.source))
   ORDER BY 2, 1 DESC
   $$;
 
@@ -327,6 +378,28 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
     UNION ALL SELECT 6, format('bitdex_sync_errors_total{database="%s"} %s', database, errors_total) FROM w
     UNION ALL SELECT 10, format('bitdex_sync_rejected_messages_total{database="%s"} %s', database, rejected_messages)
                  FROM w
+    UNION ALL SELECT 12, format('bitdex_sync_load_rows_total{database="%s"} %s', database, load_rows) FROM w
+    UNION ALL SELECT 12.1, format('bitdex_sync_load_chunks_total{database="%s"} %s', database, load_chunks) FROM w
+    UNION ALL SELECT 12.2, format('bitdex_sync_load_chunks_cut_total{database="%s"} %s', database, load_cuts) FROM w
+    UNION ALL
+    SELECT 13, format('bitdex_sync_loads{database="%s",state="%s"} %s', current_database(), st,
+                      (SELECT count(*) FROM bitdex_sync.loads l WHERE l.state = st))
+      FROM unnest(ARRAY['pending', 'running', 'complete', 'failed']) st
+    UNION ALL
+    SELECT 14 + l.id / 1e12, format('bitdex_sync_load_progress_rows{database="%s",source="%s"} %s', current_database(),
+                                    replace(replace(l.source, '\', '\\'), '"', '\"'), l.rows)
+      FROM bitdex_sync.loads l WHERE l.state = 'running'
+    UNION ALL
+    SELECT 15 + l.id / 1e12, format('bitdex_sync_load_rows_per_second{database="%s",source="%s"} %s', current_database(),
+                                    replace(replace(l.source, '\', '\\'), '"', '\"'),
+                                    round((l.rows / greatest(extract(epoch FROM clock_timestamp() - l.started_at), 0.001))::numeric, 1))
+      FROM bitdex_sync.loads l WHERE l.state = 'running' AND l.started_at IS NOT NULL
+    UNION ALL
+    SELECT 16 + l.id / 1e12, format('bitdex_sync_load_eta_seconds{database="%s",source="%s"} %s', current_database(),
+                                    replace(replace(l.source, '\', '\\'), '"', '\"'),
+                                    round((greatest(l.estimate - l.rows, 0) * extract(epoch FROM clock_timestamp() - l.started_at)
+                                           / greatest(l.rows, 1))::numeric, 1))
+      FROM bitdex_sync.loads l WHERE l.state = 'running' AND l.started_at IS NOT NULL AND l.estimate IS NOT NULL
     UNION ALL
     SELECT 11, format('bitdex_sync_capture_gaps{database="%s",state="%s"} %s', current_database(), st,
                       (SELECT count(*) FROM bitdex_sync.capture_gaps g
@@ -366,17 +439,97 @@ CREATE FUNCTION bitdex_sync.wal_directory() RETURNS text
 -- starts a new ops WAL (a new WAL id) at the positions the slot and the
 -- outbox have reached. What the lost batches held is not in the new WAL:
 -- every consumer must be rebuilt from a full load. Returns the WAL id given up.
+-- The new WAL starts with a full load of every source (loads still pending
+-- or running are given up: their chunks so far are in the old WAL).
 CREATE FUNCTION bitdex_sync.start_new_wal() RETURNS text
-  LANGUAGE sql VOLATILE
+  LANGUAGE plpgsql VOLATILE
   SET search_path = pg_catalog
   AS $$
-  WITH old AS (SELECT wal_id FROM bitdex_sync.instance FOR UPDATE)
-  UPDATE bitdex_sync.instance SET wal_id = NULL FROM old
-  RETURNING coalesce(lpad(to_hex(old.wal_id), 16, '0'), 'none')
+  DECLARE
+    given_up text;
+  BEGIN
+    WITH old AS (SELECT wal_id FROM bitdex_sync.instance FOR UPDATE)
+    UPDATE bitdex_sync.instance SET wal_id = NULL FROM old
+    RETURNING coalesce(lpad(to_hex(old.wal_id), 16, '0'), 'none') INTO given_up;
+    UPDATE bitdex_sync.loads SET state = 'failed', finished_at = now(),
+           error = 'given up: a new ops WAL was started (start_new_wal)'
+     WHERE state IN ('pending', 'running');
+    INSERT INTO bitdex_sync.loads (source, digest, reason)
+    SELECT s.name, s.trigger_name, 'new ops WAL' FROM bitdex_sync.sources s
+      JOIN bitdex_sync.instance i ON i.id = s.instance
+     ORDER BY CASE s.spec::jsonb ->> 'kind' WHEN 'direct' THEN 0 WHEN 'join' THEN 1 WHEN 'fan_out_per_row' THEN 2 ELSE 3 END, s.name;
+    PERFORM bitdex_sync.wake_worker();
+    RETURN given_up;
+  END
   $$;
+
+-- Registers a load of one source, or of every source (NULL): a fresh
+-- consumer, recovery after retention or a failover, a field to fill again.
+-- Loads run in the order registered, direct sources first, then joins, then
+-- fan-outs (whose queries find the slots the direct sources loaded).
+-- Loads of the same sources still pending or running are given up (the new
+-- one reads every row). Returns the loads registered.
+CREATE FUNCTION bitdex_sync.load(source text DEFAULT NULL) RETURNS SETOF bitdex_sync.loads
+  LANGUAGE plpgsql VOLATILE
+  SET search_path = pg_catalog
+  AS $$
+  BEGIN
+    IF NOT EXISTS (SELECT FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance
+                    WHERE load.source IS NULL OR s.name = load.source) THEN
+      IF load.source IS NULL THEN
+        RAISE EXCEPTION 'bitdex_sync: no source to load'
+          USING ERRCODE = 'undefined_object', HINT = 'Apply a config first with bitdex_sync.apply_config().';
+      END IF;
+      RAISE EXCEPTION 'bitdex_sync: no source "%"', load.source
+        USING ERRCODE = 'undefined_object',
+              HINT = 'Sources are named after their table (plus ".field" for join sources): '
+                     || coalesce((SELECT string_agg(format('%I', name), ', ' ORDER BY name) FROM bitdex_sync.sources), 'none')
+                     || '.';
+    END IF;
+    UPDATE bitdex_sync.loads l SET state = 'failed', finished_at = now(),
+           error = 'given up: a later load of the source was registered by hand'
+     WHERE l.state IN ('pending', 'running') AND (load.source IS NULL OR l.source = load.source);
+    RETURN QUERY
+      INSERT INTO bitdex_sync.loads (source, digest, reason)
+      SELECT s.name, s.trigger_name, 'by hand' FROM bitdex_sync.sources s
+        JOIN bitdex_sync.instance i ON i.id = s.instance
+       WHERE load.source IS NULL OR s.name = load.source
+       ORDER BY CASE s.spec::jsonb ->> 'kind' WHEN 'direct' THEN 0 WHEN 'join' THEN 1 WHEN 'fan_out_per_row' THEN 2 ELSE 3 END, s.name
+      RETURNING *;
+    PERFORM bitdex_sync.wake_worker();
+  END
+  $$;
+
+-- True once no load is pending or running (false after `timeout`). A load
+-- that failed does not hold it up: see its error in bitdex_sync.loads.
+CREATE FUNCTION bitdex_sync.wait_for_loads(timeout interval DEFAULT '10 minutes') RETURNS boolean
+  LANGUAGE plpgsql VOLATILE
+  SET search_path = pg_catalog
+  AS $$
+  DECLARE
+    deadline timestamptz := clock_timestamp() + timeout;
+  BEGIN
+    LOOP
+      IF NOT EXISTS (SELECT FROM bitdex_sync.loads WHERE state IN ('pending', 'running')) THEN
+        RETURN true;
+      END IF;
+      IF clock_timestamp() >= deadline THEN
+        RETURN false;
+      END IF;
+      PERFORM pg_sleep(0.05);
+    END LOOP;
+  END
+  $$;
+
+-- At commit, the worker looks at the catalog (and at loads) at once
+-- instead of at its next naptime.
+CREATE FUNCTION bitdex_sync.wake_worker() RETURNS void
+  AS 'MODULE_PATHNAME', 'bitdex_sync_wake_worker'
+  LANGUAGE C VOLATILE STRICT;
 
 REVOKE ALL ON FUNCTION bitdex_sync.worker_state(), bitdex_sync.status(), bitdex_sync.metrics(),
   bitdex_sync.wait_for_sync(interval), bitdex_sync.start_worker(), bitdex_sync.wal_directory(),
-  bitdex_sync.start_new_wal() FROM PUBLIC;
+  bitdex_sync.start_new_wal(), bitdex_sync.load(text), bitdex_sync.wait_for_loads(interval),
+  bitdex_sync.wake_worker() FROM PUBLIC;
 
 SELECT bitdex_sync.start_worker();

@@ -417,6 +417,7 @@ Config parse_json_value(const Value& doc) {
       doc, "config",
       {"index", "sources", "triggers", "sync_sources", "capture", "postgres", "clickhouse", "bitdex", "dump_phases"});
   Config cfg;
+  cfg.dump_phases = doc.find("dump_phases") != nullptr;
   if (const Value* i = doc.find("index")) cfg.index = str(*i, "config", "index");
   if (const Value* c = doc.find("capture")) cfg.sink = parse_sink(*c, "config");
   const Value* list = nullptr;

@@ -277,6 +277,44 @@ std::string truncate_spec(const config::Config& cfg, const config::Source& s) {
   return out + "}";
 }
 
+std::vector<std::pair<std::string, std::string>> field_definitions(const json::Value& spec, uint32_t table) {
+  auto text = [&](const json::Value& obj, const char* key) {
+    const json::Value* v = obj.type == json::Type::Object ? obj.find(key) : nullptr;
+    std::string out;
+    if (v) json::write(out, *v);
+    return out;
+  };
+  const bool join = text(spec, "kind") == "\"join\"";
+  std::string base = std::to_string(table);
+  for (const char* k : {"kind", "slot", "query", "query_cols", "ids_sql", "ids_params", "rows_sql", "parent_key"})
+    base += "\n" + std::string(k) + "=" + text(spec, k);
+  if (!join) base += "\nfilter=" + text(spec, "filter");
+  std::vector<std::pair<std::string, std::string>> out;
+  auto field = [&](const json::Value& f, const std::string& extra) {
+    const json::Value* name = f.type == json::Type::Object ? f.find("f") : nullptr;
+    if (!name || name->type != json::Type::String) return;
+    out.emplace_back(name->text, base + extra + "\ncond=" + text(f, "cond") + "\nsql=" + text(f, "sql"));
+  };
+  if (join) {
+    if (const json::Value* v = spec.find("value")) field(*v, "\nfilter=" + text(spec, "filter"));
+    if (const json::Value* c = spec.find("computed"); c && c->type == json::Type::Array)
+      for (const json::Value& f : c->items) field(f, "");
+  } else if (const json::Value* fs = spec.find("fields"); fs && fs->type == json::Type::Array) {
+    for (const json::Value& f : fs->items) field(f, "");
+  }
+  return out;
+}
+
+std::vector<std::string> fields_to_clear(const json::Value& old_spec, uint32_t old_table, const json::Value* new_spec,
+                                         uint32_t new_table) {
+  std::vector<std::pair<std::string, std::string>> now;
+  if (new_spec) now = field_definitions(*new_spec, new_table);
+  std::vector<std::string> out;
+  for (const auto& [field, def] : field_definitions(old_spec, old_table))
+    if (std::find(now.begin(), now.end(), std::make_pair(field, def)) == now.end()) out.push_back(field);
+  return out;
+}
+
 std::string truncate_trigger_name(const std::string& row_trigger) {
   return row_trigger + "_t";
 }

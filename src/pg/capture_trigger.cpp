@@ -431,8 +431,11 @@ void free_source(Source* s) {
 // this backend (again after an invalidation) from what apply_config recorded
 // for it. A trigger apply_config did not record captures nothing: its
 // statement fails, whoever created it and whatever its arguments say.
-Source* get_source(TriggerData* td) {
-  Oid tgoid = td->tg_trigger->tgoid;
+// The compiled source of capture trigger `tgoid` (the recorded one, or a
+// partition's clone of it) for rows of `rel`: compiled at its first use in
+// this process (again after an invalidation) from what apply_config
+// recorded for the trigger `recorded`. nullptr when nothing is recorded.
+Source* source_for(Oid tgoid, Oid recorded, Relation rel) {
   Source* s = g_sources;
   while (s && s->tgoid != tgoid) s = s->next;
   if (s && s->valid) return s;
@@ -443,14 +446,7 @@ Source* get_source(TriggerData* td) {
   }
   Oid table = InvalidOid;
   char *spec = nullptr, *compiled = nullptr;
-  Oid recorded = recorded_trigger(td->tg_trigger);
-  if (!recorded_source(recorded, &table, &spec, &compiled))
-    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                    errmsg("trigger \"%s\" on table \"%s\" is not a capture trigger of bitdex_sync",
-                           td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation)),
-                    errdetail("bitdex_sync.capture() acts only for the triggers bitdex_sync.apply_config() created and "
-                              "recorded in bitdex_sync.sources."),
-                    errhint("Drop this trigger, or apply the config again to let apply_config create its own.")));
+  if (!recorded_source(recorded, &table, &spec, &compiled)) return nullptr;
   if (!load_spec(spec))
     ereport(ERROR,
             (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bad bitdex_sync capture spec: %s", g_spec_error)));
@@ -466,9 +462,24 @@ Source* get_source(TriggerData* td) {
     s->tgoid = tgoid;
     s->next = next;
   }
-  s->relid = RelationGetRelid(td->tg_relation);
+  s->relid = RelationGetRelid(rel);
   s->cxt = AllocSetContextCreate(CacheMemoryContext, "bitdex_sync capture", ALLOCSET_SMALL_SIZES);
-  compile(s, td->tg_relation, table, compiled);
+  compile(s, rel, table, compiled);
+  return s;
+}
+
+// The compiled source of the firing trigger. A trigger apply_config did not
+// record captures nothing: its statement fails, whoever created it and
+// whatever its arguments say.
+Source* get_source(TriggerData* td) {
+  Source* s = source_for(td->tg_trigger->tgoid, recorded_trigger(td->tg_trigger), td->tg_relation);
+  if (!s)
+    ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                    errmsg("trigger \"%s\" on table \"%s\" is not a capture trigger of bitdex_sync",
+                           td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation)),
+                    errdetail("bitdex_sync.capture() acts only for the triggers bitdex_sync.apply_config() created and "
+                              "recorded in bitdex_sync.sources."),
+                    errhint("Drop this trigger, or apply the config again to let apply_config create its own.")));
   return s;
 }
 
@@ -680,6 +691,9 @@ void seal_record() {
     elog(ERROR, "bitdex_sync: %s", g_seal_error);
 }
 
+// Set while the worker loads rows (load_row): records go to it instead.
+LoadSink* g_load_sink = nullptr;
+
 // Emits g_ops (g_nops ops) as one record for entity_id, keeping g_ops.
 void emit_keep(Source* s, int64 entity_id) {
   resetStringInfo(&g_record);
@@ -694,6 +708,11 @@ void emit_keep(Source* s, int64 entity_id) {
                     entity_id, g_record.len, bitdex::capture::kMaxRecord >> 20),
              errdetail("A capture record of the ops WAL holds at most %zu MB.", bitdex::capture::kMaxRecord >> 20),
              errhint("Capture a shorter value (a prefix or a hash of the column) in the config.")));
+  if (g_load_sink) {  // a load: the worker takes the record
+    g_load_sink->record(g_load_sink->arg, entity_id, g_record.data + bitdex::capture::kHeaderSize,
+                        g_record.len - static_cast<int>(bitdex::capture::kHeaderSize));
+    return;
+  }
   if (s->outbox) {
     emit_outbox(entity_id);
   } else {
@@ -1108,24 +1127,62 @@ void capture_truncate(TriggerData* td) {
     record_truncate_gap(out[1], RelationGetRelid(td->tg_relation), td->tg_trigger->tgname);
     return;
   }
-  if (g_truncate->outbox) {
+  emit_clear(g_truncate->message.data(), static_cast<int>(g_truncate->message.size()), g_truncate->json.c_str(),
+             g_truncate->outbox);
+}
+
+}  // namespace
+
+void emit_clear(const char* message, int len, const char* json, bool outbox) {
+  init_buffers();
+  if (outbox) {
     UserContext owner = as_owner_begin();
     Oid types[1] = {TEXTOID};
-    Datum values[1] = {CStringGetTextDatum(g_truncate->json.c_str())};
+    Datum values[1] = {CStringGetTextDatum(json)};
     if (SPI_execute_with_args("INSERT INTO bitdex_sync.ops (entity_id, ops) VALUES (0, $1::jsonb)", 1, types, values,
                               nullptr, false, 0) != SPI_OK_INSERT)
       elog(ERROR, "bitdex_sync: outbox insert failed");
     as_owner_end(owner);
   } else {
     resetStringInfo(&g_record);
-    appendBinaryStringInfo(&g_record, g_truncate->message.data(), static_cast<int>(g_truncate->message.size()));
+    appendBinaryStringInfo(&g_record, message, len);
     seal_record();
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
   }
-  bitdex::pg::note_captured(g_truncate->outbox);
+  note_captured(outbox);
 }
 
-}  // namespace
+void* load_source(Oid tgoid, Relation rel) {
+  return source_for(tgoid, tgoid, rel);
+}
+
+int load_source_slot_column(void* source) {
+  return static_cast<Source*>(source)->slot.attnum;
+}
+
+void load_row(void* source, TupleTableSlot* row, LoadSink* sink) {
+  auto* s = static_cast<Source*>(source);
+  init_buffers();
+  resetStringInfo(&g_ops);
+  g_nops = 0;
+  g_updated = nullptr;
+  g_load_sink = sink;
+  const TriggerEvent ev = TRIGGER_EVENT_INSERT | TRIGGER_EVENT_ROW | TRIGGER_EVENT_AFTER;
+  switch (s->kind) {
+    case Kind::Direct: direct_row(s, ev, nullptr, row); break;
+    case Kind::Join: join_row(s, ev, nullptr, row); break;
+    case Kind::QueryFanOut: fan_out_row(s, ev, nullptr, row); break;
+    case Kind::RowFanOut: row_fan_out_row(s, ev, nullptr, row); break;
+  }
+  g_load_sink = nullptr;
+  ResetExprContext(s->econtext);
+}
+
+void load_reset() {
+  g_load_sink = nullptr;
+}
+
+namespace {}  // namespace
 }  // namespace bitdex::pg
 
 // bitdex_sync.capture(spec): AFTER ROW trigger behind every generated trigger.
@@ -1141,6 +1198,7 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
     ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
                     errmsg("bitdex_sync.capture() must be an AFTER ... FOR EACH ROW trigger, or AFTER TRUNCATE")));
   init_buffers();
+  g_load_sink = nullptr;
   if (truncate) {
     capture_truncate(td);
     return PointerGetDatum(nullptr);

@@ -5,9 +5,11 @@
 // bitdex_sync.sources are ever dropped.
 #include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/core/config.hpp"
 #include "bitdex_sync/core/trigger_gen.hpp"
 #include "bitdex_sync/pg/capture.hpp"
@@ -295,6 +297,7 @@ struct Recorded {
   std::string truncate_trigger;  // empty: none recorded
   Oid truncate_oid = InvalidOid;
   std::string compiled;
+  std::string spec;   // the capture spec (trigger_gen::capture_spec) it was recorded with
   bool ours = false;  // recorded by this installation (not a restored dump's row)
   std::vector<std::string> helpers;
 };
@@ -398,8 +401,107 @@ std::string enable_sql(const std::string& source) {
   return sql;
 }
 
+// What a changed config takes out of the index and loads again (SPEC §9):
+// for every source recorded before, the fields it wrote that the new
+// config does not write the same way are cleared, with a clear record in
+// this transaction (in the old source's sink, after everything it
+// captured); every new source, every source whose definition changed and
+// every source writing a cleared field gets a load (unless `load` is
+// false). Older loads of those sources still pending or running are given
+// up. NOTICEs say what was done.
+void clear_and_register_loads(const config::Config& cfg, const std::vector<Planned>& planned,
+                              const std::map<std::string, Recorded>& recorded, bool load) {
+  std::set<std::string> cleared_fields;
+  for (const auto& [name, rec] : recorded) {
+    if (!rec.ours || rec.spec.empty()) continue;
+    const Planned* now = nullptr;
+    for (const Planned& p : planned)
+      if (p.src->name == name) now = &p;
+    json::Value old_spec = json::parse(rec.spec), new_spec;
+    if (now) new_spec = json::parse(now->spec);
+    std::vector<std::string> fields =
+        trigger_gen::fields_to_clear(old_spec, rec.relid, now ? &new_spec : nullptr, now ? now->relid : 0);
+    if (fields.empty()) continue;
+    Clear c;
+    c.source = name;
+    c.fields = fields;
+    const std::string message = capture::clear_message(c);
+    std::string clear_json = "{\"clear\":";
+    write_clear_json(clear_json, c);
+    clear_json += "}";
+    const json::Value* sink = old_spec.find("sink");
+    const bool outbox = sink && sink->type == json::Type::String && sink->text == "outbox";
+    pg_guard([&] { emit_clear(message.data(), static_cast<int>(message.size()), clear_json.c_str(), outbox); });
+    std::string list;
+    for (const std::string& f : fields) {
+      list += (list.empty() ? "" : ", ") + f;
+      cleared_fields.insert(f);
+    }
+    pg_guard([&] {
+      ereport(NOTICE, (errmsg("bitdex_sync: source \"%s\": the index's %s cleared (%s)", name.c_str(), list.c_str(),
+                              now ? "its definition changed" : "the source is gone")));
+    });
+  }
+  if (!load) return;
+  // Loads run in id order: direct sources first, then joins, then fan-outs
+  // (a fan-out's query finds the slots the direct sources loaded).
+  std::vector<const Planned*> order;
+  for (const Planned& p : planned) order.push_back(&p);
+  auto rank = [](const Planned* p) {
+    switch (p->src->kind) {
+      case SourceKind::Direct: return 0;
+      case SourceKind::Join: return 1;
+      case SourceKind::RowFanOut: return 2;
+      case SourceKind::QueryFanOut: return 3;
+    }
+    return 3;
+  };
+  std::stable_sort(order.begin(), order.end(), [&](const Planned* a, const Planned* b) { return rank(a) < rank(b); });
+  std::vector<std::pair<std::string, std::string>> loads;  // source, reason
+  for (const Planned* pp : order) {
+    const Planned& p = *pp;
+    auto rec = recorded.find(p.src->name);
+    std::string reason;
+    if (rec == recorded.end() || !rec->second.ours)
+      reason = "new source";
+    else if (rec->second.trigger != p.trigger)
+      reason = "definition changed";
+    else
+      for (const std::string& f : trigger_gen::fields_written(*p.src))
+        if (cleared_fields.count(f)) reason = "field " + f + " cleared";
+    if (!reason.empty()) loads.emplace_back(p.src->name, reason);
+  }
+  if (loads.empty()) return;
+  AsExtensionOwner owner;
+  std::string names;
+  for (const auto& [source, reason] : loads) {
+    std::string digest;
+    for (const Planned& p : planned)
+      if (p.src->name == source) digest = p.trigger;
+    Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};
+    Datum values[3] = {pg_guard([&] { return CStringGetTextDatum(source.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(digest.c_str()); }),
+                       pg_guard([&] { return CStringGetTextDatum(reason.c_str()); })};
+    if (spi_exec_args("UPDATE bitdex_sync.loads SET state = 'failed', finished_at = now(), error = 'given up: a later "
+                      "load of the source was registered (' || $3 || ')' WHERE source = $1 AND state IN ('pending', "
+                      "'running')",
+                      3, types, values, false) != SPI_OK_UPDATE ||
+        spi_exec_args("INSERT INTO bitdex_sync.loads (source, digest, reason) VALUES ($1, $2, $3)", 3, types, values,
+                      false) != SPI_OK_INSERT)
+      throw Error(ErrorKind::Internal, "bitdex_sync: could not register a load of source " + source);
+    names += (names.empty() ? "" : ", ") + source;
+  }
+  pg_guard([&] {
+    ereport(NOTICE, (errmsg("bitdex_sync: registered a load of %zu source%s (%s)", loads.size(),
+                            loads.size() == 1 ? "" : "s", names.c_str()),
+                     errhint("The worker loads them after this transaction commits, while capture goes on; SELECT "
+                             "bitdex_sync.wait_for_loads(); waits for them.")));
+  });
+  pg_guard([] { extension_change_at_commit(); });
+}
+
 std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Planned>& planned, const char* config_text,
-                              bool dry_run) {
+                              bool dry_run, bool load) {
   std::vector<Action> actions;
   std::map<std::string, Recorded> recorded;
   {
@@ -409,7 +511,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     spi_exec(
         "SELECT name, table_oid, table_name, trigger_name, trigger_oid, compiled, h, "
         "instance = (SELECT id FROM bitdex_sync.instance), coalesce(truncate_trigger_name, ''), "
-        "coalesce(truncate_trigger_oid, 0) FROM bitdex_sync.sources "
+        "coalesce(truncate_trigger_oid, 0), spec FROM bitdex_sync.sources "
         "LEFT JOIN LATERAL unnest(helpers) h ON true ORDER BY name",
         SPI_OK_SELECT);
     for (uint64 i = 0; i < SPI_processed; i++) {
@@ -425,6 +527,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
       rec.ours = spi_text(r, 8) == "t";
       rec.truncate_trigger = spi_text(r, 9);
       rec.truncate_oid = static_cast<Oid>(std::stoul(spi_text(r, 10)));
+      rec.spec = spi_text(r, 11);
     }
   }
   auto drop_helpers = [](const Recorded& rec) {
@@ -598,6 +701,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                      pg_guard([&] { return CStringGetTextDatum(applier.c_str()); })};
   spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name, applied_by) VALUES ($1, $2, $3::name)", 3,
                 types, values, false);
+  clear_and_register_loads(cfg, planned, recorded, load);
   // Capture is whole again wherever no trigger is missing or disabled now.
   spi_exec(
       "UPDATE bitdex_sync.capture_gaps g SET ended_at = now() WHERE ended_at IS NULL AND NOT EXISTS "
@@ -614,6 +718,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
 Datum bitdex_sync_apply_config(PG_FUNCTION_ARGS) {
   char* config_text = text_to_cstring(PG_GETARG_TEXT_PP(0));
   bool dry_run = PG_GETARG_BOOL(1);
+  bool load = PG_NARGS() > 2 ? PG_GETARG_BOOL(2) : true;
   InitMaterializedSRF(fcinfo, 0);
   ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
   return bitdex::pg::cpp_call([&]() -> Datum {
@@ -622,7 +727,14 @@ Datum bitdex_sync_apply_config(PG_FUNCTION_ARGS) {
     if (pg_guard([] { return SPI_connect(); }) != SPI_OK_CONNECT)
       throw bitdex::Error(bitdex::ErrorKind::Internal, "bitdex_sync: SPI_connect failed");
     std::vector<Planned> planned = plan(cfg);
-    std::vector<Action> actions = reconcile(cfg, planned, config_text, dry_run);
+    if (cfg.dump_phases)
+      pg_guard([] {
+        ereport(NOTICE, (errmsg("bitdex_sync: \"dump_phases\" is accepted and not used: loads are derived from the "
+                                "sources"),
+                         errdetail("A load of a source captures, per row, what an INSERT of the row would; see "
+                                   "docs/load.md.")));
+      });
+    std::vector<Action> actions = reconcile(cfg, planned, config_text, dry_run, load);
     pg_guard([] { SPI_finish(); });
     for (const Action& a : actions) {
       pg_guard([&] {

@@ -153,6 +153,7 @@ void take_message(XLogRecPtr commit_lsn, TimestampTz commit_time, TransactionId 
       [&] {
         EntityRecord r = capture::decode(data, size);
         r.pos = SourcePos{Stream::Slot, commit_lsn, index};
+        load_observe(r, xid, true);
         added = g_worker->batcher->add(std::move(r));
         return true;
       },
@@ -215,6 +216,15 @@ void commit_record(LogicalDecodingContext* ctx, XLogReaderState* r, uint8 info) 
     if (!more) break;
     take_message(commit_lsn, parsed.xact_time, xid, index, data, size);
   }
+  // Its records precede any load chunk read from now on: a chunk's
+  // snapshot must see it (load.hpp).
+  if (run_cpp(
+          [&] {
+            g_worker->recent->add(xid);
+            return true;
+          },
+          g_worker->error, sizeof g_worker->error) == false)
+    messages_failed();
   run_cpp(
       [] {
         g_worker->messages->close();
@@ -257,6 +267,7 @@ void take_record(LogicalDecodingContext* ctx) {
         run_cpp(
             [&] {
               g_worker->messages->forget_older_than(oldest);
+              g_worker->recent->forget_older_than(oldest);
               return true;
             },
             g_worker->error, sizeof g_worker->error);
@@ -378,6 +389,9 @@ void set_up_origin() {
 void decode_available() {
   LogicalDecodingContext* ctx = g_worker->ctx;
   XLogRecPtr end_of_wal = GetFlushRecPtr(nullptr);
+  // While a load chunk waits for its place, decoding stops there.
+  const XLogRecPtr limit = load_decode_limit();
+  if (limit != InvalidXLogRecPtr && limit < end_of_wal) end_of_wal = limit;
   // Woken by a commit not flushed yet (synchronous_commit = off): nothing to
   // do, unless what was decoded is still to be confirmed (see below).
   if (ctx->reader->EndRecPtr >= end_of_wal &&
@@ -392,6 +406,11 @@ void decode_available() {
     XLogRecord* record = XLogReadRecord(ctx->reader, &errm);
     if (errm) elog(ERROR, "bitdex_sync: could not read WAL for decoding: %s", errm);
     if (!record && g_worker->wal_unflushed) break;  // the rest of it is not flushed yet
+    if (record && limit != InvalidXLogRecPtr && ctx->reader->ReadRecPtr >= limit) {
+      // A load chunk goes here, before this record: read it again later.
+      XLogBeginRead(ctx->reader, ctx->reader->ReadRecPtr);
+      break;
+    }
     if (record) {
       LogicalDecodingProcessRecord(ctx, ctx->reader);
       take_record(ctx);

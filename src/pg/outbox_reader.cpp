@@ -90,8 +90,10 @@ void outbox_consume() {
   Datum args[2] = {Int64GetDatum(after), Int64GetDatum(horizon)};
   Oid types[2] = {INT8OID, INT8OID};
   Portal cursor = SPI_cursor_open_with_args(
-      nullptr, "SELECT id, entity_id, ops::text FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 ORDER BY id", 2, types,
-      args, nullptr, true, CURSOR_OPT_NO_SCROLL | CURSOR_OPT_FAST_PLAN);
+      nullptr,
+      "SELECT id, entity_id, ops::text, xmin::text::bigint FROM bitdex_sync.ops WHERE id > $1 AND id <= $2 "
+      "ORDER BY id",
+      2, types, args, nullptr, true, CURSOR_OPT_NO_SCROLL | CURSOR_OPT_FAST_PLAN);
   for (;;) {
     SPI_cursor_fetch(cursor, true, kOutboxChunk);
     const uint64 rows = SPI_processed;
@@ -100,6 +102,7 @@ void outbox_consume() {
       const int64 id = spi_int8(static_cast<int>(i), 1, &isnull);
       const int64 entity = spi_int8(static_cast<int>(i), 2, &isnull);
       const char* text = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+      const uint32 writer = static_cast<uint32>(spi_int8(static_cast<int>(i), 4, &isnull));
       after = id;
       size_t nops = 0;
       bool ok = run_cpp(
@@ -121,6 +124,7 @@ void outbox_consume() {
             r.entity_id = clear ? 0 : entity;
             r.pos = SourcePos{Stream::Outbox, static_cast<uint64_t>(id), 0};
             nops = r.ops.size();
+            load_observe(r, writer, false);  // xmin: the writer, maybe a subtransaction
             g_worker->batcher->add(std::move(r));
             return true;
           },

@@ -34,6 +34,7 @@ int g_batch_max_ops = 100000;
 int g_batch_max_delay_ms = 10;
 int g_batch_max_memory_kb = 64 * 1024;
 int g_naptime_ms = 1000;
+int g_load_chunk_rows = 20000;
 int g_max_databases = 16;
 bool g_fault_injection = false;
 
@@ -170,6 +171,10 @@ void define_settings() {
                           "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
                           "dropped extension.",
                           &g_naptime_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("bitdex_sync.load_chunk_rows", "Rows a load reads per chunk (one snapshot each).",
+                          "A chunk's ops are written as one batch; a larger chunk costs fewer transactions and more "
+                          "memory, and is more often cut by a concurrent commit.",
+                          &g_load_chunk_rows, 20000, 1, 10000000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.max_databases", "How many databases can have a worker at the same time.",
                           "Each takes a slot of shared memory (about 1 kB) and a background worker process.",
                           &g_max_databases, 16, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);

@@ -27,13 +27,15 @@ PG_FUNCTION_INFO_V1(bitdex_sync_wait_for_sync);
 Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS);
 PG_FUNCTION_INFO_V1(bitdex_sync_start_worker);
 Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bitdex_sync_wake_worker);
+Datum bitdex_sync_wake_worker(PG_FUNCTION_ARGS);
 PG_FUNCTION_INFO_V1(bitdex_sync_wal_directory);
 Datum bitdex_sync_wal_directory(PG_FUNCTION_ARGS);
 }
 
 namespace {
 
-constexpr int kColumns = 25;  // worker_state()'s OUT columns
+constexpr int kColumns = 28;  // worker_state()'s OUT columns
 
 }  // namespace
 
@@ -83,6 +85,7 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
     v[c++] = BoolGetDatum(copy.slot_stopped);
     v[c++] = BoolGetDatum(copy.outbox_stopped);
     v[c++] = Int64GetDatum(static_cast<int64>(copy.rejected_messages));
+    for (uint64 n : {copy.load_rows, copy.load_chunks, copy.load_cuts}) v[c++] = Int64GetDatum(static_cast<int64>(n));
     if (c != kColumns || rsinfo->setDesc->natts != kColumns)
       elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
@@ -195,6 +198,13 @@ Datum bitdex_sync_start_worker(PG_FUNCTION_ARGS) {
   if (!automatic_mode()) PG_RETURN_BOOL(false);
   start_worker_at_commit();
   PG_RETURN_BOOL(true);
+}
+
+// bitdex_sync.wake_worker(): at commit, the database's worker looks at the
+// catalog and at bitdex_sync.loads at once (load() and start_new_wal() call it).
+Datum bitdex_sync_wake_worker(PG_FUNCTION_ARGS) {
+  bitdex::pg::extension_change_at_commit();
+  PG_RETURN_VOID();
 }
 
 // bitdex_sync.wal_directory() -> text: where this database's ops WAL lives,

@@ -232,6 +232,7 @@ void open_writer() {
 }
 
 void close_writer() {
+  load_stop();
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
   w->instance = 0;
@@ -443,6 +444,7 @@ void record_run_end() {
 // false after SIGTERM.
 bool run() {
   bool outbox_waiting = false;
+  bool loading = false;    // a load is active: the cycle comes round again at once
   TimestampTz looked = 0;  // last full look: extension, outbox
   while (!ShutdownRequestPending) {
     CHECK_FOR_INTERRUPTS();
@@ -502,6 +504,7 @@ bool run() {
         decode_available();
       }
       if (g_worker->writer && (take_outbox_signal() || outbox_waiting || look)) outbox_waiting = read_outbox();
+      loading = load_step(look) && !g_worker->extension_gone;
       if (look && !g_worker->extension_gone) {
         in_transaction(check_catalog);
         // bitdex_sync.start_new_wal() recorded that this WAL is done with:
@@ -522,6 +525,7 @@ bool run() {
     long nap = g_naptime_ms;
     if (poll_async_commits()) nap = std::min<long>(nap, std::max(1, WalWriterDelay));
     if (outbox_waiting) nap = std::min<long>(nap, std::max(1, g_batch_max_delay_ms));
+    if (loading) nap = 1;
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, nap, PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
   }

@@ -75,6 +75,7 @@ struct Config {
   std::string index;
   Sink sink = Sink::Message;
   std::vector<Source> sources;
+  bool dump_phases = false;  // BitDex's own loader's key: accepted, not used (loads come from the sources)
 };
 
 // Parses YAML or JSON text (JSON is recognised by a leading '{'). Throws

@@ -76,6 +76,8 @@ class Chunk {
 
   // A record of the row(s) with source key `key` (not below the last one's).
   void add(int64_t key, EntityRecord r);
+  // Where the chunk ends, once its rows are read (before any observe()).
+  void set_to(int64_t to) { to_ = cut_ = to; }
   // A record about to enter the ops WAL before the chunk, committed by
   // transaction `xid`: when S does not see it and it touches an entity of
   // the chunk, the chunk ends before that entity's key. A clear record S

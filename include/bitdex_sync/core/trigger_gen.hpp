@@ -73,6 +73,19 @@ Clear truncate_clear(const config::Source& s);
 // clearing the field would take that source's values out too.
 std::string truncate_spec(const config::Config& cfg, const config::Source& s);
 
+// What decides each field's values, per field written, from a capture spec
+// (capture_spec) and the table it is on: the field's own expression and
+// everything of the source that applies to every field (kind, slot, query,
+// children, a fan-out's filter; a join's filter for its main field). Two
+// definitions of a field give the same values iff these strings are equal.
+std::vector<std::pair<std::string, std::string>> field_definitions(const json::Value& spec, uint32_t table);
+
+// The fields an earlier definition wrote that a new one does not write the
+// same way (new_spec nullptr: the source is gone): what a changed config
+// must clear before the source is loaded again.
+std::vector<std::string> fields_to_clear(const json::Value& old_spec, uint32_t old_table, const json::Value* new_spec,
+                                         uint32_t new_table);
+
 // The statement-level AFTER TRUNCATE trigger beside a source's row trigger
 // `row_trigger`: its name (the row trigger's plus "_t") and its DDL.
 std::string truncate_trigger_name(const std::string& row_trigger);

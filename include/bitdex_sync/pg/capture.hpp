@@ -82,6 +82,29 @@ void guard_utility(Node* stmt);
 // shares a field) as a capture gap of `source`, with a WARNING.
 void record_truncate_gap(const char* source, Oid relid, const char* trigger);
 
+// Emits a clear record (capture_format: `message` with a zero tag; `json`
+// for the outbox) in the current transaction, as a signed logical message
+// or, with `outbox`, as a row of bitdex_sync.ops.
+void emit_clear(const char* message, int len, const char* json, bool outbox);
+
+// ---- loads (the worker, src/pg/load_runner.cpp) ----------------------------
+// Where load_row puts each record: entity and ops payload (ops_codec).
+struct LoadSink {
+  void (*record)(void* arg, int64 entity, const char* ops, int len);
+  void* arg;
+};
+// The compiled source recorded for capture trigger `tgoid` (a source's row
+// trigger), for rows in the layout of `rel` (the recorded table); nullptr
+// when bitdex_sync.sources has nothing for it.
+void* load_source(Oid tgoid, Relation rel);
+// The slot column's number in the recorded table (0 when it is not a plain column).
+int load_source_slot_column(void* source);
+// The records an INSERT of `row` would capture, to `sink` (stored fan-out
+// queries run as the current user in the active snapshot). May ereport;
+// then call load_reset().
+void load_row(void* source, TupleTableSlot* row, LoadSink* sink);
+void load_reset();
+
 // A stored fan-out query, planned once per backend and planned again after
 // an invalidation of a relation it reads or of any function; run with the
 // current user's rights (the writer's), in the active snapshot.

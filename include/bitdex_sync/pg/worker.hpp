@@ -28,7 +28,8 @@ extern int g_batch_max_ops;
 extern int g_batch_max_delay_ms;
 extern int g_batch_max_memory_kb;
 extern int g_naptime_ms;
-extern int g_max_databases;  // worker slots in shared memory (databases with a worker at once)
+extern int g_load_chunk_rows;  // rows per load chunk
+extern int g_max_databases;    // worker slots in shared memory (databases with a worker at once)
 constexpr int kPoisonSkip = 0, kPoisonStop = 1;
 extern int g_on_poison_slot;  // kPoisonSkip or kPoisonStop
 extern int g_on_poison_outbox;
@@ -75,6 +76,8 @@ struct WorkerShared {
   // Messages with our prefix and no valid tag (forged with
   // pg_logical_emit_message): dropped, counted, warned of now and then.
   uint64 rejected_messages;
+  // Loads: rows and chunks written, chunks cut by a concurrent commit.
+  uint64 load_rows, load_chunks, load_cuts;
   TimestampTz started_at, last_batch_at;
   int failures;  // consecutive failed runs (backoff exponent)
   uint64 errors_total;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bitdex_sync/core/batcher.hpp"
+#include "bitdex_sync/core/load.hpp"
 #include "bitdex_sync/core/txn_messages.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/pg/wall.hpp"
@@ -29,6 +30,23 @@ struct Quarantined {
   std::string position, payload, reason;
   int64 entity_id;
   bool has_entity;
+};
+
+// The load being run (load_runner.cpp).
+struct LoadRun {
+  int64 id = 0;      // 0: none
+  bool more = true;  // look for the next load without waiting for the naptime
+  std::string source;
+  Oid table = InvalidOid, trigger = InvalidOid;
+  bool partitioned = false;
+  int32 chunk = 0;          // the last chunk written (or recorded and to be read again)
+  bool has_cursor = false;  // false: from the first key
+  int64 cursor = 0;         // every key <= it is loaded
+  int64 rows = 0;
+  std::unique_ptr<load::Chunk> pending;           // read, waiting for its place
+  std::vector<std::pair<int64, int64>> key_rows;  // of the pending chunk: rows per key
+  XLogRecPtr watermark = InvalidXLogRecPtr;       // decoding stops here while it waits
+  int64 outbox_horizon = 0;                       // the outbox reader must pass it
 };
 
 struct Worker {
@@ -73,6 +91,9 @@ struct Worker {
   TimestampTz rejected_warned_at = 0;       // last warning of a rejected message
   RepOriginId origin = InvalidRepOriginId;  // marks the worker's own writes
   bool origin_dropped = false;              // by this process, since the extension went
+  std::unique_ptr<LoadRun> load = std::make_unique<LoadRun>();
+  // Commits decoded whose transactions may still be in the proc array.
+  std::unique_ptr<load::RecentCommits> recent = std::make_unique<load::RecentCommits>();
   char error[512] = {0};
 };
 
@@ -104,6 +125,18 @@ bool poll_async_commits();
 // outbox_reader.cpp
 bool read_outbox();
 bool take_outbox_signal();
+
+// load_runner.cpp
+// One step of the active load (pick one at a `look` or right after the last
+// ended, read a chunk, or write the one waiting once decoding reached its
+// watermark). True while a load is active.
+bool load_step(bool look);
+// The WAL position decoding must stop at while a chunk waits (0: none).
+XLogRecPtr load_decode_limit();
+// A record about to enter the batch, committed by `xid` (C++: call in run_cpp).
+void load_observe(const EntityRecord& rec, uint32_t xid, bool top_level);
+// The ops WAL was closed: what was read and not written is dropped.
+void load_stop();
 
 }  // namespace bitdex::pg::bgw
 #pragma GCC visibility pop
