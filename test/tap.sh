@@ -15,7 +15,7 @@ umount "$work/small_fs" 2>/dev/null || true
 rm -rf "$work"
 mkdir -p "$work"
 cp -r test/t "$work/t"
-cp build/bin/bitdex-wal "$work/"
+cp build/bin/bitdex-wal build/bin/bitdex-index "$work/"
 as=()
 small_fs=
 if [ "$(id -u)" = 0 ]; then
@@ -33,6 +33,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 cd "$work"
 "${as[@]}" env PATH="$bindir:$PATH" PERL5LIB="$perl_lib:$work/t" TESTDIR="$work" PG_REGRESS=/bin/true \
-  BITDEX_WAL_BIN="$work/bitdex-wal" BITDEX_TAP_KILLS="${BITDEX_TAP_KILLS:-20}" \
+  BITDEX_WAL_BIN="$work/bitdex-wal" BITDEX_INDEX_BIN="$work/bitdex-index" BITDEX_TAP_KILLS="${BITDEX_TAP_KILLS:-20}" \
   BITDEX_TAP_BIG_ROWS="${BITDEX_TAP_BIG_ROWS:-1000000}" BITDEX_TAP_SMALL_FS="$small_fs" \
   prove -v --ext .pl ${BITDEX_TAP_ONLY:-t/} || { tail -50 "$work"/tmp_check/log/*.log 2>/dev/null; exit 1; }

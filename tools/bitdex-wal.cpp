@@ -7,7 +7,7 @@
 //                                               one batch per input line (a JSON array of records);
 //                                               --records: one record per line, all one batch
 //   bitdex-wal consumers DIR                    registered consumers and their cursors
-//   bitdex-wal register DIR NAME | unregister DIR NAME
+//   bitdex-wal register DIR NAME [--at-end] | unregister DIR NAME
 //   bitdex-wal retain DIR [--max-bytes N]       delete segments every consumer is past; past N
 //                                               bytes, also older ones (their consumers become lagging)
 //
@@ -45,7 +45,9 @@ const char* kUsage =
     "                                    append one batch per stdin line (JSON array of records);\n"
     "                                    --records: one record per line, all one batch\n"
     "  consumers DIR                     list consumers and cursors\n"
-    "  register DIR NAME | unregister DIR NAME\n"
+    "  register DIR NAME [--at-end] | unregister DIR NAME\n"
+    "                                    --at-end: from after the last complete batch (a new consumer\n"
+    "                                    that starts with bitdex_sync.load())\n"
     "  retain DIR [--max-bytes N]        delete segments every consumer is past; with N, keep at most\n"
     "                                    about N bytes and mark consumers that needed more as lagging\n";
 
@@ -335,7 +337,7 @@ int run(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1], dir = argv[2];
-  bool as_json = false, do_dedup = false, records = false;
+  bool as_json = false, do_dedup = false, records = false, at_end = false;
   uint64_t segment_size = 0, max_bytes = 0;
   Cursor from{};
   std::vector<std::string> rest;
@@ -345,6 +347,8 @@ int run(int argc, char** argv) {
       as_json = true;
     } else if (a == "--dedup") {
       do_dedup = true;
+    } else if (a == "--at-end") {
+      at_end = true;
     } else if (a == "--records") {
       records = true;
     } else if (a == "--segment-size" && i + 1 < argc) {
@@ -372,9 +376,22 @@ int run(int argc, char** argv) {
     return 0;
   }
   if ((cmd == "register" || cmd == "unregister") && rest.size() == 1) {
-    if (cmd == "register")
+    if (cmd == "register" && at_end) {
+      // After the last complete batch: the consumer sees only what comes next.
+      validate_consumer_name(rest[0]);
+      WalReader rd(dir, Cursor{});
+      WalBatch b;
+      Cursor end{};
+      while (rd.next(&b) == ReadStatus::Batch) end = b.end;
+      if (end.offset == 0) end = rd.cursor();
+      if (load_cursor(dir, rest[0]))
+        throw Error(ErrorKind::InvalidInput, "consumer \"" + rest[0] + "\" is registered already",
+                    "Unregister it first to move it.");
+      register_consumer(dir, rest[0], end);
+      std::printf("%s %s\n", rest[0].c_str(), cursor_json(end).c_str());
+    } else if (cmd == "register") {
       register_consumer(dir, rest[0], Cursor{});
-    else
+    } else
       unregister_consumer(dir, rest[0]);
     return 0;
   }

@@ -29,7 +29,14 @@ Follower::Follower(std::string wal_dir, std::string snapshot, std::string consum
       throw Error(ErrorKind::InvalidInput, "index \"" + snapshot_ + "\" is in use by another bitdex-index process");
     throw_io_error("lock file", lock_path, errno);
   }
-  if (fileio::exists(snapshot_)) index_ = Index::load(snapshot_, &cursor_);
+  if (fileio::exists(snapshot_)) {
+    index_ = Index::load(snapshot_, &cursor_);
+  } else if (auto registered = wal::load_cursor(wal_dir_, consumer_); registered && registered->offset > 0) {
+    // A new index for a consumer registered at a later point (`bitdex-wal
+    // register --at-end`, then bitdex_sync.load()): it starts there.
+    cursor_ = *registered;
+    starts_mid_wal_ = true;
+  }
   wal::register_consumer(wal_dir_, consumer_, cursor_);
   for (const wal::ConsumerInfo& c : wal::list_consumers(wal_dir_))
     if (c.name == consumer_ && c.lagging)
@@ -45,6 +52,7 @@ bool Follower::step() {
   Counters& c = index_.counters();
   // Batch numbers run 1, 2, 3... over the whole WAL: anything else means
   // batches this index never saw (retention, or a different WAL).
+  if (starts_mid_wal_ && c.batches == 0) c.last_batch_seq = b.seq - 1;
   if (b.seq != c.last_batch_seq + 1)
     throw Error(ErrorKind::InvalidInput,
                 "ops WAL batch " + std::to_string(b.seq) + " does not follow the index's last batch " +

@@ -57,6 +57,37 @@ struct Plan {
   std::vector<std::string> unverified;
 };
 
+// A query fan-out's "F eq {col}": the direct source whose field F is a plain
+// column, and the parent's column.
+struct DirectColumn {
+  std::string table, slot, column, parent_column;
+};
+
+const DirectColumn* eq_column(const config::Config& cfg, const config::Template& query) {
+  static thread_local DirectColumn found;
+  const std::string& q = query.text;
+  const size_t eq = q.find(" eq ");
+  if (eq == std::string::npos || query.columns.size() != 1) return nullptr;
+  auto trim = [](std::string t) {
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    return t;
+  };
+  const std::string field = trim(q.substr(0, eq)), value = trim(q.substr(eq + 4));
+  if (value != "{" + query.columns[0] + "}" || field.empty() || field.find(' ') != std::string::npos) return nullptr;
+  const DirectColumn* hit = nullptr;
+  for (const config::Source& d : cfg.sources) {
+    if (d.kind != SourceKind::Direct) continue;
+    for (const auto& tf : d.track_fields)
+      if (tf.target == field && tf.expr.columns.size() == 1 && tf.expr.text == "{" + tf.expr.columns[0] + "}") {
+        if (hit) return nullptr;  // two sources write the field: not one join
+        found = {qualified(d.table), config::quote_ident(d.slot_field), tf.expr.columns[0], query.columns[0]};
+        hit = &found;
+      }
+  }
+  return hit;
+}
+
 Plan make_plan(const config::Config& cfg) {
   Plan plan;
   std::map<std::string, std::vector<Contribution>> by_field;
@@ -115,11 +146,25 @@ Plan make_plan(const config::Config& cfg) {
               {"SELECT c." + config::quote_ident(rf.slot) + ", " + op_value(tf.expr.render("p.")) + from, child, true});
         break;
       }
-      case SourceKind::QueryFanOut:
+      case SourceKind::QueryFanOut: {
+        // "F eq {col}" where F is a plain column of a direct source: the
+        // slots are the rows of that source whose column equals the
+        // parent's, so the tables can be joined.
+        const DirectColumn* via = s.expression ? nullptr : eq_column(cfg, *s.query);
+        if (!via) {
+          for (const auto& tf : s.track_fields)
+            plan.unverified.push_back(tf.target + " (query fan-out from " + s.table +
+                                      ": its slots are chosen by a query over the index, not by a table row)");
+          break;
+        }
+        std::string from = " FROM ONLY " + via->table + " c JOIN ONLY " + table + " p ON c." +
+                           config::quote_ident(via->column) + " = p." + config::quote_ident(via->parent_column);
+        if (s.filter) from += " WHERE (" + s.filter->render("p.") + ")";
         for (const auto& tf : s.track_fields)
-          plan.unverified.push_back(tf.target + " (query fan-out from " + s.table +
-                                    ": its slots are chosen by a query over the index, not by a table row)");
+          by_field[tf.target].push_back(
+              {"SELECT c." + via->slot + ", " + op_value(tf.expr.render("p.")) + from, via->table, true});
         break;
+      }
     }
   }
   for (auto& [field, parts] : by_field) {

@@ -39,6 +39,7 @@ extern "C" {
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/proc.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -249,6 +250,23 @@ load::Snapshot copy_snapshot(Snapshot s) {
 }
 
 bool g_retry_snapshot = false;
+
+// Whether this process's snapshots hold back the pruning of row versions.
+// A process that decodes is flagged PROC_IN_LOGICAL_DECODING, and
+// PostgreSQL leaves such a process's xmin out of every horizon (its slot
+// holds back catalog rows only): pages pruned by other backends would lose
+// row versions a chunk's snapshot still needs, and the chunk would miss the
+// rows being updated. While a chunk is read, the flag is off, so the
+// snapshot's xmin counts like any backend's.
+void hold_back_pruning(bool hold) {
+  LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+  if (hold)
+    MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+  else if (g_worker->ctx)
+    MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+  ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+  LWLockRelease(ProcArrayLock);
+}
 
 // In a transaction (in_transaction: SPI connected, one snapshot pushed, every
 // query read-only so all of them see it): reads the next chunk.
@@ -500,7 +518,10 @@ bool load_step(bool look) {
   }
   if (!r.pending) {
     pgstat_report_activity(STATE_RUNNING, "loading: reading a chunk");
-    if (!try_in_transaction(read_chunk)) {
+    hold_back_pruning(true);
+    const bool read = try_in_transaction(read_chunk);
+    hold_back_pruning(false);
+    if (!read) {
       r.pending.reset();
       fail_load(g_failure);
       r.more = true;

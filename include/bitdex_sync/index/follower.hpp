@@ -42,6 +42,7 @@ class Follower {
   wal::Cursor cursor_;
   std::unique_ptr<wal::WalReader> reader_;
   uint64_t unsaved_ = 0;
+  bool starts_mid_wal_ = false;  // a new index at a consumer's later cursor
 };
 
 }  // namespace bitdex::index
