@@ -333,7 +333,7 @@ CREATE FUNCTION bitdex_sync.status()
   -- rows so far, rows per second, and the time left by the planner's
   -- estimate of the source's rows (docs/load.md).
   SELECT l.source, current_database(), 'load ' || l.state, NULL, NULL, NULL, NULL, NULL,
-         greatest(l.estimate - l.rows, 0), NULL, NULL, NULL, NULL, NULL, l.chunks, NULL, NULL, NULL, NULL, NULL,
+         CASE WHEN l.estimate IS NOT NULL THEN greatest(l.estimate - l.rows, 0) END, NULL, NULL, NULL, NULL, NULL, l.chunks, NULL, NULL, NULL, NULL, NULL,
          CASE WHEN l.state = 'failed' THEN l.error
               ELSE format('load %s (%s): %s of ~%s rows in %s chunks', l.id, l.reason, l.rows,
                           coalesce(l.estimate::text, '?'), l.chunks) END,
@@ -346,7 +346,8 @@ CREATE FUNCTION bitdex_sync.status()
                                    THEN l.rows / extract(epoch FROM clock_timestamp() - l.started_at)::float8 END
                                 AS per_second) r ON true
    WHERE l.state IN ('pending', 'running')
-      OR (l.state = 'failed' AND l.id = (SELECT max(id) FROM bitdex_sync.loads x WHERE x.source = l.source))
+      OR (l.state = 'failed' AND l.id = (SELECT max(id) FROM bitdex_sync.loads x WHERE x.source = l.source)
+          AND EXISTS (SELECT FROM bitdex_sync.sources s WHERE s.name = l.source))
   ORDER BY 2, 1 DESC
   $$;
 
@@ -488,7 +489,8 @@ CREATE FUNCTION bitdex_sync.load(source text DEFAULT NULL) RETURNS SETOF bitdex_
     END IF;
     UPDATE bitdex_sync.loads l SET state = 'failed', finished_at = now(),
            error = 'given up: a later load of the source was registered by hand'
-     WHERE l.state IN ('pending', 'running') AND (load.source IS NULL OR l.source = load.source);
+     WHERE l.state IN ('pending', 'running') AND (load.source IS NULL OR l.source = load.source)
+       AND l.source IN (SELECT s.name FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance);
     RETURN QUERY
       INSERT INTO bitdex_sync.loads (source, digest, reason)
       SELECT s.name, s.trigger_name, 'by hand' FROM bitdex_sync.sources s

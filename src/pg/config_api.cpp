@@ -442,6 +442,19 @@ void clear_and_register_loads(const config::Config& cfg, const std::vector<Plann
                               now ? "its definition changed" : "the source is gone")));
     });
   }
+  // Loads of sources that left the config end here.
+  for (const auto& [name, rec] : recorded) {
+    bool still = false;
+    for (const Planned& p : planned) still = still || p.src->name == name;
+    if (still) continue;
+    AsExtensionOwner owner;
+    Oid type = TEXTOID;
+    Datum value = pg_guard([&] { return CStringGetTextDatum(name.c_str()); });
+    if (spi_exec_args("UPDATE bitdex_sync.loads SET state = 'failed', finished_at = now(), error = 'given up: the "
+                      "source left the config' WHERE source = $1 AND state IN ('pending', 'running')",
+                      1, &type, &value, false) != SPI_OK_UPDATE)
+      throw Error(ErrorKind::Internal, "bitdex_sync: could not give up the loads of source " + name);
+  }
   if (!load) return;
   // Loads run in id order: direct sources first, then joins, then fan-outs
   // (a fan-out's query finds the slots the direct sources loaded).
