@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh Debian 12 machine: installs what is
 # missing, builds and installs the extension, starts a private PostgreSQL
-# with it preloaded, and then:
-#   1. CREATE EXTENSION: at its commit the launcher starts the database's
+# with it preloaded, and then, as a user's database would be:
+#   1. tables already full (200,000 images, 600,000 tags, 20,000 posts),
+#   2. CREATE EXTENSION: at its commit the launcher starts the database's
 #      background worker, which creates its logical slot and opens its ops
 #      WAL (data/bitdex_sync/<database OID>),
-#   2. a capture config applied with bitdex_sync.apply_config (C triggers),
-#   3. changes committed while status() is watched: the worker decodes them
-#      in-process, deduplicates each batch and appends it durably, live,
-#   4. wait_for_sync(), then status() and metrics() (lag, latency histogram),
-#   5. the ops WAL dumped, verified and summarised,
-#   6. the reference index built from the WAL, queried, and verified against
+#   3. a capture config applied with bitdex_sync.apply_config (C triggers;
+#      a load registered for each source),
+#   4. the loads run in the worker while changes are committed and status()
+#      is watched: rows loaded in chunks, changes decoded in-process, both
+#      deduplicated and appended durably to the ops WAL,
+#   5. wait_for_loads(), more changes, wait_for_sync(), then status() and
+#      metrics() (lag, latency histogram, loads),
+#   6. the ops WAL dumped, verified and summarised,
+#   7. the reference index built from the WAL, queried, and verified against
 #      the tables (0 differences).
 # The server is stopped at the end unless --keep is given.
 #
@@ -40,6 +44,25 @@ as_pg=("${AS_PG[@]}")
 psql=("${PSQL[@]}")
 bindir=$PG_BINDIR
 
+say "a populated database: 200,000 images, 600,000 tags, 20,000 posts (before bitdex_sync is installed)"
+"${psql[@]}" <<'SQL'
+CREATE TYPE "MediaType" AS ENUM ('image', 'video');
+CREATE TABLE "Post" (id int PRIMARY KEY, "publishedAt" timestamp(3));
+CREATE TABLE "Image" (id serial PRIMARY KEY, "nsfwLevel" int NOT NULL DEFAULT 1, type "MediaType" NOT NULL DEFAULT 'image',
+                      "postId" int, flags int NOT NULL DEFAULT 0, "scannedAt" timestamp(3), "createdAt" timestamp(3) NOT NULL DEFAULT now());
+CREATE TABLE "TagsOnImage" ("imageId" int NOT NULL, "tagId" int NOT NULL, PRIMARY KEY ("imageId", "tagId"));
+INSERT INTO "Post" SELECT g, CASE WHEN g % 10 = 0 THEN NULL ELSE timestamp '2026-01-01' + g * interval '1 hour' END
+  FROM generate_series(1, 20000) g;
+INSERT INTO "Image" ("nsfwLevel", type, "postId", flags, "scannedAt", "createdAt")
+  SELECT 1 << (g % 5), CASE WHEN g % 20 = 0 THEN 'video'::"MediaType" ELSE 'image' END, 1 + g % 20000, (g % 4) << 13,
+         timestamp '2026-01-01' + g * interval '7 second', timestamp '2026-01-01'
+  FROM generate_series(1, 200000) g;
+INSERT INTO "TagsOnImage" SELECT i, 1 + (i * 7 + t * 101) % 5000 FROM generate_series(1, 200000) i, generate_series(1, 3) t
+  ON CONFLICT DO NOTHING;
+ANALYZE;
+SQL
+"${psql[@]}" -c "SELECT relname AS table, n_live_tup AS rows FROM pg_stat_user_tables ORDER BY relname"
+
 say "CREATE EXTENSION bitdex_sync: at its commit the launcher starts this database's worker; it creates its slot and opens its ops WAL"
 "${psql[@]}" -c "CREATE EXTENSION bitdex_sync" -c "\dx bitdex_sync"
 wal=$("${psql[@]}" -Atc "SELECT bitdex_sync.wait_for_sync('30s')" -c "SELECT bitdex_sync.wal_directory()" | tail -1)
@@ -47,13 +70,9 @@ wal=$("${psql[@]}" -Atc "SELECT bitdex_sync.wait_for_sync('30s')" -c "SELECT bit
   -c "SELECT database, state, pid, slot_name, confirmed_lsn FROM bitdex_sync.status()" \
   -c "SELECT backend_type, datname, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type IN ('bitdex_sync launcher', 'bitdex_sync worker') ORDER BY backend_type"
 
-say "the capture config: three sources (direct, join, fan-out) applied with bitdex_sync.apply_config"
+say "the capture config: three sources (direct, join, fan-out) applied with bitdex_sync.apply_config; a load of each is registered"
 "${psql[@]}" <<'SQL'
-CREATE TYPE "MediaType" AS ENUM ('image', 'video');
-CREATE TABLE "Post" (id int PRIMARY KEY, "publishedAt" timestamp(3));
-CREATE TABLE "Image" (id serial PRIMARY KEY, "nsfwLevel" int NOT NULL DEFAULT 1, type "MediaType" NOT NULL DEFAULT 'image',
-                      "postId" int, flags int NOT NULL DEFAULT 0, "scannedAt" timestamp(3), "createdAt" timestamp(3) NOT NULL DEFAULT now());
-CREATE TABLE "TagsOnImage" ("imageId" int NOT NULL, "tagId" int NOT NULL, PRIMARY KEY ("imageId", "tagId"));
+SET client_min_messages = notice;
 SELECT * FROM bitdex_sync.apply_config($$
 index: demo
 sources:
@@ -74,41 +93,52 @@ sources:
     query: "postId eq {id}"
     track_fields: [publishedAt]
 $$);
+SELECT id, source, reason, state FROM bitdex_sync.loads ORDER BY id;
 SQL
 
-say "changes flowing live: a writer commits 40 small transactions over ~4 s; status() every second"
-"${psql[@]}" -c "INSERT INTO \"Post\" SELECT 1000 + g, NULL FROM generate_series(1, 50) g"
+say "loads and live changes at once: a writer commits 40 small transactions over ~4 s; status() every half second"
+# New images belong to new posts (a query fan-out sets a post's fields on
+# the images matching it when the post changes: see docs/config.md).
+"${psql[@]}" -c "INSERT INTO \"Post\" SELECT 900000 + g, NULL FROM generate_series(1, 50) g"
 (
   for i in $(seq 1 40); do
     echo "INSERT INTO \"Image\" (\"nsfwLevel\", \"postId\", \"scannedAt\", \"createdAt\")
-            SELECT 1, 1001 + g % 50, timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01'
+            SELECT 1, 900001 + g % 50, timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01'
             FROM generate_series(1, 50) g;
+          UPDATE \"Image\" SET \"nsfwLevel\" = 16 WHERE id = $((i * 4099));
+          INSERT INTO \"TagsOnImage\" VALUES ($((i * 4099)), 9999) ON CONFLICT DO NOTHING;
           SELECT pg_sleep(0.1);"
   done | "${psql[@]}" >/dev/null
 ) &
 writer=$!
-printf '%-8s %-8s %12s %12s %8s %10s %12s\n' time state ops_captured ops_written batches lag_bytes lag_seconds
-while kill -0 "$writer" 2>/dev/null; do
-  "${psql[@]}" -At -F ' ' -c "SELECT to_char(clock_timestamp(), 'HH24:MI:SS'), state, ops_captured, ops_written, batches,
-                                     lag_bytes, round(lag_seconds::numeric, 3) FROM bitdex_sync.status() WHERE source = 'slot'" |
-    while read -r t st c w b lb ls; do printf '%-8s %-8s %12s %12s %8s %10s %12s\n' "$t" "$st" "$c" "$w" "$b" "$lb" "$ls"; done
-  sleep 1
+printf '%-8s %-28s %-14s %10s %10s %12s %12s\n' time source state rows rows/s ops_written lag_bytes
+while kill -0 "$writer" 2>/dev/null || [ "$("${psql[@]}" -Atc "SELECT count(*) FROM bitdex_sync.loads WHERE state IN ('pending', 'running')")" != 0 ]; do
+  "${psql[@]}" -At -F '|' -c "SELECT to_char(clock_timestamp(), 'HH24:MI:SS'), source, state, coalesce(load_rows::text, ''),
+                                     coalesce(round(load_rows_per_second)::text, ''), ops_written, lag_bytes
+                                FROM bitdex_sync.status() WHERE source <> 'outbox' ORDER BY source = 'slot' DESC, source" |
+    while IFS='|' read -r t src st rows rate w lb; do
+      printf '%-8s %-28s %-14s %10s %10s %12s %12s\n' "$t" "$src" "$st" "$rows" "$rate" "$w" "$lb"
+    done
+  sleep 0.5
 done
 wait "$writer"
+"${psql[@]}" -c "SELECT bitdex_sync.wait_for_loads() AS loads_done" \
+  -c "SELECT id, source, state, rows, chunks, finished_at - started_at AS took,
+             round(rows / extract(epoch FROM finished_at - started_at)) AS rows_per_second FROM bitdex_sync.loads ORDER BY id"
 
 say "more changes: updates, tags added and removed, deletes, a post published twice"
 "${psql[@]}" <<'SQL'
-UPDATE "Image" SET "nsfwLevel" = 2 WHERE id % 2 = 1;
+UPDATE "Image" SET "nsfwLevel" = 2 WHERE id % 2 = 1 AND id > 200000;
 -- One transaction changing a row twice: the worker's dedup keeps the last value.
 BEGIN;
-UPDATE "Image" SET "nsfwLevel" = 3 WHERE id % 2 = 1;
-UPDATE "Image" SET "nsfwLevel" = 4, flags = 1 << 14 WHERE id % 2 = 1;
+UPDATE "Image" SET "nsfwLevel" = 3 WHERE id % 2 = 1 AND id > 200000;
+UPDATE "Image" SET "nsfwLevel" = 4, flags = 1 << 14 WHERE id % 2 = 1 AND id > 200000;
 COMMIT;
-INSERT INTO "TagsOnImage" SELECT id, 100 + id % 7 FROM "Image";
-DELETE FROM "TagsOnImage" WHERE "imageId" % 3 = 0;
+INSERT INTO "TagsOnImage" SELECT id, 100 + id % 7 FROM "Image" WHERE id > 200000;
+DELETE FROM "TagsOnImage" WHERE "imageId" % 3 = 0 AND "imageId" > 200000;
 DELETE FROM "Image" WHERE id % 10 = 0;
-UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 1007;
-UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 1007;
+UPDATE "Post" SET "publishedAt" = '2026-11-21 12:00' WHERE id = 900007;
+UPDATE "Post" SET "publishedAt" = '2026-11-22 09:00' WHERE id = 900007;
 SQL
 
 say "wait_for_sync(): returns once everything committed before it is durable in the ops WAL"
@@ -127,8 +157,10 @@ say "stats"
 "${as_pg[@]}" build/bin/bitdex-wal stats "$wal"
 ls -l "$wal"
 
-say "image 3: inserted, nsfwLevel 1 -> 2 -> 3 -> 4 (the last two in one transaction), tagged: its records"
-grep '"entity_id":3,' "$demo/dump.jsonl" | head -5
+say "image 200003: inserted, nsfwLevel 1 -> 2 -> 3 -> 4 (the last two in one transaction), tagged: its records"
+grep '"entity_id":200003,' "$demo/dump.jsonl" | head -5
+say "image 3: loaded (stream \"load\"), a record per source"
+grep '"entity_id":3,' "$demo/dump.jsonl" | head -3
 "${as_pg[@]}" build/bin/bitdex-wal register "$wal" reference-index
 
 say "the reference index: built from the ops WAL as consumer reference-index (roaring bitmaps, snapshot + cursor)"
@@ -140,6 +172,8 @@ echo "the same in SQL:"
 "${psql[@]}" -At -c "SELECT count(*) FROM \"Image\" i WHERE \"nsfwLevel\" = 4 AND EXISTS (SELECT 1 FROM \"TagsOnImage\" t WHERE t.\"imageId\" = i.id AND t.\"tagId\" IN (101, 102))"
 echo "published posts' images ('publishedAt eq \"2026-11-22T09:00:00\"', set by the Post fan-out):"
 "${as_pg[@]}" build/bin/bitdex-index query --index "$demo/index.bdx" 'publishedAt eq "2026-11-22T09:00:00"'
+echo "a loaded post's images ('publishedAt eq \"2026-01-01T05:00:00\"', post 5, set by the Post load):"
+"${as_pg[@]}" build/bin/bitdex-index query --index "$demo/index.bdx" 'publishedAt eq "2026-01-01T05:00:00"'
 
 say "verify: every configured field of every slot recomputed from the tables and compared with the index"
 "${as_pg[@]}" build/bin/bitdex-index verify --index "$demo/index.bdx" --dsn "host=$demo port=$port user=postgres dbname=postgres"

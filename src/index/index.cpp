@@ -20,18 +20,34 @@ uint32_t slot_of(int64_t entity_id, const std::string& where) {
 }
 
 void Index::apply(const Batch& b, const std::string& where) {
-  for (const EntityRecord& r : b) apply(r, where);
+  for (const EntityRecord& r : b) apply_record(r, where);
+  purge_deleted();
 }
 
 void Index::apply(const EntityRecord& r, const std::string& where) {
+  apply_record(r, where);
+  purge_deleted();
+}
+
+// A deleted slot leaves alive at once; its values are taken out of every
+// bitmap in one pass for all the slots deleted since the last pass (a delete
+// alone would visit every value of every field), before anything else
+// touches one of them, before a queryOpSet or a clear, and at the end of
+// each apply().
+void Index::apply_record(const EntityRecord& r, const std::string& where) {
   counters_.records++;
   if (r.clear) {
+    purge_deleted();
     apply_clear(*r.clear);
     return;
   }
   // queryOpSet records are not about their own entity, so the slot check
   // applies only to records that touch it.
-  auto slot = [&] { return slot_of(r.entity_id, where); };
+  auto slot = [&] {
+    const uint32_t s = slot_of(r.entity_id, where);
+    if (!deleted_.isEmpty() && deleted_.contains(s)) purge_deleted();
+    return s;
+  };
   for (const Op& op : r.ops) {
     counters_.ops++;
     switch (op.kind) {
@@ -40,10 +56,28 @@ void Index::apply(const EntityRecord& r, const std::string& where) {
       case OpKind::Remove: field_op(slot(), op); break;
       case OpKind::Delete: remove_slot(slot()); break;
       case OpKind::Alive: alive_.add(slot()); break;
-      case OpKind::QueryOpSet: query_op_set(op, r, where); break;
+      case OpKind::QueryOpSet:
+        purge_deleted();
+        query_op_set(op, r, where);
+        break;
     }
   }
   if (r.creates_slot) alive_.add(slot());
+}
+
+void Index::purge_deleted() {
+  if (deleted_.isEmpty()) return;
+  for (auto& [name, field] : fields_) {
+    for (size_t i = 0; i < field.values.size();) {
+      Roaring& b = field.values.at(i).bitmap;
+      b -= deleted_;
+      if (b.isEmpty())
+        field.values.erase_at(i);  // the last entry moves to i
+      else
+        i++;
+    }
+  }
+  deleted_ = Roaring();
 }
 
 void Index::field_op(uint32_t slot, const Op& op) {
@@ -76,15 +110,7 @@ Field& Index::field(const std::string& name) {
 
 void Index::remove_slot(uint32_t slot) {
   alive_.remove(slot);
-  for (auto& [name, field] : fields_) {
-    for (size_t i = 0; i < field.values.size();) {
-      Roaring& b = field.values.at(i).bitmap;
-      if (b.removeChecked(slot) && b.isEmpty())
-        field.values.erase_at(i);  // the last entry moves to i
-      else
-        i++;
-    }
-  }
+  deleted_.add(slot);  // its values go at the next purge_deleted()
 }
 
 void Index::apply_clear(const Clear& c) {

@@ -98,9 +98,12 @@ class Index {
   void query_op_set(const Op& op, const EntityRecord& r, const std::string& where);
   void remove_slot(uint32_t slot);
   void apply_clear(const Clear& c);
+  void apply_record(const EntityRecord& r, const std::string& where);
+  void purge_deleted();
 
   std::map<std::string, Field> fields_;
   Roaring alive_;
+  Roaring deleted_;  // deleted slots whose values are still to be taken out (purge_deleted)
   Counters counters_;
   std::vector<Problem> problems_;
 };
