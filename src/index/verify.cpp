@@ -88,7 +88,7 @@ const DirectColumn* eq_column(const config::Config& cfg, const config::Template&
   return hit;
 }
 
-Plan make_plan(const config::Config& cfg) {
+Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
   Plan plan;
   std::map<std::string, std::vector<Contribution>> by_field;
   std::map<std::string, int> direct_uses;  // field -> number of direct sources setting it
@@ -150,11 +150,13 @@ Plan make_plan(const config::Config& cfg) {
         // "F eq {col}" where F is a plain column of a direct source: the
         // slots are the rows of that source whose column equals the
         // parent's, so the tables can be joined.
-        const DirectColumn* via = s.expression ? nullptr : eq_column(cfg, *s.query);
+        const DirectColumn* via = s.expression || !join_query_fan_outs ? nullptr : eq_column(cfg, *s.query);
         if (!via) {
           for (const auto& tf : s.track_fields)
             plan.unverified.push_back(tf.target + " (query fan-out from " + s.table +
-                                      ": its slots are chosen by a query over the index, not by a table row)");
+                                      ": its slots are chosen by a query over the index when the parent changes; "
+                                      "children that gain the parent later do not get its fields" +
+                                      (join_query_fan_outs ? "" : "; --join-query-fan-outs checks \"F eq {col}\" ones by a join") + ")");
           break;
         }
         std::string from = " FROM ONLY " + via->table + " c JOIN ONLY " + table + " p ON c." +
@@ -290,7 +292,7 @@ class Verifier {
                     "Pass the config with --config, or run bitdex_sync.apply_config first.");
       text = PQgetvalue(r.get(), 0, 0);
     }
-    Plan plan = make_plan(config::parse(text));
+    Plan plan = make_plan(config::parse(text), opts_.join_query_fan_outs);
     report_.unverified = plan.unverified;
     for (const Scan& s : plan.scans) {
       auto r = db.run("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = " +

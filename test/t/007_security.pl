@@ -129,16 +129,19 @@ is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'slot'"), 'running
 sql(q{ALTER EVENT TRIGGER bitdex_sync_guard DISABLE});
 sql(q{ALTER TABLE img DISABLE TRIGGER ALL});
 sql(q{ALTER EVENT TRIGGER bitdex_sync_guard ENABLE ALWAYS});
-$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM bitdex_sync.capture_gaps WHERE detected_by = 'worker'")
-  or die 'the worker did not record the gap';
-is(sql("SELECT source || ' ' || problem FROM bitdex_sync.capture_gaps"), 'img disabled',
-  'the worker records a capture trigger disabled behind the guard');
-is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap', 'status() shows the gap');
+# Both of img's capture triggers: the row trigger and the TRUNCATE trigger.
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM bitdex_sync.capture_gaps WHERE detected_by = 'worker'")
+  or die 'the worker did not record the gaps';
+is(sql("SELECT string_agg(source || ' ' || trigger_name || ' ' || problem, ', ' ORDER BY trigger_name) FROM bitdex_sync.capture_gaps"),
+  'img bitdex_img_2200a7ef disabled, img bitdex_img_2200a7ef_t disabled',
+  'the worker records both capture triggers disabled behind the guard');
+is(sql("SELECT string_agg(state, ', ') FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap, capture gap',
+  'status() shows each gap');
 like(slurp_file($node->logfile), qr/capture gap recorded: source "img"/, 'the log says so');
 is(sql(q{SELECT string_agg(source || ' ' || action, ', ' ORDER BY source) FROM bitdex_sync.apply_config('{"sources":[{"table":"img","sets_alive":true,"track_fields":["lvl"]}]}')}),
   'big drop, img enable', 'apply_config enables it again');
-is(sql("SELECT state FROM bitdex_sync.status() WHERE source = 'img'"), 'capture gap (restored)',
-  'the gap is shown as restored until it is dealt with');
+is(sql("SELECT string_agg(state, ', ') FROM bitdex_sync.status() WHERE source = 'img'"),
+  'capture gap (restored), capture gap (restored)', 'the gaps are shown as restored until they are dealt with');
 sql('DELETE FROM bitdex_sync.capture_gaps');
 
 # --- item 8: DROP EXTENSION with rows in the outbox --------------------------------
@@ -281,7 +284,11 @@ my $third_wal_id = sql('SELECT lpad(to_hex(wal_id), 16, \'0\') FROM bitdex_sync.
 isnt($third_wal_id, $new_wal_id, '... and the worker starts another');
 ok(-d "$wal_dir.retired-$new_wal_id", '... after moving the damaged one aside');
 like(dump_wal(), qr/"entity_id":3001,"creates_slot":true/, 'changes committed meanwhile are in it');
-unlike(dump_wal(), qr/"entity_id":2001,/, '... and nothing from before (that needs a full load)');
+is(sql(q{SELECT string_agg(source, ', ' ORDER BY id) FROM bitdex_sync.loads WHERE reason = 'new ops WAL'}),
+  sql(q{SELECT string_agg(name, ', ' ORDER BY name) FROM bitdex_sync.sources}), '... and registers a load of every source');
+$node->safe_psql('postgres', q{SELECT bitdex_sync.wait_for_loads('60s')});
+like(dump_wal(), qr/"position":\{"stream":"load","load":\d+,"chunk":\d+\},"entity_id":2001,/,
+  'rows from before are in the new WAL through that load');
 
 # A WAL directory removed is refused too, never started afresh in silence.
 $node->stop('fast');
