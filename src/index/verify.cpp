@@ -153,10 +153,11 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
         const DirectColumn* via = s.expression || !join_query_fan_outs ? nullptr : eq_column(cfg, *s.query);
         if (!via) {
           for (const auto& tf : s.track_fields)
-            plan.unverified.push_back(tf.target + " (query fan-out from " + s.table +
-                                      ": its slots are chosen by a query over the index when the parent changes; "
-                                      "children that gain the parent later do not get its fields" +
-                                      (join_query_fan_outs ? "" : "; --join-query-fan-outs checks \"F eq {col}\" ones by a join") + ")");
+            plan.unverified.push_back(
+                tf.target + " (query fan-out from " + s.table +
+                ": its slots are chosen by a query over the index when the parent changes; "
+                "children that gain the parent later do not get its fields" +
+                (join_query_fan_outs ? "" : "; --join-query-fan-outs checks \"F eq {col}\" ones by a join") + ")");
           break;
         }
         std::string from = " FROM ONLY " + via->table + " c JOIN ONLY " + table + " p ON c." +

@@ -29,9 +29,9 @@ struct VerifyProgress {
 };
 
 struct VerifyOptions {
-  std::string conninfo;                                 // libpq connection string
-  std::string config_text;                              // YAML/JSON; empty: the last config applied in the database
-  size_t max_shown = 100;                               // differences kept in the report (all are counted)
+  std::string conninfo;     // libpq connection string
+  std::string config_text;  // YAML/JSON; empty: the last config applied in the database
+  size_t max_shown = 100;   // differences kept in the report (all are counted)
   // Also check "F eq {col}" query fan-outs by joining the parent to the
   // direct source that writes F. Right only where children never gain or
   // change that column after the parent last changed (a fan-out reaches the
