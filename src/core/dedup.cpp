@@ -35,6 +35,7 @@
 //   the segment before it and passes through unchanged.
 #include "bitdex_sync/core/dedup.hpp"
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <unordered_map>
@@ -107,6 +108,11 @@ struct Entity {
   SourcePos last_pos;
   std::vector<PairOp> pairs;  // in order of first touch since the last delete
   std::unique_ptr<PairIndex> index = std::make_unique<PairIndex>();
+  // The entity's only record so far, kept whole (Deduper::take_whole): its
+  // field ops, each on a pair of its own. Turned into pairs when another op
+  // touches the entity; emitted as it is otherwise.
+  bool whole = false;
+  std::vector<Op> whole_ops;
 };
 
 struct QueryItem {
@@ -153,6 +159,11 @@ class Deduper {
   }
 
   void record(EntityRecord& r) {
+    if (take_whole(r)) return;
+    if (!r.ops.empty() && r.ops.front().kind != OpKind::QueryOpSet) {
+      std::vector<PairOp>& pairs = entity(r.entity_id).pairs;
+      pairs.reserve(pairs.size() + r.ops.size());
+    }
     for (Op& op : r.ops) event(r.entity_id, op, r.pos);
     if (r.creates_slot) {
       Op alive = Op::alive();
@@ -173,6 +184,47 @@ class Deduper {
   size_t probes() const { return probes_; }
 
  private:
+  // The first record of an entity in a segment without queryOpSets, made of
+  // alive and field ops on distinct pairs (a load's row, most INSERTs): as
+  // long as nothing else touches the entity, the rules above leave it as it
+  // is (each pair's first op is its last; alive becomes creates_slot), so it
+  // is kept whole instead of op by op.
+  bool take_whole(EntityRecord& r) {
+    if (!queries_.empty() || r.ops.size() > PairIndex::kScanLimit || index_.count(r.entity_id)) return false;
+    bool alive = r.creates_slot;
+    size_t fields = 0;
+    for (size_t i = 0; i < r.ops.size(); i++) {
+      const Op& op = r.ops[i];
+      if (op.kind == OpKind::Alive) {
+        alive = true;
+        continue;
+      }
+      if (!op.is_field_op()) return false;
+      fields++;
+      for (size_t j = 0; j < i; j++)
+        if (r.ops[j].is_field_op() && r.ops[j].field == op.field && r.ops[j].value == op.value) return false;
+    }
+    Entity& e = entity(r.entity_id);
+    e.alive = alive;
+    e.last_pos = r.pos;
+    e.whole = true;
+    e.whole_ops = std::move(r.ops);
+    if (fields < e.whole_ops.size())
+      e.whole_ops.erase(
+          std::remove_if(e.whole_ops.begin(), e.whole_ops.end(), [](const Op& op) { return op.kind == OpKind::Alive; }),
+          e.whole_ops.end());
+    return true;
+  }
+
+  // A whole record becomes pairs: each op the first and last of its pair.
+  void split_whole(Entity& e) {
+    e.whole = false;
+    const bool load = e.last_pos.stream == Stream::Load;
+    e.pairs.reserve(e.whole_ops.size());
+    for (Op& op : e.whole_ops) e.pairs.push_back(PairOp{load ? OpKind::Remove : op.kind, std::move(op)});
+    e.whole_ops.clear();
+  }
+
   void event(int64_t id, Op& op, const SourcePos& pos) {
     if (op.kind == OpKind::QueryOpSet) {
       query_event(id, op, pos);
@@ -247,6 +299,7 @@ class Deduper {
       for (const Entity& e : entities_) {
         if (e.deleted || e.alive) e_alive_ = true;
         for (const PairOp& p : e.pairs) e_writes_.insert(p.last.field);
+        for (const Op& op : e.whole_ops) e_writes_.insert(op.field);
       }
       e_writes_valid_ = true;
     }
@@ -287,10 +340,21 @@ class Deduper {
       entities_.emplace_back();
       entities_.back().id = id;
     }
-    return entities_[it->second];
+    Entity& e = entities_[it->second];
+    if (e.whole) split_whole(e);
+    return e;
   }
 
   void emit_entity(Entity& e) {
+    if (e.whole) {
+      EntityRecord r;
+      r.entity_id = e.id;
+      r.creates_slot = e.alive;
+      r.pos = e.last_pos;
+      r.ops = std::move(e.whole_ops);
+      if (!r.ops.empty() || r.creates_slot) out_.push_back(std::move(r));
+      return;
+    }
     if (e.deleted) {
       EntityRecord d;
       d.entity_id = e.id;
@@ -302,6 +366,7 @@ class Deduper {
     r.entity_id = e.id;
     r.creates_slot = e.alive;
     r.pos = e.last_pos;
+    r.ops.reserve(e.pairs.size());
     for (PairOp& p : e.pairs) {
       if (p.last.kind != OpKind::Remove) {
         r.ops.push_back(std::move(p.last));
