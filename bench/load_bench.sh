@@ -5,15 +5,17 @@
 # side by side per round (shuffled order):
 #   quiet   nothing else runs
 #   writes  pgbench (workload BENCH_WRITE of ../shared/bench/pgbench, BENCH_CLIENTS
-#           clients) writes all along; its TPS in the seconds before the load
-#           and during it, from the same pgbench run (-P 1), are compared
+#           clients, as fast as it can: on 2 cores it takes most of the CPU)
+#           writes all along; its TPS in the seconds before the load and
+#           during it, from the same pgbench run (-P 1), are compared
+#   paced   the same at BENCH_RATE transactions per second (pgbench -R)
 # Per run: rows, seconds (registration to the last load's end), rows/s in
 # all and per source, ops WAL bytes per row, and the worker's peak private
 # memory (RssAnon, sampled every 0.2 s) and peak RSS (VmHWM, shared buffers
 # it touched included).
 #
 #   BENCH_IMAGES (1000000)  BENCH_ROUNDS (2)  BENCH_CLIENTS (2)  BENCH_WRITE (a)
-#   BENCH_VARIANTS ("quiet writes")  BENCH_CHUNK_ROWS (the default of bitdex_sync.load_chunk_rows)
+#   BENCH_RATE (2000)  BENCH_VARIANTS ("quiet writes paced")  BENCH_CHUNK_ROWS (the default of bitdex_sync.load_chunk_rows)
 #   BENCH_DIR (/tmp/bitdex_load_bench)  BENCH_PORT (54333)  SHARED (../shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,8 @@ images=${BENCH_IMAGES:-1000000}
 rounds=${BENCH_ROUNDS:-2}
 clients=${BENCH_CLIENTS:-2}
 write=${BENCH_WRITE:-a}
-variants=${BENCH_VARIANTS:-quiet writes}
+rate=${BENCH_RATE:-2000}
+variants=${BENCH_VARIANTS:-quiet writes paced}
 dir=${BENCH_DIR:-/tmp/bitdex_load_bench}
 port=${BENCH_PORT:-54333}
 rm -rf "$dir" && mkdir -p "$dir"
@@ -86,10 +89,12 @@ for r in $(seq 1 "$rounds"); do
   for v in "${order[@]}"; do
     "${psql[@]}" -c "VACUUM \"Image\", \"TagsOnImage\", \"Post\"" -c "CHECKPOINT" >/dev/null
     tps_before=- tps_during=-
-    if [ "$v" = writes ]; then
+    if [ "$v" != quiet ]; then
       f=$(ls "$dir/bench/pgbench/${write}_"*.sql)
+      pace=()
+      [ "$v" = paced ] && pace=(-R "$rate")
       "${AS_PG[@]}" "$PG_BINDIR/pgbench" -h "$dir" -p "$port" -U postgres -n -c "$clients" -j "$clients" -T 900 -P 1 \
-        -f "$f" postgres > /dev/null 2> "$dir/pgbench.log" &
+        "${pace[@]}" -f "$f" postgres > /dev/null 2> "$dir/pgbench.log" &
       bench=$!
       sleep 12
       t_load=$(date +%s.%N)

@@ -47,6 +47,8 @@ run "index benchmark smoke (build + verify, 20k images)" env BENCH_IMAGES=20000 
   bash bench/index_bench.sh
 run "worker benchmark smoke (drain 20k ops per sink, 5 s at 200 TPS)" env BENCH_OPS=20000 BENCH_ROUNDS=1 BENCH_TPS=200 \
   BENCH_SECONDS=5 BENCH_DIR=/tmp/bitdex_worker_bench_smoke bash bench/worker_bench.sh
+run "load benchmark smoke (full load of 20k images, quiet and under writes)" env BENCH_IMAGES=20000 BENCH_ROUNDS=1 \
+  BENCH_DIR=/tmp/bitdex_load_bench_smoke bash bench/load_bench.sh
 run "capture benchmark smoke" env BENCH_IMAGES=20000 BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_DIR=/tmp/bitdex_bench_smoke \
   bash bench/capture_bench.sh
 

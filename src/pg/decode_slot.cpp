@@ -28,6 +28,7 @@
 extern "C" {
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "access/xlogreader.h"
 #include "access/xlogutils.h"
 #include "miscadmin.h"
@@ -43,6 +44,16 @@ extern "C" {
 }
 
 namespace bitdex::pg::bgw {
+
+XLogRecPtr wal_inserted_end() {
+  XLogRecPtr at = GetXLogInsertRecPtr();
+  if (XLogSegmentOffset(at, wal_segment_size) == SizeOfXLogLongPHD)
+    at -= SizeOfXLogLongPHD;
+  else if (at % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+    at -= SizeOfXLogShortPHD;
+  return at;
+}
+
 namespace {
 
 // The worker's replication origin: "bitdex_sync_<database oid>".

@@ -275,7 +275,7 @@ void read_chunk() {
   g_retry_snapshot = false;
   Snapshot snap = GetActiveSnapshot();
   // After the snapshot: every commit it sees wrote its record before this.
-  const XLogRecPtr watermark = GetXLogInsertRecPtr();
+  const XLogRecPtr watermark = wal_inserted_end();
   bool unseen = false;
   if (!run_cpp(
           [&] {

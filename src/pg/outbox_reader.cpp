@@ -79,7 +79,7 @@ void outbox_consume() {
   // synchronous_commit = off may not be flushed yet: a crash would undo it
   // after its ops were written. Flushing the WAL up to where it is now
   // covers every commit the pass's snapshot sees, before any batch is.
-  XLogFlush(GetXLogInsertRecPtr());
+  XLogFlush(wal_inserted_end());
   int64 after = g_worker->outbox_done;
   const int64 horizon = g_worker->outbox_horizon;
   bool horizon_reached = true;

@@ -114,6 +114,10 @@ void in_transaction(void (*fn)());
 // decode_slot.cpp
 void create_slot_if_missing();
 XLogRecPtr slot_confirmed();
+// The end of the WAL inserted so far, as a position XLogFlush accepts and a
+// record can end at (GetXLogInsertRecPtr points past the header of a page no
+// record has reached yet, which is not written until one does).
+XLogRecPtr wal_inserted_end();
 void start_decoding();
 void stop_decoding(bool drop_slot);
 void set_up_origin();
