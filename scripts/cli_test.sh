@@ -42,6 +42,17 @@ $bin register "$dir/wal2" idx
 [ -z "$($bin retain "$dir/wal2")" ] || fail "retain removed segments a new consumer still needs"
 $bin consumers "$dir/wal2" | grep -q '^idx ' || fail "consumer not listed"
 
+# A consumer registered --at-end starts after the last batch: a new index
+# following it applies only what comes later (a consumer rebuilt from a load).
+$bin register "$dir/wal2" late --at-end > /dev/null
+echo '[{"entity_id":41,"creates_slot":true,"ops":[{"op":"set","field":"name","value":"late"}]}]' | $bin append "$dir/wal2" --segment-size 4096 > /dev/null
+ibin=$(dirname "$bin")/bitdex-index
+$ibin apply --wal "$dir/wal2" --index "$dir/late.bdx" --consumer late --json > "$dir/late.out"
+grep -q '"applied_batches":1,"applied_ops":1,' "$dir/late.out" || fail "an --at-end consumer applied: $(cat "$dir/late.out")"
+$ibin query --index "$dir/late.bdx" --ids 'name eq "late"' | grep -qx '41' || fail "the later batch is not in the late index"
+$ibin stats --index "$dir/late.bdx" | grep -q '^field name  *1 values$' || fail "the late index holds earlier batches"
+$bin unregister "$dir/wal2" late
+
 # A flipped byte in a sealed segment makes verify fail (exit 1) and name it.
 python3 - "$dir/wal2/0000000000000001.seg" <<'PY'
 import sys
