@@ -67,17 +67,21 @@ void Index::apply_record(const EntityRecord& r, const std::string& where) {
 
 void Index::purge_deleted() {
   if (deleted_.isEmpty()) return;
+  take_out_of_every_field(deleted_);
+  deleted_ = Roaring();
+}
+
+void Index::take_out_of_every_field(const Roaring& slots) {
   for (auto& [name, field] : fields_) {
     for (size_t i = 0; i < field.values.size();) {
       Roaring& b = field.values.at(i).bitmap;
-      b -= deleted_;
+      b -= slots;
       if (b.isEmpty())
         field.values.erase_at(i);  // the last entry moves to i
       else
         i++;
     }
   }
-  deleted_ = Roaring();
 }
 
 void Index::field_op(uint32_t slot, const Op& op) {
@@ -127,16 +131,7 @@ void Index::apply_clear(const Clear& c) {
   }
   if (gone.isEmpty()) return;
   alive_ -= gone;
-  for (auto& [name, field] : fields_) {
-    for (size_t i = 0; i < field.values.size();) {
-      Roaring& b = field.values.at(i).bitmap;
-      b -= gone;
-      if (b.isEmpty())
-        field.values.erase_at(i);  // the last entry moves to i
-      else
-        i++;
-    }
-  }
+  take_out_of_every_field(gone);
 }
 
 Roaring Index::match(const QueryClause& c) const {

@@ -100,6 +100,8 @@ class Index {
   void apply_clear(const Clear& c);
   void apply_record(const EntityRecord& r, const std::string& where);
   void purge_deleted();
+  // Every value bitmap loses `slots`; emptied values go.
+  void take_out_of_every_field(const Roaring& slots);
 
   std::map<std::string, Field> fields_;
   Roaring alive_;
