@@ -161,8 +161,12 @@ class Deduper {
   void record(EntityRecord& r) {
     if (take_whole(r)) return;
     if (!r.ops.empty() && r.ops.front().kind != OpKind::QueryOpSet) {
+      // Room for the record's ops, growing geometrically (an entity may
+      // take 10^5 records in a batch: growing by each one's size would be
+      // quadratic).
       std::vector<PairOp>& pairs = entity(r.entity_id).pairs;
-      pairs.reserve(pairs.size() + r.ops.size());
+      if (pairs.capacity() < pairs.size() + r.ops.size())
+        pairs.reserve(std::max(2 * pairs.capacity(), pairs.size() + r.ops.size()));
     }
     for (Op& op : r.ops) event(r.entity_id, op, r.pos);
     if (r.creates_slot) {
