@@ -5,8 +5,8 @@
 //   bitdex-index follow --wal DIR --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]
 //   bitdex-index query  --index FILE [--ids] [--limit N] [--json] FILTER | --filter-file FILE
 //   bitdex-index stats  --index FILE [--json]
-//   bitdex-index verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--join-query-fan-outs] [--json]
-//   bitdex-index toggle --index FILE --slot N --field F --value JSON    (test tool)
+//   bitdex-index verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--no-join-query-fan-outs]
+//   [--json] bitdex-index toggle --index FILE --slot N --field F --value JSON    (test tool)
 //
 // Exit status: 0 ok, 1 verify found differences (or the snapshot is
 // damaged), 2 usage or other error.
@@ -53,9 +53,9 @@ const char* kUsage =
     "type eq \"video\"';\n"
     "                 --filter-file reads it from FILE ('-': standard input) instead\n"
     "  stats  --index FILE [--json]       slots, fields, values, memory, cursor, counters\n"
-    "  verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--join-query-fan-outs] [--json]\n"
+    "  verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--no-join-query-fan-outs] [--json]\n"
     "                 recompute every configured field from the tables and compare; exit 1 on any difference;\n"
-    "                 --join-query-fan-outs also checks \"F eq {col}\" query fan-outs by a join\n"
+    "                 (\"F eq {col}\" query fan-outs by a join; --no-join-query-fan-outs lists them unverified)\n"
     "  toggle --index FILE --slot N --field F --value JSON\n"
     "                 flip one slot's membership of one value (to test verify)\n";
 
@@ -82,7 +82,7 @@ struct Args {
 };
 
 Args parse_args(int argc, char** argv) {
-  static const char* kFlags[] = {"json", "ids", "join-query-fan-outs"};
+  static const char* kFlags[] = {"json", "ids", "join-query-fan-outs", "no-join-query-fan-outs"};
   Args a;
   if (argc < 2) usage("no command");
   a.command = argv[1];
@@ -289,7 +289,7 @@ int run_verify(const Args& a) {
   o.conninfo = a.get("dsn");
   if (!a.get("config").empty()) o.config_text = fileio::read_file(a.get("config"));
   o.max_shown = number(a, "max-shown", 100);
-  o.join_query_fan_outs = a.flag("join-query-fan-outs");
+  o.join_query_fan_outs = !a.flag("no-join-query-fan-outs");  // --join-query-fan-outs: the default
   o.progress = [](const VerifyProgress& p) {
     double rate = p.seconds > 0 ? double(p.rows) / p.seconds : 0;
     double eta = rate > 0 && p.estimate > p.rows ? double(p.estimate - p.rows) / rate : 0;

@@ -154,10 +154,10 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
         if (!via) {
           for (const auto& tf : s.track_fields)
             plan.unverified.push_back(
-                tf.target + " (query fan-out from " + s.table +
-                ": its slots are chosen by a query over the index when the parent changes; "
-                "children that gain the parent later do not get its fields" +
-                (join_query_fan_outs ? "" : "; --join-query-fan-outs checks \"F eq {col}\" ones by a join") + ")");
+                tf.target + " (query fan-out from " + s.table + ": its slots are chosen by a query over the index" +
+                (join_query_fan_outs ? std::string(", not \"F eq {col}\" with F a plain column of one direct source")
+                                     : std::string("; --no-join-query-fan-outs")) +
+                ")");
           break;
         }
         std::string from = " FROM ONLY " + via->table + " c JOIN ONLY " + table + " p ON c." +
