@@ -301,7 +301,27 @@ void read_chunk() {
   bool isnull;
   const int64 outbox_horizon = spi_int8(0, 1, &isnull);
 
+  // Locked before the snapshot was taken (in_transaction, g_lock_first):
+  // a table rewrite (ALTER TABLE ... ADD COLUMN with a volatile default, a
+  // type change) committed while the read waited for its lock would leave
+  // rows only under the rewrite's xid, invisible to the chunk's snapshot.
   Relation rel = table_open(r.table, AccessShareLock);
+
+  // As the table's owner, in a security-restricted operation with a pinned
+  // search_path: the config's code runs as it would for a writer of the
+  // table, never as the worker's superuser. That includes compiling the
+  // source (the planner runs immutable functions on constants). Row-level
+  // security is not applied: a policy that hides rows from the owner
+  // (FORCE ROW LEVEL SECURITY) makes the read fail instead of miss rows.
+  Oid save_user;
+  int save_sec;
+  GetUserIdAndSecContext(&save_user, &save_sec);
+  SetUserIdAndSecContext(rel->rd_rel->relowner, save_sec | SECURITY_RESTRICTED_OPERATION);
+  const int nest = NewGUCNestLevel();
+  (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                          false);
+  (void)set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
   void* source = load_source(r.trigger, rel);
   if (!source)
     ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -311,28 +331,25 @@ void read_chunk() {
   const char* column = get_attname(r.table, slot_att, false);
   const char* table =
       quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)), RelationGetRelationName(rel));
+  // The whole row through an alias no column of the table is named (a
+  // column named like the alias would be read instead of the row).
+  char alias[NAMEDATALEN] = "t";
+  for (size_t n = 1; get_attnum(r.table, alias) != InvalidAttrNumber && n < NAMEDATALEN - 1; n++) alias[n] = '_';
+  const char* a = quote_identifier(alias);
   // A partitioned table's rows are its partitions'; an inheritance parent's
   // capture trigger sees only its own rows.
   StringInfoData sql;
   initStringInfo(&sql);
-  appendStringInfo(&sql, "SELECT t, t.%s FROM %s%s t", quote_identifier(column), r.partitioned ? "" : "ONLY ", table);
-  if (r.has_cursor) appendStringInfo(&sql, " WHERE t.%s > $1", quote_identifier(column));
-  appendStringInfo(&sql, " ORDER BY t.%s", quote_identifier(column));
-
-  // As the table's owner, in a security-restricted operation with a pinned
-  // search_path: the config's code runs as it would for a writer of the
-  // table, never as the worker's superuser.
-  Oid save_user;
-  int save_sec;
-  GetUserIdAndSecContext(&save_user, &save_sec);
-  SetUserIdAndSecContext(rel->rd_rel->relowner, save_sec | SECURITY_RESTRICTED_OPERATION);
-  const int nest = NewGUCNestLevel();
-  (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-                          false);
+  appendStringInfo(&sql, "SELECT %s, %s.%s FROM %s%s %s", a, a, quote_identifier(column), r.partitioned ? "" : "ONLY ",
+                   table, a);
+  if (r.has_cursor) appendStringInfo(&sql, " WHERE %s.%s > $1", a, quote_identifier(column));
+  appendStringInfo(&sql, " ORDER BY %s.%s", a, quote_identifier(column));
   Oid argtype = INT8OID;
   Datum arg = Int64GetDatum(r.cursor);
   Portal cursor = SPI_cursor_open_with_args(nullptr, sql.data, r.has_cursor ? 1 : 0, &argtype, &arg, nullptr, true,
                                             CURSOR_OPT_NO_SCROLL);
+  if (SPI_gettypeid(cursor->tupDesc, 1) != rel->rd_rel->reltype)
+    elog(ERROR, "bitdex_sync: the load of source \"%s\" did not read whole rows of %s", r.source.c_str(), table);
   TupleTableSlot* slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
   LoadSink sink{take_record, nullptr};
   const int64 limit = g_load_chunk_rows;
@@ -519,7 +536,10 @@ bool load_step(bool look) {
   if (!r.pending) {
     pgstat_report_activity(STATE_RUNNING, "loading: reading a chunk");
     hold_back_pruning(true);
+    g_lock_first = r.table;
+    g_lock_first_inheritors = r.partitioned;
     const bool read = try_in_transaction(read_chunk);
+    g_lock_first = InvalidOid;
     hold_back_pruning(false);
     if (!read) {
       r.pending.reset();

@@ -29,6 +29,7 @@ extern "C" {
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -363,6 +364,9 @@ void write_quarantine() {
 // fn uses belong to the extension: it is locked against DROP EXTENSION for
 // the transaction (a drop committing between two statements would make them
 // vanish mid-pass); when it is gone, fn is skipped and extension_gone set.
+Oid g_lock_first = InvalidOid;
+bool g_lock_first_inheritors = false;
+
 void in_transaction(void (*fn)()) {
   use_caches_for_decoding(false);
   SetCurrentStatementStartTimestamp();
@@ -373,6 +377,12 @@ void in_transaction(void (*fn)()) {
   const bool present = installation_current(ext) && get_extension_oid("bitdex_sync", true) == ext;
   g_worker->extension_gone = !present;
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  if (present && OidIsValid(g_lock_first)) {
+    if (g_lock_first_inheritors)
+      (void)find_all_inheritors(g_lock_first, AccessShareLock, nullptr);
+    else
+      LockRelationOid(g_lock_first, AccessShareLock);
+  }
   PushActiveSnapshot(GetTransactionSnapshot());
   if (present) fn();
   SPI_finish();

@@ -110,6 +110,11 @@ bool note_poison(const char* source, const char* where, int policy, Quarantined 
 void publish_stops();
 void write_quarantine();
 void in_transaction(void (*fn)());
+// A relation in_transaction locks (AccessShareLock; with its partitions when
+// g_lock_first_inheritors) before it takes the transaction's snapshot, so a
+// rewrite of it cannot commit between the snapshot and the read.
+extern Oid g_lock_first;
+extern bool g_lock_first_inheritors;
 
 // decode_slot.cpp
 void create_slot_if_missing();

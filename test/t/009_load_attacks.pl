@@ -1,0 +1,119 @@
+# Loads against hostile or unusual tables (found by an adversarial review):
+# - a table owner's function, run while the worker compiles the source for
+#   a load, must run as that owner, never as the worker's superuser;
+# - a column named like the read's row alias must not be read as the row;
+# - FORCE ROW LEVEL SECURITY must make a load fail, not miss rows;
+# - a table rewrite (ALTER TABLE ... ADD COLUMN with a volatile default)
+#   committed while a chunk waits for its lock must not make the load end
+#   early with rows missing.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use BitdexTap;
+
+my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
+my $node = bitdex_node('load_attacks', "bitdex_sync.load_chunk_rows = 100\n");
+my $wal_dir = wal_dir($node);
+create_extension($node);
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub as_own {
+  my ($query) = @_;
+  my ($rc, $out, $err) = $node->psql('postgres', $query, extra_params => ['-U', 'own']);
+  die "as own: $query: $err" if $rc;
+  return $out;
+}
+sub load_of {
+  my ($source) = @_;
+  sql("SELECT count(*) FROM bitdex_sync.load('$source')");
+  sql("SELECT bitdex_sync.wait_for_loads('60s')");
+  return sql("SELECT format('%s %s %s', state, rows, error) FROM bitdex_sync.loads "
+    . "WHERE source = '$source' ORDER BY id DESC LIMIT 1");
+}
+my $config = '';
+sub add_source {
+  $config .= $_[0];
+  sql("SELECT count(*) FROM bitdex_sync.apply_config(\$\$sources:$config\$\$, load => false)");
+}
+
+sql(q{CREATE ROLE own LOGIN; GRANT CREATE ON SCHEMA public TO own;});
+
+# --- a function the table owner redefines after the config was applied ---------
+as_own(q{
+CREATE TABLE o (id int PRIMARY KEY, v int);
+INSERT INTO o SELECT g, g % 3 FROM generate_series(1, 300) g;
+CREATE FUNCTION public.own_f(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog
+  AS $f$ BEGIN RETURN i; END $f$;
+});
+add_source(q{
+  - table: o
+    track_fields: ["{v} + public.own_f(0) as ov"]});
+as_own(q{
+CREATE FUNCTION public.own_h() RETURNS void LANGUAGE plpgsql VOLATILE AS $f$ BEGIN EXECUTE 'ALTER ROLE own SUPERUSER'; END $f$;
+CREATE OR REPLACE FUNCTION public.own_f(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog
+  AS $f$ BEGIN PERFORM public.own_h(); RETURN i; END $f$;
+});
+my $state = load_of('o');
+is(sql(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'own'}), 'f',
+  "the owner's function does not run as the worker's superuser during a load ($state)");
+like($state, qr/^failed .*(permission denied|must be superuser)/, '... it runs as the owner, who may not do that: the load fails, saying why');
+sql(q{CREATE OR REPLACE FUNCTION public.own_f(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog
+  AS $f$ BEGIN RETURN i; END $f$; ALTER FUNCTION public.own_f(int) OWNER TO own});
+like(load_of('o'), qr/^complete 300 /, 'with the function put right the load completes');
+
+# --- a column named like the row alias ----------------------------------------------
+sql(q{
+CREATE TABLE ct (id int PRIMARY KEY, t int, t_ int, v int);
+INSERT INTO ct SELECT g, g * 10, g * 100, g % 7 FROM generate_series(1, 500) g;
+});
+add_source(q{
+  - table: ct
+    sets_alive: true
+    on_delete: true
+    track_fields: [v, t, t_]});
+my $worker = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'});
+like(load_of('ct'), qr/^complete 500 /, 'a table with columns named t and t_ is loaded');
+is(sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'}), $worker, '... by the same worker (no crash)');
+sql("SELECT bitdex_sync.wait_for_sync('30s')");
+like(`$wal_tool dump $wal_dir`, qr/"entity_id":5,"creates_slot":true,"ops":\[\{"op":"set","field":"v","value":5\},\{"op":"set","field":"t","value":50\},\{"op":"set","field":"t_","value":500\}/,
+  '... with the values of those columns');
+
+# --- FORCE ROW LEVEL SECURITY hides rows from the owner -------------------------------
+as_own(q{
+CREATE TABLE r (id int PRIMARY KEY, v int);
+INSERT INTO r SELECT g, g % 5 FROM generate_series(1, 1000) g;
+ALTER TABLE r ENABLE ROW LEVEL SECURITY;
+ALTER TABLE r FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON r USING (id % 2 = 0);
+});
+add_source(q{
+  - table: r
+    sets_alive: true
+    track_fields: [v]});
+like(load_of('r'), qr/^failed 0 .*row-level security/, 'a load of a table whose policies hide rows from its owner fails, saying why');
+
+# --- a table rewrite committed while a chunk waits for its lock ----------------------
+sql(q{
+CREATE TABLE w (id int PRIMARY KEY, v int);
+INSERT INTO w SELECT g, g % 11 FROM generate_series(1, 3000) g;
+});
+add_source(q{
+  - table: w
+    sets_alive: true
+    track_fields: [v]});
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN');
+$locker->query_safe('LOCK TABLE w IN ACCESS EXCLUSIVE MODE');
+sql(q{SELECT count(*) FROM bitdex_sync.load('w')});
+$node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+  WHERE a.backend_type = 'bitdex_sync worker' AND NOT l.granted AND l.relation = 'w'::regclass})
+  or die 'the load did not wait for the lock on w';
+$locker->query_safe('ALTER TABLE w ADD COLUMN x float8 DEFAULT random()');
+$locker->query_safe('COMMIT');
+$locker->quit;
+sql("SELECT bitdex_sync.wait_for_loads('60s')");
+like(sql(q{SELECT state || ' ' || rows FROM bitdex_sync.loads WHERE source = 'w' ORDER BY id DESC LIMIT 1}), qr/^complete 3000$/,
+  'a rewrite committed while the load waited for the table: every row is loaded');
+
+done_testing();
