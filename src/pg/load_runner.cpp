@@ -426,6 +426,7 @@ struct Planned {
   bool complete;
 };
 Planned g_planned;
+bool g_given_up = false;  // plan_chunk found the load no longer running
 
 // Chunk n's keys, before its ops are written; flushed at commit whatever
 // synchronous_commit says (the ops WAL must never hold a chunk this row
@@ -440,9 +441,11 @@ void plan_chunk() {
   Oid types[5] = {INT8OID, INT4OID, INT8OID, INT8OID, INT8OID};
   if (SPI_execute_with_args("UPDATE bitdex_sync.loads SET chunk = $2, chunk_from = $3, chunk_to = $4, "
                             "chunk_rows = $5 WHERE id = $1 AND state = 'running'",
-                            5, types, args, nulls, false, 0) != SPI_OK_UPDATE ||
-      SPI_processed != 1)
-    elog(ERROR, "bitdex_sync: load " INT64_FORMAT " is no longer running", run().id);
+                            5, types, args, nulls, false, 0) != SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not record chunk %d of load " INT64_FORMAT, g_planned.chunk, run().id);
+  // Given up meanwhile (a later load of the source, a config change): the
+  // chunk is dropped, nothing of it is written.
+  g_given_up = SPI_processed != 1;
 }
 
 // After the chunk is durable: progress, and the end of the load.
@@ -487,8 +490,16 @@ void write_chunk() {
   for (const auto& [key, n] : r.key_rows)
     if (key <= end) rows += n;
   g_planned = Planned{r.chunk + 1, r.has_cursor, end != INT64_MAX, r.cursor, end, rows, end == INT64_MAX};
+  g_given_up = false;
   in_transaction(plan_chunk);
   if (g_worker->extension_gone) return;
+  if (g_given_up) {
+    ereport(LOG,
+            (errmsg("bitdex_sync: load " INT64_FORMAT " of source \"%s\" was given up; its pending chunk is dropped",
+                    r.id, r.source.c_str())));
+    r.id = 0;
+    return;
+  }
   const SourcePos pos{Stream::Load, static_cast<uint64_t>(r.id), static_cast<uint32_t>(g_planned.chunk)};
   if (!run_cpp(
           [&] {

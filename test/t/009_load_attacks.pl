@@ -116,4 +116,25 @@ sql("SELECT bitdex_sync.wait_for_loads('60s')");
 like(sql(q{SELECT state || ' ' || rows FROM bitdex_sync.loads WHERE source = 'w' ORDER BY id DESC LIMIT 1}), qr/^complete 3000$/,
   'a rewrite committed while the load waited for the table: every row is loaded');
 
+# --- loads given up while a chunk waits for its place ----------------------------------
+# load() by hand gives up the running load of the source; a chunk of it that
+# was read and waits must be dropped, not stop the worker.
+sql(q{CREATE TABLE g (id int PRIMARY KEY, v int); INSERT INTO g SELECT n, n % 3 FROM generate_series(1, 20000) n;});
+add_source(q{
+  - table: g
+    sets_alive: true
+    track_fields: [v]});
+$worker = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'});
+for (1 .. 15) {
+  sql(q{SELECT count(*) FROM bitdex_sync.load('g')});
+  select(undef, undef, undef, 0.05);
+}
+sql("SELECT bitdex_sync.wait_for_loads('60s')");
+is(sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'}), $worker,
+  'loads given up one after another while they run: the worker goes on');
+like(sql(q{SELECT format('%s %s', state, rows) FROM bitdex_sync.loads WHERE source = 'g' ORDER BY id DESC LIMIT 1}),
+  qr/^complete 20000$/, '... and the last load is complete');
+is(sql(q{SELECT count(*) FROM bitdex_sync.loads WHERE source = 'g' AND state NOT IN ('complete', 'failed')}), '0',
+  '... and no other is left running');
+
 done_testing();
