@@ -29,13 +29,91 @@ bool plain_int(const std::string& s) {
   return std::all_of(s.begin() + static_cast<long>(i), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-Value from_yaml(const YAML::Node& n) {
+// Bounds on a config's shape, checked while it is read: a YAML alias
+// refers to a node without copying it, so nine levels of aliases to lists
+// of nine expand to 9^9 nodes (a backend grew to 22 GB on one before).
+constexpr size_t kMaxConfigBytes = 1 << 20;  // the text
+constexpr size_t kMaxConfigNodes = 100000;   // values after YAML aliases are expanded
+constexpr int kMaxConfigDepth = 32;          // nesting of lists and mappings
+
+// Where a value is, for errors: "sources[2].track_fields[1]", plus its YAML
+// line when known.
+std::string at(const std::string& path, int line) {
+  std::string out = path.empty() ? "the config" : path;
+  if (line > 0) out += " (line " + std::to_string(line) + ")";
+  return out;
+}
+
+// The limits and the checks every string of a config passes, the same for
+// YAML and JSON: no NUL character (PostgreSQL text cannot hold one: a name
+// would be cut at it), no key twice in one mapping (the first would be
+// silently dropped).
+class Shape {
+ public:
+  void enter(const std::string& path, int line, int depth) {
+    if (++nodes_ > kMaxConfigNodes)
+      throw Error(ErrorKind::InvalidInput,
+                  at(path, line) + ": the config has more than " + std::to_string(kMaxConfigNodes) +
+                      " values (YAML aliases included, each counted where it is used)",
+                  {}, "Write the sources out; a config needs no aliases.");
+    if (depth > kMaxConfigDepth)
+      throw Error(ErrorKind::InvalidInput,
+                  at(path, line) + ": nested deeper than " + std::to_string(kMaxConfigDepth) + " levels");
+  }
+  static void text(const std::string& s, const std::string& path, int line) {
+    if (s.find('\0') != std::string::npos)
+      throw Error(ErrorKind::InvalidInput, at(path, line) +
+                                               ": contains a NUL character (\\0), which no name, "
+                                               "expression or value of a config may hold");
+  }
+  static void keys(const Value& v, const std::string& path, int line) {
+    for (size_t i = 1; i < v.members.size(); i++)
+      for (size_t j = 0; j < i; j++)
+        if (v.members[i].first == v.members[j].first)
+          throw Error(ErrorKind::InvalidInput, at(path, line) + ": duplicate key \"" + v.members[i].first + "\"", {},
+                      "Each key may appear once per mapping; a repeated one would replace the first.");
+  }
+
+ private:
+  size_t nodes_ = 0;
+};
+
+std::string child(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+std::string item(const std::string& path, size_t i) {
+  return (path.empty() ? "the config" : path) + "[" + std::to_string(i + 1) + "]";
+}
+
+// A JSON config's tree, through the same checks.
+void check_json(const Value& v, Shape& shape, const std::string& path, int depth) {
+  shape.enter(path, 0, depth);
+  switch (v.type) {
+    case Type::String: Shape::text(v.text, path, 0); break;
+    case Type::Array:
+      for (size_t i = 0; i < v.items.size(); i++) check_json(v.items[i], shape, item(path, i), depth + 1);
+      break;
+    case Type::Object:
+      for (const auto& [k, m] : v.members) {
+        Shape::text(k, child(path, "<key>"), 0);
+        check_json(m, shape, child(path, k), depth + 1);
+      }
+      Shape::keys(v, path, 0);
+      break;
+    default: break;
+  }
+}
+
+Value from_yaml(const YAML::Node& n, Shape& shape, const std::string& path, int depth) {
+  const int line = n.Mark().line >= 0 ? n.Mark().line + 1 : 0;
+  shape.enter(path, line, depth);
   Value v;
   switch (n.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined: v.type = Type::Null; break;
     case YAML::NodeType::Scalar: {
       const std::string& s = n.Scalar();
+      Shape::text(s, path, line);
       if (n.Tag() == "!") {  // quoted: always a string
         v.type = Type::String;
         v.text = s;
@@ -57,13 +135,21 @@ Value from_yaml(const YAML::Node& n) {
       }
       break;
     }
-    case YAML::NodeType::Sequence:
+    case YAML::NodeType::Sequence: {
       v.type = Type::Array;
-      for (const auto& item : n) v.items.push_back(from_yaml(item));
+      size_t i = 0;
+      for (const auto& e : n) v.items.push_back(from_yaml(e, shape, item(path, i++), depth + 1));
       break;
+    }
     case YAML::NodeType::Map:
       v.type = Type::Object;
-      for (const auto& kv : n) v.members.emplace_back(kv.first.as<std::string>(), from_yaml(kv.second));
+      for (const auto& kv : n) {
+        if (!kv.first.IsScalar()) throw Error(ErrorKind::InvalidInput, at(path, line) + ": a key must be a plain name");
+        const std::string key = kv.first.Scalar();
+        Shape::text(key, child(path, "<key>"), line);
+        v.members.emplace_back(key, from_yaml(kv.second, shape, child(path, key), depth + 1));
+      }
+      Shape::keys(v, path, line);
       break;
   }
   return v;
@@ -445,15 +531,29 @@ Config parse_json_value(const Value& doc) {
 }
 
 Config parse(std::string_view text) {
+  if (text.size() > kMaxConfigBytes)
+    throw Error(ErrorKind::InvalidInput, "the config is " + std::to_string(text.size()) + " bytes, more than " +
+                                             std::to_string(kMaxConfigBytes) + " (1 MiB)");
+  Shape shape;
   size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string_view::npos && text[first] == '{') return parse_json_value(json::parse(text));
+  if (first != std::string_view::npos && text[first] == '{') {
+    Value doc = json::parse(text);
+    check_json(doc, shape, "", 0);
+    return parse_json_value(doc);
+  }
   YAML::Node root;
   try {
     root = YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     throw Error(ErrorKind::InvalidInput, std::string("invalid YAML: ") + e.what());
   }
-  return parse_json_value(from_yaml(root));
+  Value doc;
+  try {
+    doc = from_yaml(root, shape, "", 0);
+  } catch (const YAML::Exception& e) {
+    throw Error(ErrorKind::InvalidInput, std::string("invalid YAML: ") + e.what());
+  }
+  return parse_json_value(doc);
 }
 
 }  // namespace bitdex::config

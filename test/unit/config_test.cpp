@@ -365,3 +365,48 @@ sources:
   EXPECT_NE(mspec.find(R"x("ids_params":["\"id\"","\"kind\""])x"), std::string::npos) << mspec;
   EXPECT_NO_THROW(trigger_gen::create_sql("\"public\".\"Model\"", c.sources[1]));
 }
+
+// Hostile configs (issue 17, items 7-9): refused with the limit or the key
+// named, never expanded, cut or half-applied.
+TEST(Config, HostileShapesAreRefused) {
+  // Nine levels of aliases to lists of nine: 9^9 values if expanded.
+  std::string bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i <= 9; i++) {
+    bomb += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [";
+    for (int j = 0; j < 9; j++) bomb += std::string(j ? ", " : "") + "*a" + std::to_string(i - 1);
+    bomb += "]\n";
+  }
+  bomb += "sources: [{table: Image, track_fields: [a]}]\n";
+  EXPECT_NE(error_of(bomb).find("more than 100000 values"), std::string::npos) << error_of(bomb);
+
+  std::string deep = "sources: [{table: Image, track_fields: [a]}]\nindex: ";
+  for (int i = 0; i < 40; i++) deep += "[";
+  for (int i = 0; i < 40; i++) deep += "]";
+  EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
+
+  std::string big = "sources: [{table: Image, track_fields: [a]}]\n#" + std::string(1 << 20, 'x') + "\n";
+  EXPECT_NE(error_of(big).find("more than 1048576 (1 MiB)"), std::string::npos) << error_of(big);
+
+  const std::pair<const char*, const char*> cases[] = {
+      // Duplicate keys: the first list of sources would be dropped silently.
+      {"sources: [{table: A, track_fields: [a]}]\nsources: [{table: B, track_fields: [b]}]\n",
+       "the config (line 1): duplicate key \"sources\""},
+      {"sources:\n  - table: A\n    table: B\n    track_fields: [a]\n", "sources[1] (line 2): duplicate key \"table\""},
+      {R"({"sources": [{"table": "A", "track_fields": ["a"]}], "sources": []})",
+       "the config: duplicate key \"sources\""},
+      {R"({"sources": [{"table": "A", "track_fields": ["a"], "track_fields": ["b"]}]})",
+       "sources[1]: duplicate key \"track_fields\""},
+      // NUL: PostgreSQL text cannot hold it; a name would be cut there.
+      {"sources: [{table: \"Im\\0age\", track_fields: [a]}]", "sources[1].table (line 1): contains a NUL character"},
+      {R"({"sources": [{"table": "Image", "track_fields": ["a\u0000b"]}]})", "\\u0000 is not allowed"},
+      {"sources: [{table: Image, \"track\\0fields\": [a]}]", "sources[1].<key> (line 1): contains a NUL character"},
+  };
+  for (const auto& [text, expect] : cases)
+    EXPECT_NE(error_of(text).find(expect), std::string::npos) << text << "\n -> " << error_of(text);
+}
+
+TEST(Config, DeepYamlNestingIsAnErrorNotACrash) {
+  std::string deep = "sources: ";
+  for (int i = 0; i < 100000; i++) deep += "[";
+  EXPECT_NE(error_of(deep), "no error");
+}
