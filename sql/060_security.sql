@@ -66,7 +66,7 @@ RESET ROLE;
 -- pg_catalog.lower.
 GRANT CREATE ON SCHEMA public TO sec_mallory;
 SET ROLE sec_mallory;
-CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS $$ SELECT 'forged' $$;
+CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'forged' $$;
 RESET ROLE;
 INSERT INTO sec_img VALUES (1, 3, 'MiXeD');
 SELECT data FROM pg_logical_slot_get_changes('sec_test', NULL, NULL);

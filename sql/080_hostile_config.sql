@@ -36,3 +36,14 @@ SELECT bitdex_sync.trigger_sql(E'sources: [{table: "h\\0c", track_fields: [v]}]'
 -- Nothing was applied.
 SELECT count(*) AS sources FROM bitdex_sync.sources WHERE table_name = '"public"."hc"';
 DROP TABLE hc;
+
+-- Volatile expressions (issue 17, item 4): random() piled up values in the
+-- index, set_config() rewrote the writer's session. Refused, naming the
+-- function; stable ones (now(), format()) are accepted.
+CREATE TABLE hv (id int PRIMARY KEY, v int, t timestamptz);
+SELECT * FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["({v} + random()) as r"]}]', dry_run => true);
+SELECT * FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["set_config(''search_path'', ''x'', true) as s"]}]', dry_run => true);
+CREATE SEQUENCE hv_seq;
+SELECT * FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["nextval(''hv_seq'') as n"]}]', dry_run => true);
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["format(''%s'', {v}) as f", "({t} < now()) as past"]}]', dry_run => true);
+DROP TABLE hv; DROP SEQUENCE hv_seq;

@@ -25,6 +25,7 @@ extern "C" {
 #include "nodes/nodeFuncs.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 }
@@ -126,6 +127,22 @@ Query* analyze_pinned(const char* sql, Oid* types, int ntypes) {
 
 }  // namespace
 
+// A function a capture expression may not call: a volatile one (random(),
+// nextval(), clock_timestamp(): the value captured would not be the row's,
+// and an UPDATE's "remove old" would not match what was set), or one that
+// changes the writer's session (set_config, even where declared stable).
+bool changes_or_varies(Oid func, void* found) {
+  if (func != F_SET_CONFIG && func_volatile(func) != PROVOLATILE_VOLATILE) return false;
+  *static_cast<Oid*>(found) = func;
+  return true;
+}
+
+bool volatile_walker(Node* node, void* found) {
+  if (!node) return false;
+  if (check_functions_in_node(node, changes_or_varies, found)) return true;
+  return expression_tree_walker(node, (bool (*)())volatile_walker, found);
+}
+
 Query* analyze_select(Oid relid, const char* select_list) {
   char* nsp = get_namespace_name(get_rel_namespace(relid));
   char* rel = get_rel_name(relid);
@@ -143,6 +160,14 @@ Query* analyze_select(Oid relid, const char* select_list) {
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("aggregates, window functions and set-returning functions are not allowed in capture "
                            "expressions")));
+  Oid found = InvalidOid;
+  if (volatile_walker(reinterpret_cast<Node*>(q->targetList), &found))
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("capture expressions may not call %s: it is %s", format_procedure(found),
+                           found == F_SET_CONFIG ? "a function that changes the writer's session" : "volatile"),
+                    errdetail("A captured value must be a function of the row alone, the same each time it is computed "
+                              "(an UPDATE removes the old value it computes again)."),
+                    errhint("Use only immutable or stable functions in track_fields, computed_fields and filters.")));
   return q;
 }
 
