@@ -1,3 +1,9 @@
+-- wait_for_sync() in the transaction that creates the extension fails at
+-- once (its worker starts at the commit), not after the timeout.
+BEGIN;
+CREATE EXTENSION bitdex_sync;
+SELECT bitdex_sync.wait_for_sync('20s');
+ROLLBACK;
 -- The extension installs into its own schema in a cluster that preloads it.
 CREATE EXTENSION bitdex_sync;
 SELECT extname, extversion, extrelocatable, nspname

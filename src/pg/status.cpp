@@ -8,6 +8,7 @@
 
 extern "C" {
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -100,11 +101,6 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   using namespace bitdex::pg;
   Interval* timeout = PG_GETARG_INTERVAL_P(0);
   WorkerShared* w = worker_for_database(MyDatabaseId);
-  if (!w && !automatic_mode())
-    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                    errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
-                    errhint("Add the database to bitdex_sync.databases and restart the server, or empty the "
-                            "setting so that every database with the extension gets a worker.")));
   // The outbox: every row visible now (ids of rows committed later by
   // transactions running now are written after them, never before).
   // Read as the extension's owner: EXECUTE on this function is all a caller needs.
@@ -112,6 +108,22 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   const uint64 instance = extension_instance();
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
   UserContext was = enter_owner();
+  // In the transaction that created the extension no worker can have
+  // started for it (the launcher starts it at that commit): waiting would
+  // only time out.
+  bool isnull = true;
+  if (SPI_execute("SELECT xmin FROM bitdex_sync.instance", true, 1) == SPI_OK_SELECT && SPI_processed == 1) {
+    const Datum xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    if (!isnull && TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin)))
+      ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                      errmsg("bitdex_sync.wait_for_sync cannot wait in the transaction that created the extension"),
+                      errhint("Commit CREATE EXTENSION first: the database's worker starts at that commit.")));
+  }
+  if (!w && !automatic_mode())
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
+                    errhint("Add the database to bitdex_sync.databases and restart the server, or empty the "
+                            "setting so that every database with the extension gets a worker.")));
   if (SPI_execute("SELECT max(id) FROM bitdex_sync.ops", true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not read the outbox");
   leave_owner(was);
