@@ -42,6 +42,23 @@ $bin register "$dir/wal2" idx
 [ -z "$($bin retain "$dir/wal2")" ] || fail "retain removed segments a new consumer still needs"
 $bin consumers "$dir/wal2" | grep -q '^idx ' || fail "consumer not listed"
 
+# --from must be a batch boundary: inside a batch, or past a segment's
+# batches, is an invalid cursor (exit 2), not damage and not a silent jump
+# to the next segment (issue 17, item 14).
+seg1_end=$($bin dump "$dir/wal2" | grep '"batch_end"' | grep '"segment":1,' | tail -1 | grep -o '"offset":[0-9]*' | cut -d: -f2)
+$bin dump "$dir/wal2" --from "1:$seg1_end" > "$dir/from.out"
+head -1 "$dir/from.out" | grep -q '"segment":2' || fail "--from the end of segment 1 does not go on in segment 2"
+set +e
+$bin dump "$dir/wal2" --from 1:70 > /dev/null 2> "$dir/from.err"; rc=$?
+set -e
+[ $rc = 2 ] && grep -q 'is not a cursor of this WAL: it points inside a batch' "$dir/from.err" ||
+  fail "--from inside a batch: exit $rc, $(cat "$dir/from.err")"
+set +e
+$bin dump "$dir/wal2" --from "1:$((seg1_end + 10))" > /dev/null 2> "$dir/from.err"; rc=$?
+set -e
+[ $rc = 2 ] && grep -q 'it is past the batches of segment 1' "$dir/from.err" ||
+  fail "--from past a segment's end: exit $rc, $(cat "$dir/from.err")"
+
 # A consumer registered --at-end starts after the last batch: a new index
 # following it applies only what comes later (a consumer rebuilt from a load).
 $bin register "$dir/wal2" late --at-end > /dev/null

@@ -82,7 +82,35 @@ void write_marks(std::string& out, const std::vector<SourcePos>& marks) {
   out += ']';
 }
 
+// A --from cursor must point where a batch starts (or where the segment's
+// complete batches end): anything else would be read as damage, or, past a
+// segment's end, silently continue in the next segment.
+void check_from(const std::string& dir, const Cursor& from) {
+  if (from.generation == 0) return;  // from the oldest segment's start
+  WalReader rd(dir, Cursor{0, from.generation, 0});
+  WalBatch b;
+  uint64_t last = 0, end = 0;
+  while (rd.next(&b) == ReadStatus::Batch && b.begin.generation == from.generation) {
+    if (b.begin.offset == from.offset || b.end.offset == from.offset) return;
+    if (b.begin.offset > from.offset) break;
+    last = b.begin.offset;
+    end = b.end.offset;
+  }
+  if (from.offset == 0) return;
+  const std::string where = "--from " + std::to_string(from.generation) + ":" + std::to_string(from.offset);
+  if (from.offset > end)
+    throw Error(
+        ErrorKind::InvalidInput,
+        where + " is not a cursor of this WAL: it is past the batches of segment " + std::to_string(from.generation),
+        {}, "Take a cursor from a batch end's \"next\" in bitdex-wal dump, or use GEN:0.");
+  throw Error(ErrorKind::InvalidInput,
+              where + " is not a cursor of this WAL: it points inside a batch (the batch before it starts at " +
+                  std::to_string(from.generation) + ":" + std::to_string(last) + ")",
+              {}, "Take a cursor from a batch end's \"next\" in bitdex-wal dump, or use GEN:0.");
+}
+
 int cmd_dump(const std::string& dir, const Cursor& from) {
+  check_from(dir, from);
   WalReader rd(dir, from);
   WalBatch b;
   std::string line;
