@@ -95,3 +95,19 @@ DROP ROLE rec_writer;
 -- An empty source list drops everything bitdex_sync created.
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
 SELECT count(*) AS ours_left FROM pg_trigger WHERE tgname ~ '^bitdex_rec_(item|link).*_[0-9a-f]{8}$';
+
+-- A table renamed after the config was applied (issue 17, item 2): applying
+-- a config that names it by its new name replaces the old source's triggers,
+-- found by OID; none is left behind, unrecorded, capturing twice.
+CREATE TABLE rec_old (id int PRIMARY KEY, v int);
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: rec_old, capture: outbox, track_fields: [v]}]');
+ALTER TABLE rec_old RENAME TO rec_new;
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: rec_new, capture: outbox, track_fields: [v]}]') ORDER BY 1;
+SELECT count(*) AS triggers_on_rec_new FROM pg_trigger WHERE tgrelid = 'rec_new'::regclass AND NOT tgisinternal;
+DELETE FROM bitdex_sync.ops;
+INSERT INTO rec_new VALUES (1, 5);
+SELECT count(*) AS records_of_one_insert FROM bitdex_sync.ops;
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'rec_new'::regclass AND NOT tgisinternal;
+DELETE FROM bitdex_sync.ops;
+DROP TABLE rec_new;

@@ -302,6 +302,15 @@ struct Recorded {
   std::vector<std::string> helpers;
 };
 
+// The recorded table by its OID, under its name now (a table renamed since
+// the config was applied: dropping by the recorded name would miss it and
+// leave its trigger capturing, unrecorded).
+std::string table_now(const Recorded& rec) {
+  if (OidIsValid(rec.relid) && pg_guard([&] { return get_rel_name(rec.relid); }) != nullptr)
+    return qualified_name(rec.relid);
+  return rec.table;
+}
+
 // Whether trigger `oid` is there, on table `relid`, under `name`.
 bool trigger_present(Oid oid, Oid relid, const std::string& name) {
   if (!OidIsValid(oid)) return false;
@@ -339,7 +348,7 @@ std::string drop_renamed(const Recorded& rec) {
 // trigger may have gone on its own, with the guard overridden).
 std::string drop_truncate_trigger(const Recorded& rec) {
   if (rec.truncate_trigger.empty() || !trigger_present(rec.truncate_oid, rec.relid, rec.truncate_trigger)) return {};
-  return trigger_gen::drop_sql(rec.table, rec.truncate_trigger);
+  return trigger_gen::drop_sql(table_now(rec), rec.truncate_trigger);
 }
 
 // Runs bitdex_sync's own bookkeeping (its tables) as the extension's owner,
@@ -611,7 +620,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     if (rec != recorded.end()) {
       // The recorded trigger, or one of our computed name on the same table
       // recorded under another OID (a restored dump): ours to replace.
-      if (present || (ours && exists)) ddl += trigger_gen::drop_sql(rec->second.table, rec->second.trigger);
+      if (present || (ours && exists)) ddl += trigger_gen::drop_sql(table_now(rec->second), rec->second.trigger);
       ddl += drop_truncate_trigger(rec->second);
       if (truncate_ours && !rec->second.ours && trigger_exists(p.relid, p.truncate_trigger))
         ddl += trigger_gen::drop_sql(p.qualified, p.truncate_trigger);  // a restored dump's
@@ -628,7 +637,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     bool still = false;
     for (const Planned& p : planned) still = still || p.src->name == name;
     if (still) continue;
-    if (trigger_present(rec)) ddl += trigger_gen::drop_sql(rec.table, rec.trigger) + drop_helpers(rec);
+    if (trigger_present(rec)) ddl += trigger_gen::drop_sql(table_now(rec), rec.trigger) + drop_helpers(rec);
     ddl += drop_truncate_trigger(rec);
     if (rec.ours) ddl += drop_renamed(rec);
     actions.push_back({name, "drop", rec.trigger, rec.table});
