@@ -88,7 +88,11 @@ const DirectColumn* eq_column(const config::Config& cfg, const config::Template&
   return hit;
 }
 
-Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
+Plan make_plan(const config::Config& cfg, bool join_query_fan_outs, const std::set<std::string>& partitioned) {
+  // A partitioned table's rows are its partitions' (capture triggers are
+  // cloned to them); any other table is read ONLY (an inheritance child's
+  // rows are not captured by its parent's trigger).
+  auto only = [&](const std::string& t) { return (partitioned.count(t) ? "" : "ONLY ") + t; };
   Plan plan;
   std::map<std::string, std::vector<Contribution>> by_field;
   std::map<std::string, int> direct_uses;  // field -> number of direct sources setting it
@@ -105,13 +109,13 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
         Scan scan;
         scan.name = s.name;
         scan.estimate_table = table;
-        scan.from = "FROM ONLY " + table;
+        scan.from = "FROM " + only(table);
         scan.slot_sql = slot;
         scan.alive = s.sets_alive;
         auto add = [&](const std::string& target, const config::Template& expr) {
           if (direct_uses[target] > 1) {
             by_field[target].push_back(
-                {"SELECT " + slot + ", " + op_value(expr.render()) + " FROM ONLY " + table, table, false});
+                {"SELECT " + slot + ", " + op_value(expr.render()) + " FROM " + only(table), table, false});
             return;
           }
           scan.fields.push_back(target);
@@ -125,12 +129,12 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
       case SourceKind::Join: {
         std::string where = s.filter ? " WHERE (" + s.filter->render() + ")" : "";
         by_field[s.field].push_back(
-            {"SELECT " + slot + ", " + op_value(config::quote_ident(s.value_field)) + " FROM ONLY " + table + where,
+            {"SELECT " + slot + ", " + op_value(config::quote_ident(s.value_field)) + " FROM " + only(table) + where,
              table, false});
         for (const auto& cf : s.computed_fields) {
           std::string value = cf.value ? cf.value->render() : config::quote_ident(s.value_field);
           by_field[cf.target].push_back(
-              {"SELECT " + slot + ", " + op_value(value) + " FROM ONLY " + table + " WHERE (" + cf.expr.render() + ")",
+              {"SELECT " + slot + ", " + op_value(value) + " FROM " + only(table) + " WHERE (" + cf.expr.render() + ")",
                table, false});
         }
         break;
@@ -138,7 +142,7 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
       case SourceKind::RowFanOut: {
         const config::RowsFrom& rf = *s.rows_from;
         const std::string child = qualified(rf.table);
-        std::string from = " FROM ONLY " + child + " c JOIN ONLY " + table + " p ON c." + config::quote_ident(rf.fk) +
+        std::string from = " FROM " + only(child) + " c JOIN " + only(table) + " p ON c." + config::quote_ident(rf.fk) +
                            " = p." + config::quote_ident(rf.parent_key);
         if (s.filter) from += " WHERE (" + s.filter->render("p.") + ")";
         for (const auto& tf : s.track_fields)
@@ -160,7 +164,7 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs) {
                 ")");
           break;
         }
-        std::string from = " FROM ONLY " + via->table + " c JOIN ONLY " + table + " p ON c." +
+        std::string from = " FROM " + only(via->table) + " c JOIN " + only(table) + " p ON c." +
                            config::quote_ident(via->column) + " = p." + config::quote_ident(via->parent_column);
         if (s.filter) from += " WHERE (" + s.filter->render("p.") + ")";
         for (const auto& tf : s.track_fields)
@@ -293,7 +297,16 @@ class Verifier {
                     "Pass the config with --config, or run bitdex_sync.apply_config first.");
       text = PQgetvalue(r.get(), 0, 0);
     }
-    Plan plan = make_plan(config::parse(text), opts_.join_query_fan_outs);
+    const config::Config cfg = config::parse(text);
+    std::set<std::string> partitioned;
+    for (const config::Source& src : cfg.sources)
+      for (const std::string& t : {src.table, src.rows_from ? src.rows_from->table : std::string()}) {
+        if (t.empty()) continue;
+        auto r = db.run("SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass(" +
+                        config::quote_literal(qualified(t)) + ")");
+        if (PQntuples(r.get()) == 1 && std::string(PQgetvalue(r.get(), 0, 0)) == "t") partitioned.insert(qualified(t));
+      }
+    Plan plan = make_plan(cfg, opts_.join_query_fan_outs, partitioned);
     report_.unverified = plan.unverified;
     for (const Scan& s : plan.scans) {
       auto r = db.run("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = " +
