@@ -274,6 +274,10 @@ void spi_exec(const std::string& sql, int expect) {
   if (rc != expect) throw Error(ErrorKind::Internal, "bitdex_sync: SPI failed (" + std::to_string(rc) + ") on: " + sql);
 }
 
+// read_only = false for catalog reads too: each then takes a new snapshot,
+// so they see what a concurrent apply_config committed while this one
+// waited for the lock on bitdex_sync.sources (the statement's own snapshot
+// is older).
 int spi_exec_args(const char* sql, int nargs, Oid* types, Datum* values, bool read_only) {
   return pg_guard([&] { return SPI_execute_with_args(sql, nargs, types, values, nullptr, read_only, 0); });
 }
@@ -286,7 +290,8 @@ std::string spi_text(int row, int col) {
 bool trigger_exists(Oid relid, const std::string& name) {
   Oid types[2] = {OIDOID, TEXTOID};
   Datum values[2] = {ObjectIdGetDatum(relid), pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
-  spi_exec_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::name", 2, types, values, true);
+  spi_exec_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::name", 2, types, values,
+                false);
   return SPI_processed > 0;
 }
 
@@ -318,7 +323,7 @@ bool trigger_present(Oid oid, Oid relid, const std::string& name) {
   Datum values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid),
                      pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
   spi_exec_args("SELECT FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3, types,
-                values, true);
+                values, false);
   return SPI_processed > 0;
 }
 
@@ -332,7 +337,7 @@ std::string drop_renamed(Oid oid, Oid relid, const std::string& name) {
   if (!OidIsValid(oid)) return {};
   Oid types[2] = {OIDOID, OIDOID};
   Datum values[2] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid)};
-  spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values, true);
+  spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values, false);
   if (SPI_processed == 0) return {};
   const std::string now = spi_text(0, 1);
   return now == name ? std::string() : trigger_gen::drop_sql(qualified_name(relid), now);
@@ -404,7 +409,7 @@ std::string enable_sql(const std::string& source) {
       "SELECT format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', table_name, trigger_name) "
       "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem NOT IN ('dropped', 'recorded by an earlier "
       "installation (a restored dump)') AND problem NOT LIKE 'renamed%' ORDER BY 1",
-      1, &type, &value, true);
+      1, &type, &value, false);
   std::string sql;
   for (uint64 i = 0; i < SPI_processed; i++) sql += spi_text(static_cast<int>(i), 1) + "\n";
   return sql;
@@ -572,7 +577,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
           std::find(rec->second.helpers.begin(), rec->second.helpers.end(), h) != rec->second.helpers.end();
       Oid type = TEXTOID;
       Datum arg = pg_guard([&] { return CStringGetTextDatum((h + "(" + p.qualified + ")").c_str()); });
-      spi_exec_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", 1, &type, &arg, true);
+      spi_exec_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", 1, &type, &arg, false);
       if (!ours && spi_text(0, 1) == "t")
         throw Error(ErrorKind::InvalidInput,
                     "source \"" + name + "\", shared_ops_fields: a function " + h + "(" + p.qualified +

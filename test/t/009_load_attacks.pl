@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use BitdexTap;
 
 my $wal_tool = $ENV{BITDEX_WAL_BIN} or die "set BITDEX_WAL_BIN";
@@ -169,5 +170,29 @@ like(sql(q{SELECT format('%s %s', state, rows) FROM bitdex_sync.loads WHERE sour
   qr/^complete 20000$/, '... and the last load is complete');
 is(sql(q{SELECT count(*) FROM bitdex_sync.loads WHERE source = 'g' AND state NOT IN ('complete', 'failed')}), '0',
   '... and no other is left running');
+
+# --- two apply_config at once (issue 17, item 2) ---------------------------------------
+# The second waits for the first and sees its result: it drops the first's
+# source, recorded, and leaves no trigger behind.
+sql(q{CREATE TABLE ca (id int PRIMARY KEY, v int); CREATE TABLE cb (id int PRIMARY KEY, v int);});
+my $first = $node->background_psql('postgres');
+$first->query_safe('SET client_min_messages = warning');
+$first->query_safe('BEGIN');
+$first->query_safe(q{SELECT count(*) FROM bitdex_sync.apply_config('sources: [{table: ca, capture: outbox, track_fields: [v]}]', load => false)});
+my ($in2, $out2, $err2) = (q{SELECT string_agg(source || ' ' || action, ', ' ORDER BY source) FROM bitdex_sync.apply_config('sources: [{table: cb, capture: outbox, track_fields: [v]}]', load => false) WHERE source IN ('ca', 'cb');} . "\n", '', '');
+my $second = IPC::Run::start([ 'psql', '-X', '-At', '-d', $node->connstr('postgres') ], '<', \$in2, '>', \$out2, '2>', \$err2);
+my $waited = 0;
+for (1 .. 300) {  # IPC::Run feeds psql its input while pumped
+  $second->pump_nb;
+  last if ($waited = sql(q{SELECT count(*) > 0 FROM pg_locks WHERE NOT granted}) eq 't');
+  select(undef, undef, undef, 0.1);
+}
+ok($waited, 'the second apply_config waits for the first');
+$first->query_safe('COMMIT');
+$first->quit;
+$second->finish;
+is($out2, "ca drop, cb create\n", 'the second apply_config saw the first one\'s source and dropped it') or diag($err2);
+is(sql(q{SELECT string_agg(name, ', ') FROM bitdex_sync.sources}), 'cb', '... which is no longer recorded');
+is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ca'::regclass AND NOT tgisinternal}), '0', '... and left no trigger on its table');
 
 done_testing();
