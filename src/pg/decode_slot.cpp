@@ -361,6 +361,25 @@ void stop_decoding(bool drop_slot) {
   }
 }
 
+// A worker that finds no extension at its start: the slot and origin of an
+// installation dropped just before a restart (the worker had no time to drop
+// them) go now. A slot left behind would pin the server's WAL and make DROP
+// DATABASE fail.
+void drop_leftover_slot_and_origin() {
+  char name[NAMEDATALEN];
+  origin_name(name);  // the slot's name too: bitdex_sync_<database OID>
+  if (SearchNamedReplicationSlot(name, true)) {
+    ReplicationSlotDrop(name, true);
+    ereport(LOG, (errmsg("bitdex_sync: no extension in this database, dropped the slot \"%s\" it left", name)));
+  }
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  const bool existed = replorigin_by_name(name, true) != InvalidRepOriginId;
+  if (existed) replorigin_drop_by_name(name, true, false);
+  CommitTransactionCommand();
+  if (existed) ereport(LOG, (errmsg("bitdex_sync: no extension in this database, dropped the origin \"%s\"", name)));
+}
+
 // The extension is gone: its replication origin goes too (CREATE EXTENSION
 // makes a new one), once per process. The session lets go of it first: a
 // drop refuses an origin in use.

@@ -639,6 +639,17 @@ void bitdex_sync_worker_main(Datum arg) {
   CommitTransactionCommand();
   // The launcher's probe at server start leaves before taking a worker slot,
   // which a database with the extension may need.
+  if (!installed) {
+    PG_TRY();
+    { drop_leftover_slot_and_origin(); }
+    PG_CATCH();
+    {
+      EmitErrorReport();
+      FlushErrorState();
+      AbortOutOfAnyTransaction();
+    }
+    PG_END_TRY();
+  }
   if (automatic && !installed) leave_without_extension(nullptr, dbname);
   bool duplicate;
   WorkerShared* w = claim_worker(MyDatabaseId, dbname, &duplicate);

@@ -195,4 +195,27 @@ is($out2, "ca drop, cb create\n", 'the second apply_config saw the first one\'s 
 is(sql(q{SELECT string_agg(name, ', ') FROM bitdex_sync.sources}), 'cb', '... which is no longer recorded');
 is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ca'::regclass AND NOT tgisinternal}), '0', '... and left no trigger on its table');
 
+# --- the slot of an extension dropped just before a crash (issue 17, item 12) ---------
+# The worker cannot drop its slot (stopped); the server dies right after the
+# DROP EXTENSION commits. At the next start the database's worker finds no
+# extension and drops the slot and origin it left, instead of leaving a slot
+# that pins the server's WAL and blocks DROP DATABASE.
+my $stopped = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'});
+kill 'STOP', $stopped;
+sql('DROP EXTENSION bitdex_sync CASCADE');
+is(sql(q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bitdex\_sync\_%'}), '1',
+  'the slot is still there after DROP EXTENSION (its worker is stopped)');
+$node->kill9;
+kill 'KILL', $stopped;
+my $started = 0;
+for (1 .. 100) {
+  $node->{_pid} = undef;
+  last if ($started = $node->start(fail_ok => 1));
+  select(undef, undef, undef, 0.2);
+}
+die 'server did not restart' unless $started;
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bitdex\_sync\_%'}),
+  'after the restart the database\'s worker drops the slot the dropped extension left');
+is(sql(q{SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bitdex\_sync\_%'}), '0', '... and its replication origin');
+
 done_testing();

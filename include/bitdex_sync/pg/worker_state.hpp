@@ -127,6 +127,7 @@ void start_decoding();
 void stop_decoding(bool drop_slot);
 void set_up_origin();
 void drop_origin();
+void drop_leftover_slot_and_origin();
 void decode_available();
 bool poll_async_commits();
 [[noreturn]] void messages_failed();
