@@ -47,3 +47,24 @@ CREATE SEQUENCE hv_seq;
 SELECT * FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["nextval(''hv_seq'') as n"]}]', dry_run => true);
 SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: hv, track_fields: ["format(''%s'', {v}) as f", "({t} < now()) as past"]}]', dry_run => true);
 DROP TABLE hv; DROP SEQUENCE hv_seq;
+
+-- ALTER TYPE ... RENAME VALUE of an enum a capture trigger reads (issue 17,
+-- item 3): the index would keep the old label. Refused, naming the source
+-- and column; an enum no source reads, and ADD VALUE, go through.
+CREATE TYPE hc_mood AS ENUM ('sad', 'happy');
+CREATE TYPE hc_other AS ENUM ('x', 'y');
+CREATE TABLE he (id int PRIMARY KEY, m hc_mood, n hc_other);
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: he, capture: outbox, track_fields: [m]}]', load => false);
+ALTER TYPE hc_mood RENAME VALUE 'sad' TO 'unhappy';
+ALTER TYPE hc_other RENAME VALUE 'x' TO 'z';
+ALTER TYPE hc_mood ADD VALUE 'meh';
+-- Renaming or swapping columns does not change what is captured (the trees
+-- refer to columns by number); dropping one or changing its type is refused.
+ALTER TABLE he RENAME COLUMN m TO mood;
+INSERT INTO he VALUES (1, 'happy', 'y');
+SELECT ops FROM bitdex_sync.ops WHERE entity_id = 1 ORDER BY id DESC LIMIT 1;
+ALTER TABLE he DROP COLUMN mood;
+ALTER TABLE he ALTER COLUMN mood TYPE text;
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+DELETE FROM bitdex_sync.ops;
+DROP TABLE he; DROP TYPE hc_mood; DROP TYPE hc_other;

@@ -23,6 +23,9 @@ extern "C" {
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_type.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
 PG_FUNCTION_INFO_V1(bitdex_sync_guard_ddl);
@@ -111,6 +114,40 @@ Datum bitdex_sync_guard_ddl(PG_FUNCTION_ARGS) {
                     errhint("Change the config first (bitdex_sync.apply_config() without that source, in the same "
                             "transaction if you like). To do it anyway and record the gap, a superuser sets "
                             "bitdex_sync.allow_capture_loss = on.")));
+  }
+  // ALTER TYPE ... RENAME VALUE of an enum a capture trigger reads: capture
+  // would emit the new label from now on while the index holds the old one
+  // (an UPDATE's remove of the new label would not take the old one out).
+  const auto* event = reinterpret_cast<EventTriggerData*>(fcinfo->context);
+  if (event->parsetree && IsA(event->parsetree, AlterEnumStmt) &&
+      castNode(AlterEnumStmt, event->parsetree)->oldVal != nullptr) {
+    const auto* stmt = castNode(AlterEnumStmt, event->parsetree);
+    const Oid type = typenameTypeId(nullptr, makeTypeNameFromNameList(stmt->typeName));
+    Oid types[1] = {OIDOID};
+    Datum values[1] = {ObjectIdGetDatum(type)};
+    was = enter_owner();
+    if (SPI_execute_with_args(
+            "SELECT s.name, a.attname::text FROM bitdex_sync.sources s "
+            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
+            "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+            "AND d.refobjsubid > 0 "
+            "JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+            "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+            "WHERE t.oid = $1 OR t.typelem = $1 OR t.typbasetype = $1 ORDER BY 1, 2 LIMIT 1",
+            1, types, values, nullptr, false, 1) != SPI_OK_SELECT)
+      elog(ERROR, "bitdex_sync: could not check the captured columns");
+    leave_owner(was);
+    if (SPI_processed > 0)
+      ereport(ERROR,
+              (errcode(ERRCODE_OBJECT_IN_USE),
+               errmsg("ALTER TYPE %s RENAME VALUE would change what source \"%s\" of bitdex_sync captures from column "
+                      "\"%s\"",
+                      format_type_be(type), SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+                      SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+               errdetail("The index holds the old label; capture would emit the new one from now on, and an UPDATE "
+                         "would not take the old label out."),
+               errhint("Remove the source from the config, rename the value, then apply the source again (it is "
+                       "loaded again). To do it anyway, a superuser sets bitdex_sync.allow_capture_loss = on.")));
   }
   SPI_finish();
   PG_RETURN_VOID();
