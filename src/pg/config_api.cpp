@@ -274,12 +274,12 @@ void spi_exec(const std::string& sql, int expect) {
   if (rc != expect) throw Error(ErrorKind::Internal, "bitdex_sync: SPI failed (" + std::to_string(rc) + ") on: " + sql);
 }
 
-// read_only = false for catalog reads too: each then takes a new snapshot,
+// Not read-only, catalog reads included: each takes a new snapshot,
 // so they see what a concurrent apply_config committed while this one
 // waited for the lock on bitdex_sync.sources (the statement's own snapshot
 // is older).
-int spi_exec_args(const char* sql, int nargs, Oid* types, Datum* values, bool read_only) {
-  return pg_guard([&] { return SPI_execute_with_args(sql, nargs, types, values, nullptr, read_only, 0); });
+int spi_exec_args(const char* sql, int nargs, Oid* types, Datum* values) {
+  return pg_guard([&] { return SPI_execute_with_args(sql, nargs, types, values, nullptr, false, 0); });
 }
 
 std::string spi_text(int row, int col) {
@@ -290,8 +290,7 @@ std::string spi_text(int row, int col) {
 bool trigger_exists(Oid relid, const std::string& name) {
   Oid types[2] = {OIDOID, TEXTOID};
   Datum values[2] = {ObjectIdGetDatum(relid), pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
-  spi_exec_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::name", 2, types, values,
-                false);
+  spi_exec_args("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2::name", 2, types, values);
   return SPI_processed > 0;
 }
 
@@ -323,7 +322,7 @@ bool trigger_present(Oid oid, Oid relid, const std::string& name) {
   Datum values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid),
                      pg_guard([&] { return CStringGetTextDatum(name.c_str()); })};
   spi_exec_args("SELECT FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2 AND tgname = $3::name", 3, types,
-                values, false);
+                values);
   return SPI_processed > 0;
 }
 
@@ -337,7 +336,7 @@ std::string drop_renamed(Oid oid, Oid relid, const std::string& name) {
   if (!OidIsValid(oid)) return {};
   Oid types[2] = {OIDOID, OIDOID};
   Datum values[2] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(relid)};
-  spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values, false);
+  spi_exec_args("SELECT tgname FROM pg_catalog.pg_trigger WHERE oid = $1 AND tgrelid = $2", 2, types, values);
   if (SPI_processed == 0) return {};
   const std::string now = spi_text(0, 1);
   return now == name ? std::string() : trigger_gen::drop_sql(qualified_name(relid), now);
@@ -409,7 +408,7 @@ std::string enable_sql(const std::string& source) {
       "SELECT format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I;', table_name, trigger_name) "
       "FROM bitdex_sync.broken_capture() WHERE source = $1 AND problem NOT IN ('dropped', 'recorded by an earlier "
       "installation (a restored dump)') AND problem NOT LIKE 'renamed%' ORDER BY 1",
-      1, &type, &value, false);
+      1, &type, &value);
   std::string sql;
   for (uint64 i = 0; i < SPI_processed; i++) sql += spi_text(static_cast<int>(i), 1) + "\n";
   return sql;
@@ -466,7 +465,7 @@ void clear_and_register_loads(const config::Config& cfg, const std::vector<Plann
     Datum value = pg_guard([&] { return CStringGetTextDatum(name.c_str()); });
     if (spi_exec_args("UPDATE bitdex_sync.loads SET state = 'failed', finished_at = now(), error = 'given up: the "
                       "source left the config' WHERE source = $1 AND state IN ('pending', 'running')",
-                      1, &type, &value, false) != SPI_OK_UPDATE)
+                      1, &type, &value) != SPI_OK_UPDATE)
       throw Error(ErrorKind::Internal, "bitdex_sync: could not give up the loads of source " + name);
   }
   if (!load) return;
@@ -512,9 +511,9 @@ void clear_and_register_loads(const config::Config& cfg, const std::vector<Plann
     if (spi_exec_args("UPDATE bitdex_sync.loads SET state = 'failed', finished_at = now(), error = 'given up: a later "
                       "load of the source was registered (' || $3 || ')' WHERE source = $1 AND state IN ('pending', "
                       "'running')",
-                      3, types, values, false) != SPI_OK_UPDATE ||
-        spi_exec_args("INSERT INTO bitdex_sync.loads (source, digest, reason) VALUES ($1, $2, $3)", 3, types, values,
-                      false) != SPI_OK_INSERT)
+                      3, types, values) != SPI_OK_UPDATE ||
+        spi_exec_args("INSERT INTO bitdex_sync.loads (source, digest, reason) VALUES ($1, $2, $3)", 3, types, values) !=
+            SPI_OK_INSERT)
       throw Error(ErrorKind::Internal, "bitdex_sync: could not register a load of source " + source);
     names += (names.empty() ? "" : ", ") + source;
   }
@@ -577,7 +576,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
           std::find(rec->second.helpers.begin(), rec->second.helpers.end(), h) != rec->second.helpers.end();
       Oid type = TEXTOID;
       Datum arg = pg_guard([&] { return CStringGetTextDatum((h + "(" + p.qualified + ")").c_str()); });
-      spi_exec_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", 1, &type, &arg, false);
+      spi_exec_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", 1, &type, &arg);
       if (!ours && spi_text(0, 1) == "t")
         throw Error(ErrorKind::InvalidInput,
                     "source \"" + name + "\", shared_ops_fields: a function " + h + "(" + p.qualified +
@@ -719,7 +718,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
         "INSERT INTO bitdex_sync.sources (name, table_oid, table_name, trigger_name, config, helpers, trigger_oid, "
         "spec, compiled, instance, truncate_trigger_name, truncate_trigger_oid, truncate_spec) "
         "VALUES ($1, $2, $3, $4, $5::jsonb, $6::text[], $7, $8, $9, $10, $11, $12, $13)",
-        13, types, values, false);
+        13, types, values);
     if (rc != SPI_OK_INSERT) throw Error(ErrorKind::Internal, "bitdex_sync: could not record source " + p.src->name);
   }
   Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};
@@ -727,7 +726,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
                      pg_guard([&] { return CStringGetTextDatum(cfg.index.c_str()); }),
                      pg_guard([&] { return CStringGetTextDatum(applier.c_str()); })};
   spi_exec_args("INSERT INTO bitdex_sync.config_history (config, index_name, applied_by) VALUES ($1, $2, $3::name)", 3,
-                types, values, false);
+                types, values);
   clear_and_register_loads(cfg, planned, recorded, load);
   // Capture is whole again wherever no trigger is missing or disabled now.
   spi_exec(
