@@ -12,6 +12,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "bitdex_sync/core/config.hpp"
@@ -63,26 +64,25 @@ struct DirectColumn {
   std::string table, slot, column, parent_column;
 };
 
-const DirectColumn* eq_column(const config::Config& cfg, const config::Template& query) {
-  static thread_local DirectColumn found;
+std::optional<DirectColumn> eq_column(const config::Config& cfg, const config::Template& query) {
   const std::string& q = query.text;
   const size_t eq = q.find(" eq ");
-  if (eq == std::string::npos || query.columns.size() != 1) return nullptr;
+  if (eq == std::string::npos || query.columns.size() != 1) return std::nullopt;
   auto trim = [](std::string t) {
     while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
     while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
     return t;
   };
   const std::string field = trim(q.substr(0, eq)), value = trim(q.substr(eq + 4));
-  if (value != "{" + query.columns[0] + "}" || field.empty() || field.find(' ') != std::string::npos) return nullptr;
-  const DirectColumn* hit = nullptr;
+  if (value != "{" + query.columns[0] + "}" || field.empty() || field.find(' ') != std::string::npos)
+    return std::nullopt;
+  std::optional<DirectColumn> hit;
   for (const config::Source& d : cfg.sources) {
     if (d.kind != SourceKind::Direct) continue;
     for (const auto& tf : d.track_fields)
       if (tf.target == field && tf.expr.columns.size() == 1 && tf.expr.text == "{" + tf.expr.columns[0] + "}") {
-        if (hit) return nullptr;  // two sources write the field: not one join
-        found = {qualified(d.table), config::quote_ident(d.slot_field), tf.expr.columns[0], query.columns[0]};
-        hit = &found;
+        if (hit) return std::nullopt;  // two sources write the field: not one join
+        hit = DirectColumn{qualified(d.table), config::quote_ident(d.slot_field), tf.expr.columns[0], query.columns[0]};
       }
   }
   return hit;
@@ -154,7 +154,8 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs, const std::s
         // "F eq {col}" where F is a plain column of a direct source: the
         // slots are the rows of that source whose column equals the
         // parent's, so the tables can be joined.
-        const DirectColumn* via = s.expression || !join_query_fan_outs ? nullptr : eq_column(cfg, *s.query);
+        const std::optional<DirectColumn> via =
+            s.expression || !join_query_fan_outs ? std::nullopt : eq_column(cfg, *s.query);
         if (!via) {
           for (const auto& tf : s.track_fields)
             plan.unverified.push_back(
