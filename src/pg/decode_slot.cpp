@@ -361,6 +361,21 @@ void stop_decoding(bool drop_slot) {
   }
 }
 
+namespace {
+
+// Drops replication origin `name` in a transaction of its own; false when
+// there was none.
+bool drop_origin_named(const char* name) {
+  SetCurrentStatementStartTimestamp();
+  StartTransactionCommand();
+  const bool existed = replorigin_by_name(name, true) != InvalidRepOriginId;
+  if (existed) replorigin_drop_by_name(name, true, false);
+  CommitTransactionCommand();
+  return existed;
+}
+
+}  // namespace
+
 // A worker that finds no extension at its start: the slot and origin of an
 // installation dropped just before a restart (the worker had no time to drop
 // them) go now. A slot left behind would pin the server's WAL and make DROP
@@ -372,12 +387,8 @@ void drop_leftover_slot_and_origin() {
     ReplicationSlotDrop(name, true);
     ereport(LOG, (errmsg("bitdex_sync: no extension in this database, dropped the slot \"%s\" it left", name)));
   }
-  SetCurrentStatementStartTimestamp();
-  StartTransactionCommand();
-  const bool existed = replorigin_by_name(name, true) != InvalidRepOriginId;
-  if (existed) replorigin_drop_by_name(name, true, false);
-  CommitTransactionCommand();
-  if (existed) ereport(LOG, (errmsg("bitdex_sync: no extension in this database, dropped the origin \"%s\"", name)));
+  if (drop_origin_named(name))
+    ereport(LOG, (errmsg("bitdex_sync: no extension in this database, dropped the origin \"%s\"", name)));
 }
 
 // The extension is gone: its replication origin goes too (CREATE EXTENSION
@@ -392,11 +403,7 @@ void drop_origin() {
   }
   char name[NAMEDATALEN];
   origin_name(name);
-  SetCurrentStatementStartTimestamp();
-  StartTransactionCommand();
-  const bool existed = replorigin_by_name(name, true) != InvalidRepOriginId;
-  if (existed) replorigin_drop_by_name(name, true, false);
-  CommitTransactionCommand();
+  const bool existed = drop_origin_named(name);
   g_worker->origin_dropped = true;
   if (existed) ereport(LOG, (errmsg("bitdex_sync: extension dropped, dropped replication origin \"%s\"", name)));
 }
