@@ -99,17 +99,7 @@ sub crash_round {
     $node->kill9;
   }
   eval { $h->finish };
-  if ($what eq 'postmaster') {
-    # Its children notice the postmaster's death and exit; until they have,
-    # a new postmaster refuses to start.
-    my $started = 0;
-    for (1 .. 100) {
-      $node->{_pid} = undef;    # a failed start read the stale pid file
-      last if ($started = $node->start(fail_ok => 1));
-      select(undef, undef, undef, 0.2);
-    }
-    die "server did not restart after kill -9 of the postmaster" unless $started;
-  }
+  start_after_kill9($node) if $what eq 'postmaster';
   # The worker is back (the postmaster restarts everything after a crash).
   $node->poll_query_until('postgres', "SELECT bool_and(state = 'running') FROM bitdex_sync.status()", 't')
     or die "worker did not come back after killing the $what";

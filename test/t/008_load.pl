@@ -111,13 +111,7 @@ for my $round (1 .. 7) {
     select(undef, undef, undef, rand(0.5));
     $during++ if loading();
     $node->kill9;
-    my $started = 0;
-    for (1 .. 100) {
-      $node->{_pid} = undef;
-      last if ($started = $node->start(fail_ok => 1));
-      select(undef, undef, undef, 0.2);
-    }
-    die 'server did not restart' unless $started;
+    start_after_kill9($node);
   } elsif ($round % 2 == 0) {
     # Right after a durable batch (a chunk's, while a load runs): the
     # chunk is in the ops WAL, its progress row not yet.

@@ -207,13 +207,7 @@ is(sql(q{SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bitdex\
   'the slot is still there after DROP EXTENSION (its worker is stopped)');
 $node->kill9;
 kill 'KILL', $stopped;
-my $started = 0;
-for (1 .. 100) {
-  $node->{_pid} = undef;
-  last if ($started = $node->start(fail_ok => 1));
-  select(undef, undef, undef, 0.2);
-}
-die 'server did not restart' unless $started;
+start_after_kill9($node);
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name LIKE 'bitdex\_sync\_%'}),
   'after the restart the database\'s worker drops the slot the dropped extension left');
 is(sql(q{SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'bitdex\_sync\_%'}), '0', '... and its replication origin');

@@ -7,7 +7,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(bitdex_node create_extension emit_signed wal_dir);
+our @EXPORT = qw(bitdex_node create_extension emit_signed start_after_kill9 wal_dir);
 
 # bitdex_node($name, $extra_conf): the node, started; $extra_conf holds more
 # postgresql.conf lines.
@@ -30,6 +30,19 @@ sub create_extension {
   my ($node) = @_;
   $node->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
   $node->safe_psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+}
+
+# start_after_kill9($node): starts the node again after kill -9 of its
+# postmaster. Its children notice the postmaster's death and exit; until they
+# have, a new postmaster refuses to start, so this tries for 20 s.
+sub start_after_kill9 {
+  my ($node) = @_;
+  for (1 .. 100) {
+    $node->{_pid} = undef;    # a failed start read the stale pid file
+    return if $node->start(fail_ok => 1);
+    select(undef, undef, undef, 0.2);
+  }
+  die 'server did not restart after kill -9 of the postmaster';
 }
 
 # wal_dir($node, $db = 'postgres'): where that database's ops WAL lives
