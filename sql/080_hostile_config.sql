@@ -58,13 +58,40 @@ SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: he, captu
 ALTER TYPE hc_mood RENAME VALUE 'sad' TO 'unhappy';
 ALTER TYPE hc_other RENAME VALUE 'x' TO 'z';
 ALTER TYPE hc_mood ADD VALUE 'meh';
+-- Dropping a captured column or changing its type is refused, naming the
+-- source and the config keys that use it (issue 17, item 3; PostgreSQL's
+-- own dependency error named neither).
+ALTER TABLE he ALTER COLUMN m TYPE text;
+ALTER TABLE he DROP COLUMN m CASCADE;
+ALTER TABLE he ALTER COLUMN n TYPE text;  -- n is not captured
 -- Renaming or swapping columns does not change what is captured (the trees
--- refer to columns by number); dropping one or changing its type is refused.
+-- refer to columns by number); the refusal then says the config has the old name.
 ALTER TABLE he RENAME COLUMN m TO mood;
-INSERT INTO he VALUES (1, 'happy', 'y');
+INSERT INTO he VALUES (1, 'happy');
 SELECT ops FROM bitdex_sync.ops WHERE entity_id = 1 ORDER BY id DESC LIMIT 1;
 ALTER TABLE he DROP COLUMN mood;
-ALTER TABLE he ALTER COLUMN mood TYPE text;
+-- A role that does not own the table gets PostgreSQL's permission error, not
+-- the config's contents.
+CREATE ROLE hc_other_role;
+SET ROLE hc_other_role;
+ALTER TABLE he DROP COLUMN mood;
+RESET ROLE;
+DROP ROLE hc_other_role;
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
 DELETE FROM bitdex_sync.ops;
 DROP TABLE he; DROP TYPE hc_mood; DROP TYPE hc_other;
+-- The hint's way: change the config first, in the same transaction. A
+-- column used under several keys is named with each.
+CREATE TABLE hf (id int PRIMARY KEY, lvl int, kind text, note text);
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: hf, capture: outbox, track_fields: [lvl, "upper({kind}) as k"], computed_fields: [{target: kx, expression: "{kind} = ''x''"}]}]', load => false);
+ALTER TABLE hf DROP COLUMN kind;
+ALTER TABLE hf DROP COLUMN note;
+BEGIN;
+SELECT source, action FROM bitdex_sync.apply_config('sources: [{table: hf, capture: outbox, track_fields: [lvl]}]', load => false);
+ALTER TABLE hf DROP COLUMN kind;
+COMMIT;
+INSERT INTO hf VALUES (7, 3);
+SELECT ops FROM bitdex_sync.ops WHERE entity_id = 7;
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}');
+DELETE FROM bitdex_sync.ops;
+DROP TABLE hf;

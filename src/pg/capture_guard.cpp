@@ -344,10 +344,56 @@ void guard_truncate(TruncateStmt* stmt) {
   }
 }
 
-void guard_alter_table(AlterTableStmt* stmt) {
+// DROP COLUMN or ALTER COLUMN TYPE of a column a capture trigger reads
+// (found through the dependencies apply_config recorded for its trees):
+// refused before PostgreSQL's own dependency error, naming the source and
+// the config keys that use the column. Only for the table's owner: anyone
+// else gets PostgreSQL's permission error, not the config's contents.
+// bitdex_sync.allow_capture_loss leaves it to PostgreSQL (CASCADE then drops
+// the trigger, and the guard at the command's end records the gap).
+void guard_captured_column(Oid user, Oid relid, const char* column, bool drop) {
+  if (g_allow_capture_loss || !pg_class_ownercheck(relid, user)) return;
+  const AttrNumber attnum = get_attnum(relid, column);
+  if (attnum == InvalidAttrNumber) return;
+  Oid types[3] = {OIDOID, INT4OID, TEXTOID};
+  Datum values[3] = {ObjectIdGetDatum(relid), Int32GetDatum(attnum), CStringGetTextDatum(column)};
+  if (SPI_execute_with_args("SELECT s.name, (SELECT pg_catalog.string_agg(e.key, ', ' ORDER BY e.key) FROM "
+                            "pg_catalog.jsonb_each(s.config) e WHERE pg_catalog.strpos(e.value::text, $3) > 0) "
+                            "FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance "
+                            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
+                            "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+                            "AND d.refobjid = $1 AND d.refobjsubid = $2 ORDER BY 1 LIMIT 1",
+                            3, types, values, nullptr, true, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not check the captured columns");
+  if (SPI_processed == 0) return;
+  HeapTuple row = SPI_tuptable->vals[0];
+  TupleDesc desc = SPI_tuptable->tupdesc;
+  const char* keys = SPI_getvalue(row, desc, 2);
+  const char* where = keys == nullptr ? "by the name the column had when the config was applied"
+                                      : psprintf("key%s %s", strchr(keys, ',') ? "s" : "", keys);
+  ereport(ERROR,
+          (errcode(ERRCODE_OBJECT_IN_USE),
+           errmsg("%s of column \"%s\" of %s would break capture: source \"%s\" of bitdex_sync reads it (%s)",
+                  drop ? "DROP COLUMN" : "ALTER COLUMN TYPE", column, get_rel_name(relid), SPI_getvalue(row, desc, 1),
+                  where),
+           errdetail(drop ? "The capture trigger reads the column: it cannot go while the source uses it."
+                          : "Values of the new type could differ from those the index holds, so later removes would "
+                            "not match."),
+           errhint("Change the config first, in the same transaction if you like: apply_config() without that column "
+                   "(or without the source), then %s; apply it again afterwards, and the changed source is loaded "
+                   "again.",
+                   drop ? "drop the column" : "change the type")));
+}
+
+void guard_alter_table(Oid user, AlterTableStmt* stmt) {
   ListCell* lc;
   foreach (lc, stmt->cmds) {
     auto* cmd = lfirst_node(AlterTableCmd, lc);
+    if (cmd->subtype == AT_DropColumn || cmd->subtype == AT_AlterColumnType) {
+      const Oid relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+      if (OidIsValid(relid) && cmd->name) guard_captured_column(user, relid, cmd->name, cmd->subtype == AT_DropColumn);
+      continue;
+    }
     if (cmd->subtype != AT_AttachPartition && cmd->subtype != AT_DetachPartition) continue;
     Oid parent = RangeVarGetRelid(stmt->relation, NoLock, true);
     Oid part = RangeVarGetRelid(castNode(PartitionCmd, cmd->def)->name, NoLock, true);
@@ -395,11 +441,12 @@ void guard_utility(Node* stmt) {
   Oid nsp = get_namespace_oid("bitdex_sync", true);
   if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("instance", nsp))) return;
   if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "bitdex_sync: SPI_connect failed");
+  const Oid user = GetUserId();
   UserContext was = enter_owner();
   if (IsA(stmt, TruncateStmt))
     guard_truncate(castNode(TruncateStmt, stmt));
   else
-    guard_alter_table(castNode(AlterTableStmt, stmt));
+    guard_alter_table(user, castNode(AlterTableStmt, stmt));
   leave_owner(was);
   SPI_finish();
 }
