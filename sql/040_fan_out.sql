@@ -91,5 +91,42 @@ DELETE FROM fo_post WHERE id = 2;
 UPDATE fo_model SET poi = false WHERE id = 6;                        -- no posts: nothing
 SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
 
+-- BitDex's own shape (issue 17, item 10), this exact source from its Civitai
+-- config: "join" without "expression", "filter" over that join. The row
+-- counts only while the join finds a row passing the filter, the OLD row on
+-- leave and the NEW row on arrive (as fan-out filters do).
+CREATE TABLE "Model" (id int PRIMARY KEY, type text, name text);
+CREATE TABLE "ModelVersion" (id int PRIMARY KEY, "modelId" int, "baseModel" text, notes text);
+INSERT INTO "Model" VALUES (1, 'Checkpoint', 'a'), (2, 'LORA', 'b');
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: ModelVersion
+    type: fan_out
+    query: "modelVersionIds eq {id}"
+    join: 'INNER JOIN "Model" ON "Model".id = "ModelVersion"."modelId"'
+    filter: '"Model".type = ''Checkpoint'''
+    track_fields: [baseModel]
+$$) ORDER BY source;
+INSERT INTO "ModelVersion" VALUES (10, 1, 'SDXL'), (20, 2, 'SD1.5'), (30, NULL, 'SD1.5');  -- 10 only
+UPDATE "ModelVersion" SET "baseModel" = 'Pony' WHERE id IN (10, 20);   -- 10: remove/set
+UPDATE "ModelVersion" SET "modelId" = 2 WHERE id = 10;                 -- leaves: remove
+UPDATE "ModelVersion" SET "modelId" = 1 WHERE id = 20;                 -- arrives: set
+UPDATE "ModelVersion" SET notes = 'x' WHERE id = 20;                   -- no tracked change
+DELETE FROM "ModelVersion" WHERE id IN (10, 20);                        -- 20: remove
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+-- The trigger depends on what the join reads: "Model".type cannot go, the
+-- version's unread columns can.
+ALTER TABLE "Model" DROP COLUMN type;
+ALTER TABLE "ModelVersion" DROP COLUMN notes;
+ALTER TABLE "Model" DROP COLUMN name;
+-- Errors name the keys and show the query; volatile filters are refused.
+SELECT * FROM bitdex_sync.apply_config($$
+sources: [{table: ModelVersion, query: "m eq {id}", join: 'INNER JOIN "Modell" ON "Modell".id = "ModelVersion"."modelId"', track_fields: [baseModel]}]
+$$, dry_run => true);
+SELECT * FROM bitdex_sync.apply_config($$
+sources: [{table: ModelVersion, query: "m eq {id}", join: 'INNER JOIN "Model" ON "Model".id = "ModelVersion"."modelId"', filter: 'random() < 0.5', track_fields: [baseModel]}]
+$$, dry_run => true);
+
 SELECT pg_drop_replication_slot('fan_out_test');
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
+DROP TABLE "ModelVersion", "Model";

@@ -370,8 +370,11 @@ Source parse_source(const Value& v, size_t index, Sink default_sink) {
     forbid(s.sets_alive, "sets_alive", "query fan-out");
     forbid(!s.computed_fields.empty() || v.find("computed_fields"), "computed_fields", "query fan-out");
     forbid(!s.shared_ops_fields.empty(), "shared_ops_fields", "query fan-out");
-    if (s.join && !s.expression) bad(where, "\"join\" is used with \"expression\" and needs it");
-    if (s.join) {
+    // "join" without "expression" (BitDex's shape): the row joined to the
+    // join's tables decides, with "filter" over that join, whether the
+    // source emits (trigger_gen::join_filter_sql).
+    if (s.join && !s.expression) s.join_filter = parse_template(*s.join, where + ", join");
+    if (s.join && s.expression) {
       // With "join", "expression" is the select-list value and "join" the FROM
       // clause (tables, JOINs, WHERE) of one query; both may use {col}.
       if (starts_with_word(s.expression->text, "select"))

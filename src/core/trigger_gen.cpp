@@ -46,6 +46,25 @@ std::string ids_sql(const config::Source& s) {
   return "SELECT pg_catalog.to_jsonb((" + s.expression->render_params() + "))";
 }
 
+bool has_join_filter(const config::Source& s) {
+  return s.kind == SourceKind::QueryFanOut && s.join_filter.has_value();
+}
+
+std::string join_filter_exists(const config::Source& s, const std::string& row_select) {
+  const std::string alias = config::quote_ident(config::split_table(s.table).second);
+  std::string sql = "EXISTS (SELECT FROM (" + row_select + ") AS " + alias + " " + s.join_filter->render(alias + ".");
+  if (s.filter) sql += " WHERE (" + s.filter->render(alias + ".") + ")";
+  return sql + ")";
+}
+
+std::string join_filter_sql(const config::Source& s, const std::vector<std::string>& columns) {
+  std::string row;
+  for (size_t i = 0; i < columns.size(); i++)
+    row += (i ? ", $" : "$") + std::to_string(i + 1) + " AS " + config::quote_ident(columns[i]);
+  if (row.empty()) row = "1";  // it reads no column of the row
+  return "SELECT " + join_filter_exists(s, "SELECT " + row);
+}
+
 std::string capture_spec(const config::Source& s, const Resolved& r) {
   using config::sink_name;
   std::string out = "{";
@@ -122,7 +141,18 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       out += "]";
     }
   }
-  if (s.kind != SourceKind::Join && s.filter) str_member(out, "filter", s.filter->render());
+  if (has_join_filter(s)) {
+    str_member(out, "filter_sql", join_filter_sql(s, r.join_filter_columns));
+    key(out, "filter_params");
+    out += "[";
+    for (size_t i = 0; i < r.join_filter_columns.size(); i++) {
+      if (i) out += ",";
+      json::write_string(out, config::quote_ident(r.join_filter_columns[i]));
+    }
+    out += "]";
+  } else if (s.kind != SourceKind::Join && s.filter) {
+    str_member(out, "filter", s.filter->render());
+  }
   if (!s.shared_ops_fields.empty()) {  // not read by the trigger: makes helpers part of the definition
     key(out, "shared");
     out += "[";
@@ -203,6 +233,8 @@ std::vector<std::string> spec_expressions(const json::Value& spec) {
     for (const json::Value& p : *params) out.push_back(p.text);
   if (kind == "fan_out_per_row") out.push_back(str(spec, "parent_key"));
   if (!join && spec.find("filter")) out.push_back(str(spec, "filter"));
+  if (const auto* params = items(spec, "filter_params"))
+    for (const json::Value& p : *params) out.push_back(p.text);
   return out;
 }
 
@@ -286,7 +318,8 @@ std::vector<std::pair<std::string, std::string>> field_definitions(const json::V
   };
   const bool join = text(spec, "kind") == "\"join\"";
   std::string base = std::to_string(table);
-  for (const char* k : {"kind", "slot", "query", "query_cols", "ids_sql", "ids_params", "rows_sql", "parent_key"})
+  for (const char* k : {"kind", "slot", "query", "query_cols", "ids_sql", "ids_params", "rows_sql", "parent_key",
+                        "filter_sql", "filter_params"})
     base += "\n" + std::string(k) + "=" + text(spec, k);
   if (!join) base += "\nfilter=" + text(spec, "filter");
   std::vector<std::pair<std::string, std::string>> out;

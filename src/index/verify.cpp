@@ -18,6 +18,7 @@
 #include "bitdex_sync/core/config.hpp"
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/json.hpp"
+#include "bitdex_sync/core/trigger_gen.hpp"
 
 namespace bitdex::index {
 namespace {
@@ -167,7 +168,10 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs, const std::s
         }
         std::string from = " FROM " + only(via->table) + " c JOIN " + only(table) + " p ON c." +
                            config::quote_ident(via->column) + " = p." + config::quote_ident(via->parent_column);
-        if (s.filter) from += " WHERE (" + s.filter->render("p.") + ")";
+        if (trigger_gen::has_join_filter(s))
+          from += " WHERE " + trigger_gen::join_filter_exists(s, "SELECT p.*");
+        else if (s.filter)
+          from += " WHERE (" + s.filter->render("p.") + ")";
         for (const auto& tf : s.track_fields)
           by_field[tf.target].push_back(
               {"SELECT c." + via->slot + ", " + op_value(tf.expr.render("p.")) + from, via->table, true});

@@ -25,6 +25,7 @@ extern "C" {
 #include "nodes/nodeFuncs.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
+#include "parser/parsetree.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -139,8 +140,70 @@ bool changes_or_varies(Oid func, void* found) {
 
 bool volatile_walker(Node* node, void* found) {
   if (!node) return false;
+  if (IsA(node, Query)) return query_tree_walker(castNode(Query, node), (bool (*)())volatile_walker, found, 0);
   if (check_functions_in_node(node, changes_or_varies, found)) return true;
   return expression_tree_walker(node, (bool (*)())volatile_walker, found);
+}
+
+void refuse_volatile(Node* tree) {
+  Oid found = InvalidOid;
+  if (volatile_walker(tree, &found))
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("capture expressions may not call %s: it is %s", format_procedure(found),
+                           found == F_SET_CONFIG ? "a function that changes the writer's session" : "volatile"),
+                    errdetail("A captured value must be a function of the row alone, the same each time it is computed "
+                              "(an UPDATE removes the old value it computes again)."),
+                    errhint("Use only immutable or stable functions in track_fields, computed_fields and filters.")));
+}
+
+namespace {
+
+// Which columns of the derived table standing for the source row (range
+// table entry 1 of `row_query`) a join filter reads.
+struct RowColumns {
+  Query* row_query;
+  int depth;  // queries entered below row_query
+  Bitmapset* used;
+  bool all;  // a whole-row reference, or a column merged by JOIN USING
+};
+
+bool row_columns_walker(Node* node, RowColumns* c) {
+  if (!node) return false;
+  if (IsA(node, Var)) {
+    const Var* v = castNode(Var, node);
+    if (static_cast<int>(v->varlevelsup) != c->depth) return false;
+    const RangeTblEntry* rte = rt_fetch(v->varno, c->row_query->rtable);
+    if (rte->rtekind == RTE_JOIN)
+      c->all = true;
+    else if (v->varno == 1)
+      c->used = v->varattno > 0 ? bms_add_member(c->used, v->varattno) : (c->all = true, c->used);
+    return false;
+  }
+  if (IsA(node, Query)) {
+    c->depth++;
+    const bool r = query_tree_walker(castNode(Query, node), (bool (*)())row_columns_walker, c, QTW_IGNORE_JOINALIASES);
+    c->depth--;
+    return r;
+  }
+  return expression_tree_walker(node, (bool (*)())row_columns_walker, c);
+}
+
+}  // namespace
+
+Bitmapset* join_filter_reads(Query* q, const char* alias) {
+  // SELECT EXISTS (<row_query>): see trigger_gen::join_filter_sql.
+  const auto* te = linitial_node(TargetEntry, q->targetList);
+  Query* row_query = IsA(te->expr, SubLink) ? castNode(Query, castNode(SubLink, te->expr)->subselect) : nullptr;
+  if (!row_query || row_query->rtable == NIL || rt_fetch(1, row_query->rtable)->rtekind != RTE_SUBQUERY ||
+      strcmp(rt_fetch(1, row_query->rtable)->eref->aliasname, alias) != 0)
+    elog(ERROR, "bitdex_sync: the join filter query does not have the shape it was built with");
+  RowColumns c{row_query, 0, nullptr, false};
+  query_tree_walker(row_query, (bool (*)())row_columns_walker, &c, QTW_IGNORE_JOINALIASES);
+  if (c.all) {
+    const int n = list_length(castNode(Query, rt_fetch(1, row_query->rtable)->subquery)->targetList);
+    for (int i = 1; i <= n; i++) c.used = bms_add_member(c.used, i);
+  }
+  return c.used;
 }
 
 Query* analyze_select(Oid relid, const char* select_list) {
@@ -160,14 +223,7 @@ Query* analyze_select(Oid relid, const char* select_list) {
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("aggregates, window functions and set-returning functions are not allowed in capture "
                            "expressions")));
-  Oid found = InvalidOid;
-  if (volatile_walker(reinterpret_cast<Node*>(q->targetList), &found))
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("capture expressions may not call %s: it is %s", format_procedure(found),
-                           found == F_SET_CONFIG ? "a function that changes the writer's session" : "volatile"),
-                    errdetail("A captured value must be a function of the row alone, the same each time it is computed "
-                              "(an UPDATE removes the old value it computes again)."),
-                    errhint("Use only immutable or stable functions in track_fields, computed_fields and filters.")));
+  refuse_volatile(reinterpret_cast<Node*>(q->targetList));
   return q;
 }
 

@@ -111,8 +111,11 @@ struct Source {
   Compiled* qcols;   // one per column placeholder, in order ({ids} excluded)
   StoredQuery* ids;  // fan-out with expression: the query computing {ids}
   int nids;
-  Compiled* ids_params;  // its $1..$n
-  StoredQuery* rows;     // fan_out_per_row: child slots for a parent key ($1)
+  Compiled* ids_params;      // its $1..$n
+  StoredQuery* join_filter;  // query fan-out with "join", no "expression": whether a row counts
+  int njf;
+  Compiled* jf_params;  // its $1..$n: the row's columns it reads
+  StoredQuery* rows;    // fan_out_per_row: child slots for a parent key ($1)
   Compiled parent_key;
   MemoryContext cxt;
   ExprContext* econtext;
@@ -123,8 +126,8 @@ Source* g_sources = nullptr;
 bool g_callbacks_registered = false;
 
 void drop_plans(Source* s, Oid relid) {
-  if (s->ids) invalidate_stored_query(s->ids, relid);
-  if (s->rows) invalidate_stored_query(s->rows, relid);
+  for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
+    if (q) invalidate_stored_query(q, relid);
 }
 
 // Relcache invalidation of a captured table (ALTER TABLE, ...): recompile;
@@ -341,14 +344,18 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   s->has_filter = spec_get(spec, "filter") != nullptr;
   s->nqcols = spec_count(spec, "query_cols");
   s->nids = spec_count(spec, "ids_params");
+  s->njf = spec_count(spec, "filter_params");
   if (s->kind == Kind::QueryFanOut) s->query = MemoryContextStrdup(s->cxt, spec_str(spec, "query"));
   // The order of trigger_gen::spec_expressions.
-  const int expected =
-      1 + s->nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids + (s->kind == Kind::RowFanOut ? 1 : 0);
+  const int expected = 1 + s->nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids +
+                       (s->kind == Kind::RowFanOut ? 1 : 0) + s->njf;
 
   MemoryContext old = MemoryContextSwitchTo(s->cxt);
   List* trees = castNode(List, stringToNode(compiled));
-  if (list_length(trees) != 3) elog(ERROR, "bitdex_sync: the recorded capture definition is malformed");
+  // (select list, {ids} query, children query[, join filter query]): the
+  // fourth came with join filters; definitions recorded before have three.
+  if (list_length(trees) != 3 && list_length(trees) != 4)
+    elog(ERROR, "bitdex_sync: the recorded capture definition is malformed");
   Query* select = castNode(Query, linitial(trees));
   List* exprs = NIL;
   ListCell* lc;
@@ -367,6 +374,9 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   }
   s->ids = stored_query((Node*)lsecond(trees));
   s->rows = stored_query((Node*)lthird(trees));
+  s->join_filter = list_length(trees) == 4 ? stored_query((Node*)lfourth(trees)) : nullptr;
+  if (spec_get(spec, "filter_sql") && !s->join_filter)
+    elog(ERROR, "bitdex_sync: the recorded capture definition lacks its join filter query");
   if ((s->nids > 0 || s->kind == Kind::QueryFanOut) && spec_get(spec, "ids_params") && !s->ids)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
   if (s->kind == Kind::RowFanOut && !s->rows)
@@ -416,13 +426,18 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   if (s->kind == Kind::RowFanOut)
     compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, Use::Bound, "the parent key");
   if (!join && s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
+  if (s->njf > 0) {
+    s->jf_params = (Compiled*)palloc0(sizeof(Compiled) * s->njf);
+    for (int i = 0; i < s->njf; i++)
+      compile_one(s, (Expr*)list_nth(exprs, at++), &s->jf_params[i], Use::Bound, "a join filter parameter");
+  }
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   s->valid = true;
 }
 
 void free_source(Source* s) {
-  for (StoredQuery* q : {s->ids, s->rows})
+  for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q && q->cxt) MemoryContextDelete(q->cxt);
   MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
 }
@@ -938,13 +953,35 @@ void render_query(Source* s, TupleTableSlot* row, StringInfo out) {
   }
 }
 
+bool first_bool(TupleTableSlot* slot, void* arg) {
+  bool isnull;
+  Datum d = slot_getattr(slot, 1, &isnull);
+  *static_cast<bool*>(arg) = !isnull && DatumGetBool(d);
+  return false;
+}
+
+// Whether `row` passes the fan-out's filter: over the row alone, or (join
+// filter) over the row joined to the join's tables, run with the writer's
+// rights in the writing transaction's snapshot.
+bool filter_holds(Source* s, TupleTableSlot* row) {
+  if (!s->join_filter) return cond_true(s, &s->filter, row);
+  const int n = s->njf > 0 ? s->njf : 1;
+  Datum* values = (Datum*)palloc(sizeof(Datum) * n);
+  bool* nulls = (bool*)palloc(sizeof(bool) * n);
+  Oid* types = (Oid*)palloc(sizeof(Oid) * n);
+  eval_params(s, s->jf_params, s->njf, row, values, nulls, types);
+  bool holds = false;
+  run_stored_query(s->join_filter, s->njf, types, values, nulls, first_bool, &holds);
+  return holds;
+}
+
 // Applies a fan-out's filter to the event: a row entering the filter counts
 // as an INSERT, one leaving it as a DELETE; false when the row is outside the
 // filter on every side (nothing to capture).
 bool filtered_event(Source* s, TriggerEvent* ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
-  if (!s->has_filter) return true;
-  bool was = oldrow && cond_true(s, &s->filter, oldrow);
-  bool is = newrow && cond_true(s, &s->filter, newrow);
+  if (!s->has_filter && !s->join_filter) return true;
+  bool was = oldrow && filter_holds(s, oldrow);
+  bool is = newrow && filter_holds(s, newrow);
   if (was && is) return true;
   if (is) *ev = (*ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_INSERT;
   if (was) *ev = (*ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_DELETE;

@@ -17,6 +17,7 @@
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {
+#include "access/relation.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -61,6 +62,7 @@ struct Planned {
   Query* select = nullptr;
   Query* ids = nullptr;
   Query* rows = nullptr;
+  Query* join_filter = nullptr;  // query fan-out with "join" and no "expression"
 };
 
 // The message of a caught PostgreSQL error.
@@ -147,6 +149,47 @@ Query* check_query(const std::string& where, const std::string& key, const std::
   return q;
 }
 
+// A query fan-out's "join" without "expression", with its "filter": the
+// query deciding whether a row counts, analysed over the row's columns (as
+// parameters) that it reads. It is analysed first with every column, to
+// learn which it reads: the trigger then depends on those only.
+void plan_join_filter(Planned& p, const std::string& where) {
+  const Source& s = *p.src;
+  for (const auto& c : s.join_filter->columns) need_column(p.relid, where, "join", c, s.table);
+  std::vector<std::string> names;
+  std::vector<Oid> types;
+  pg_guard([&] {
+    Relation rel = relation_open(p.relid, AccessShareLock);
+    TupleDesc desc = RelationGetDescr(rel);
+    for (int i = 0; i < desc->natts; i++) {
+      Form_pg_attribute a = TupleDescAttr(desc, i);
+      if (a->attisdropped) continue;
+      names.emplace_back(NameStr(a->attname));
+      types.push_back(a->atttypid);
+    }
+    relation_close(rel, AccessShareLock);
+  });
+  const std::string key = s.filter ? "join + filter" : "join";
+  const std::string alias = config::split_table(s.table).second;
+  Query* all = check_query(where, key, trigger_gen::join_filter_sql(s, names), types, p.relid);
+  Bitmapset* used = pg_guard([&] { return join_filter_reads(all, alias.c_str()); });
+  std::vector<std::string> read_names;
+  std::vector<Oid> read_types;
+  for (size_t i = 0; i < names.size(); i++)
+    if (pg_guard([&] { return bms_is_member(static_cast<int>(i + 1), used); })) {
+      read_names.push_back(names[i]);
+      read_types.push_back(types[i]);
+    }
+  p.resolved.join_filter_columns = read_names;
+  const std::string sql = trigger_gen::join_filter_sql(s, read_names);
+  p.join_filter = check_query(where, key, sql, read_types, p.relid);
+  try {
+    pg_guard([&] { refuse_volatile(reinterpret_cast<Node*>(p.join_filter)); });
+  } catch (const PgError& e) {
+    throw Error(ErrorKind::NotSupported, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
+  }
+}
+
 Planned plan_source(const Source& s, size_t index) {
   const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
   auto [schema, name] = config::split_table(s.table);
@@ -206,7 +249,8 @@ Planned plan_source(const Source& s, size_t index) {
     }
   }
   if (s.kind == SourceKind::Join) capturable("value_field", config::quote_ident(s.value_field));
-  if (s.filter) boolean("filter", s.filter->render());
+  if (s.filter && !trigger_gen::has_join_filter(s)) boolean("filter", s.filter->render());
+  if (trigger_gen::has_join_filter(s)) plan_join_filter(p, where);
 
   if (s.expression) {
     const std::string key = s.join ? "expression + join" : "expression";
@@ -393,7 +437,7 @@ void record_dependencies(Oid trigger_oid, const Planned& p) {
     ListCell* lc;
     foreach (lc, p.select->targetList) exprs = lappend(exprs, lfirst_node(TargetEntry, lc)->expr);
     recordDependencyOnExpr(&self, (Node*)exprs, p.select->rtable, DEPENDENCY_NORMAL);
-    for (Query* q : {p.ids, p.rows})
+    for (Query* q : {p.ids, p.rows, p.join_filter})
       if (q) recordDependencyOnExpr(&self, (Node*)q, NIL, DEPENDENCY_NORMAL);
   });
 }
@@ -683,7 +727,7 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     if (!created[i] && rec != recorded.end() && rec->second.ours && !rec->second.compiled.empty()) {
       compiled = rec->second.compiled;  // resolved when it was created; its dependencies say so
     } else {
-      compiled = pg_guard([&] { return nodeToString(list_make3(p.select, p.ids, p.rows)); });
+      compiled = pg_guard([&] { return nodeToString(list_make4(p.select, p.ids, p.rows, p.join_filter)); });
       record_dependencies(trigger_oid, p);
     }
     std::string raw;

@@ -243,7 +243,7 @@ sources:
 )y");
   auto exprs = [&](size_t i) {
     return trigger_gen::spec_expressions(
-        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\""})));
+        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\"", {}})));
   };
   EXPECT_EQ(exprs(0), (std::vector<std::string>{"\"id\"", "\"nsfwLevel\"", "\"a\" + 1"}));
   EXPECT_EQ(exprs(1), (std::vector<std::string>{"\"imageId\"", "\"tagId\"", "\"tagId\" * 2", "\"auto\"", "\"ok\""}));
@@ -284,7 +284,48 @@ sources:
   // A value that merely starts with the letters is fine.
   EXPECT_NO_THROW(parse(
       R"y(sources: [{table: M, query: "a in [{ids}]", expression: "selected_ids(x.id)", join: "x", track_fields: [poi]}])y"));
-  EXPECT_THROW(parse(R"(sources: [{table: M, query: "a eq {id}", join: "x", track_fields: [poi]}])"), Error);
+}
+
+// BitDex's shape: "join" without "expression", with "filter" over the join,
+// decides whether a row counts; the row stands in as a derived table under
+// the table's own name, with the columns the join reads as parameters.
+TEST(Config, JoinWithoutExpressionFiltersTheRowThroughTheJoin) {
+  Config c = parse(R"y(
+sources:
+  - table: ModelVersion
+    type: fan_out
+    query: "modelVersionIds eq {id}"
+    join: 'INNER JOIN "Model" ON "Model".id = "ModelVersion"."modelId" AND "Model".owner = {ownerId}'
+    filter: '"Model".type = ''Checkpoint'''
+    track_fields: [baseModel]
+)y");
+  const Source& s = c.sources.at(0);
+  ASSERT_TRUE(trigger_gen::has_join_filter(s));
+  EXPECT_FALSE(s.expression.has_value());
+  EXPECT_EQ(trigger_gen::join_filter_sql(s, {"modelId", "ownerId"}),
+            R"(SELECT EXISTS (SELECT FROM (SELECT $1 AS "modelId", $2 AS "ownerId") AS "ModelVersion" INNER JOIN )"
+            R"("Model" ON "Model".id = "ModelVersion"."modelId" AND "Model".owner = "ModelVersion"."ownerId" )"
+            R"(WHERE ("Model".type = 'Checkpoint')))");
+  trigger_gen::Resolved r;
+  r.join_filter_columns = {"modelId", "ownerId"};
+  const json::Value spec = json::parse(trigger_gen::capture_spec(s, r));
+  EXPECT_EQ(spec.find("filter"), nullptr);  // the filter is the join query's, not an expression over the row
+  ASSERT_NE(spec.find("filter_sql"), nullptr);
+  EXPECT_EQ(trigger_gen::spec_expressions(spec),
+            (std::vector<std::string>{R"("id")", R"("baseModel")", R"("id")", R"("modelId")", R"("ownerId")"}));
+  // Another filter is another definition: its fields are cleared and reloaded.
+  Config other = parse(R"y(
+sources:
+  - {table: ModelVersion, query: "modelVersionIds eq {id}", join: 'INNER JOIN "Model" ON "Model".id = "ModelVersion"."modelId"', track_fields: [baseModel]}
+)y");
+  trigger_gen::Resolved r2;
+  r2.join_filter_columns = {"modelId"};
+  const json::Value other_spec = json::parse(trigger_gen::capture_spec(other.sources.at(0), r2));
+  EXPECT_EQ(trigger_gen::fields_to_clear(spec, 1, &other_spec, 1), (std::vector<std::string>{"baseModel"}));
+  // With "expression", "join" stays the expression's FROM clause.
+  Config with_expr = parse(
+      R"y(sources: [{table: M, query: "a in [{ids}]", expression: "array_agg(x.id)", join: "x", track_fields: [poi]}])y");
+  EXPECT_FALSE(trigger_gen::has_join_filter(with_expr.sources.at(0)));
 }
 
 // Every source example in docs/config.md ("Every key by example") parses and
@@ -347,7 +388,7 @@ sources:
     expression: "SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = {id} AND kind = {kind}"
     track_fields: [poi]
 )x");
-  trigger_gen::Resolved r{"\"public\".\"Image\""};
+  trigger_gen::Resolved r{"\"public\".\"Image\"", {}};
   EXPECT_EQ(trigger_gen::rows_sql(c.sources[0], r),
             "SELECT \"id\" FROM ONLY \"public\".\"Image\" WHERE \"postId\" = $1");
   std::string spec = trigger_gen::capture_spec(c.sources[0], r);
@@ -355,8 +396,9 @@ sources:
   EXPECT_NE(spec.find(R"x("parent_key":"\"id\"")x"), std::string::npos) << spec;
   EXPECT_EQ(trigger_gen::trigger_events(c.sources[0]), "AFTER INSERT OR UPDATE OR DELETE");
   // A different child table is a different definition, hence a different name.
-  EXPECT_NE(trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
-            trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\""}));
+  EXPECT_NE(
+      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
+      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\"", {}}));
   EXPECT_EQ(
       trigger_gen::ids_sql(c.sources[1]),
       "SELECT pg_catalog.to_jsonb((SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = $1 AND kind = $2))");

@@ -59,12 +59,13 @@ struct Source {
   std::vector<ComputedField> computed_fields;
   bool sets_alive = false;
   bool on_delete = false;
-  std::string field, value_field;      // join
-  std::optional<Template> filter;      // join
-  std::optional<Template> query;       // fan-out: BitDex query with {col} (and {ids}) placeholders
-  std::optional<Template> expression;  // fan-out: SQL whose result fills {ids}
-  std::optional<std::string> join;     // fan-out: SQL JOIN clause used with expression
-  std::optional<RowsFrom> rows_from;   // fan_out_per_row
+  std::string field, value_field;       // join
+  std::optional<Template> filter;       // join, fan-outs
+  std::optional<Template> query;        // fan-out: BitDex query with {col} (and {ids}) placeholders
+  std::optional<Template> expression;   // fan-out: SQL whose result fills {ids}
+  std::optional<std::string> join;      // query fan-out: the FROM clause of "expression", or (without one)
+  std::optional<Template> join_filter;  // ...the JOIN clauses that, with "filter", decide whether a row counts
+  std::optional<RowsFrom> rows_from;    // fan_out_per_row
   std::vector<std::string> shared_ops_fields;
   std::vector<std::string> depends_on;  // dump ordering (SPEC §9)
   Sink sink = Sink::Message;

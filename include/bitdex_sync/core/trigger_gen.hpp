@@ -15,6 +15,9 @@ namespace bitdex::trigger_gen {
 // fan_out_per_row source ("schema"."table").
 struct Resolved {
   std::string child_table;
+  // A query fan-out with "join" and no "expression": the columns of the
+  // source table that the join and its filter read, in $n order.
+  std::vector<std::string> join_filter_columns;
 };
 
 // The compact JSON the capture trigger compiles at first use:
@@ -24,6 +27,7 @@ struct Resolved {
 //  "computed":[{"f":target,"cond":<sql>,"sql":<sql>}],  join (conditional)
 //  "query":<template>,"query_cols":[..],            query fan-out
 //  "ids_sql":<SELECT to_jsonb((expr with $n))>,"ids_params":[<sql>],  ...with expression
+//  "filter_sql":<SELECT EXISTS (...)>,"filter_params":[<sql>],  ...with join, no expression
 //  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>}  fan_out_per_row
 // SQL is rendered with quoted identifiers and no row prefix.
 std::string capture_spec(const config::Source& s, const Resolved& r = {});
@@ -46,13 +50,26 @@ std::string create_sql(const std::string& qualified_table, const config::Source&
 // capture trigger consumes their analysed trees: the slot; join: the value,
 // then (value, condition) per computed field, then the filter; other kinds:
 // the fields; then one per query placeholder column, the {ids} expression's
-// parameters, the parent key (fan_out_per_row), and a fan-out's filter.
+// parameters, the parent key (fan_out_per_row), a fan-out's filter, and
+// the join filter's parameters.
 // Throws Error(InvalidInput) for a spec without the keys its kind needs.
 std::vector<std::string> spec_expressions(const json::Value& spec);
 // The query that lists a fan_out_per_row source's child slots for a parent key ($1).
 std::string rows_sql(const config::Source& s, const Resolved& r);
 // The query that computes {ids} of a fan-out with "expression" ($n = its columns).
 std::string ids_sql(const config::Source& s);
+// Whether `s` is a query fan-out whose "join" (without "expression") and
+// "filter" decide whether a row counts (BitDex's shape).
+bool has_join_filter(const config::Source& s);
+// Its condition on one row: SELECT EXISTS (SELECT FROM (SELECT $1 AS "c1",
+// ...) AS "<table>" <join> WHERE <filter>), the derived table standing for
+// the source row under the table's own name (as the join text refers to it),
+// with `columns` as its columns ($n in order); {col} placeholders in join
+// and filter refer to that row too.
+std::string join_filter_sql(const config::Source& s, const std::vector<std::string>& columns);
+// The EXISTS (...) condition of it with `row_select` (a SELECT giving the
+// row's columns) for the derived table: verify uses "SELECT p.*".
+std::string join_filter_exists(const config::Source& s, const std::string& row_select);
 std::string drop_sql(const std::string& qualified_table, const std::string& trigger);
 
 // The index fields a source writes (direct: its tracked and computed fields;

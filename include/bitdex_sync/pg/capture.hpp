@@ -33,6 +33,12 @@ List* analyze_expressions(Oid relid, const char* select_list);
 // Parses and analyses a plain SELECT with parameters $1..$n of `types`,
 // search_path pinned as above.
 Query* analyze_query(const char* sql, Oid* types, int ntypes);
+// Refuses (ereport) a tree that calls a volatile function or set_config.
+void refuse_volatile(Node* tree);
+// The columns (1-based positions) of the derived table `alias` standing for
+// the source row that the analysed join filter query `q` reads
+// (trigger_gen::join_filter_sql); all of them for a whole-row reference.
+Bitmapset* join_filter_reads(Query* q, const char* alias);
 
 // What in `tree` (an expression or a Query) runs code that a role other than
 // a superuser, `applier` or `table_owner` wrote or can still change, as a
