@@ -91,6 +91,40 @@ DELETE FROM fo_post WHERE id = 2;
 UPDATE fo_model SET poi = false WHERE id = 6;                        -- no posts: nothing
 SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
 
+-- Children that arrive under a query fan-out's parent (issue 17, item 6):
+-- "modelId eq {id}" where modelId is a plain column of the direct source on
+-- fo_version. A version inserted under a model, or moved to another one,
+-- takes the model's fields in its own record (only while the model passes
+-- the fan-out's filter); moved away, it gives them back.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: fo_model
+    query: "modelId eq {id}"
+    filter: "{kind} = 'checkpoint'"
+    track_fields: [poi, {column: kind, target: modelKind}]
+  - table: fo_version
+    track_fields: [{column: model_id, target: modelId}, kind]
+$$, load => false) ORDER BY source;
+UPDATE fo_model SET poi = true WHERE id = 5;
+INSERT INTO fo_version VALUES (60, 5, 'checkpoint');                 -- takes model 5's poi and modelKind
+INSERT INTO fo_version VALUES (61, 6, 'lora'), (62, NULL, 'x'), (63, 999, 'x');  -- outside the filter, no parent
+UPDATE fo_version SET kind = 'lora' WHERE id = 60;                   -- not a move: its own field only
+UPDATE fo_version SET model_id = 6 WHERE id = 60;                    -- moved to a lora model: gives back
+UPDATE fo_version SET model_id = 5 WHERE id = 61;                    -- moved under model 5: takes
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+-- The reader of a child table needs SELECT on the parent only (the row lock
+-- that orders a parent's change against the child's write is capture's).
+CREATE ROLE fo_writer;
+GRANT SELECT, INSERT ON fo_version TO fo_writer;
+GRANT SELECT ON fo_model TO fo_writer;
+SET ROLE fo_writer;
+INSERT INTO fo_version VALUES (64, 5, 'checkpoint');
+RESET ROLE;
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+DELETE FROM fo_version WHERE id >= 60;
+REVOKE ALL ON fo_version, fo_model FROM fo_writer;
+DROP ROLE fo_writer;
+
 -- BitDex's own shape (issue 17, item 10), this exact source from its Civitai
 -- config: "join" without "expression", "filter" over that join. The row
 -- counts only while the join finds a row passing the filter, the OLD row on

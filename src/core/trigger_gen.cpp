@@ -2,6 +2,7 @@
 #include "bitdex_sync/core/trigger_gen.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/core/sha256.hpp"
@@ -63,6 +64,59 @@ std::string join_filter_sql(const config::Source& s, const std::vector<std::stri
     row += (i ? ", $" : "$") + std::to_string(i + 1) + " AS " + config::quote_ident(columns[i]);
   if (row.empty()) row = "1";  // it reads no column of the row
   return "SELECT " + join_filter_exists(s, "SELECT " + row);
+}
+
+std::optional<FanIn> fan_in_of(const config::Config& cfg, const config::Source& fan_out) {
+  if (fan_out.kind != SourceKind::QueryFanOut || fan_out.expression || !fan_out.query) return std::nullopt;
+  const config::Template& query = *fan_out.query;
+  const std::string& q = query.text;
+  const size_t eq = q.find(" eq ");
+  if (eq == std::string::npos || query.columns.size() != 1) return std::nullopt;
+  auto trim = [](std::string t) {
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    return t;
+  };
+  const std::string field = trim(q.substr(0, eq)), value = trim(q.substr(eq + 4));
+  if (value != "{" + query.columns[0] + "}" || field.empty() || field.find(' ') != std::string::npos)
+    return std::nullopt;
+  std::optional<FanIn> hit;
+  for (size_t i = 0; i < cfg.sources.size(); i++) {
+    const config::Source& d = cfg.sources[i];
+    if (d.kind != SourceKind::Direct) continue;
+    for (const auto& tf : d.track_fields)
+      if (tf.target == field && tf.expr.columns.size() == 1 && tf.expr.text == "{" + tf.expr.columns[0] + "}") {
+        if (hit) return std::nullopt;  // two sources write the field: no one child table
+        hit = FanIn{i, field, tf.expr.columns[0], query.columns[0]};
+      }
+  }
+  return hit;
+}
+
+std::string fan_in_sql(const config::Source& fan_out, const FanIn& f, const std::string& parent_table, bool only) {
+  std::string sql = "SELECT ";
+  for (size_t i = 0; i < fan_out.track_fields.size(); i++)
+    sql += (i ? ", " : "") + fan_out.track_fields[i].expr.render("p.");
+  sql += std::string(" FROM ") + (only ? "ONLY " : "") + parent_table + " AS p WHERE p." +
+         config::quote_ident(f.parent_column) + " = $1";
+  if (has_join_filter(fan_out))
+    sql += " AND " + join_filter_exists(fan_out, "SELECT p.*");
+  else if (fan_out.filter)
+    sql += " AND (" + fan_out.filter->render("p.") + ")";
+  return sql + " FOR SHARE OF p";
+}
+
+bool same_but_fan_ins(const std::string& a, const std::string& b) {
+  if (a.empty() || b.empty()) return false;
+  auto without = [](const std::string& spec) {
+    json::Value v = json::parse(spec);
+    auto& m = v.members;
+    m.erase(std::remove_if(m.begin(), m.end(), [](const auto& kv) { return kv.first == "fan_in"; }), m.end());
+    std::string out;
+    json::write(out, v);
+    return out;
+  };
+  return without(a) == without(b);
 }
 
 std::string capture_spec(const config::Source& s, const Resolved& r) {
@@ -140,6 +194,26 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       }
       out += "]";
     }
+  }
+  if (!r.fan_ins.empty()) {
+    key(out, "fan_in");
+    out += "[";
+    for (size_t i = 0; i < r.fan_ins.size(); i++) {
+      const ResolvedFanIn& f = r.fan_ins[i];
+      if (i) out += ",";
+      out += "{";
+      str_member(out, "source", f.source);
+      str_member(out, "field", f.field);
+      str_member(out, "sql", f.sql);
+      key(out, "fields");
+      out += "[";
+      for (size_t j = 0; j < f.targets.size(); j++) {
+        if (j) out += ",";
+        json::write_string(out, f.targets[j]);
+      }
+      out += "]}";
+    }
+    out += "]";
   }
   if (has_join_filter(s)) {
     str_member(out, "filter_sql", join_filter_sql(s, r.join_filter_columns));

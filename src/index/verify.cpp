@@ -60,33 +60,16 @@ struct Plan {
 };
 
 // A query fan-out's "F eq {col}": the direct source whose field F is a plain
-// column, and the parent's column.
+// column, and the parent's column (trigger_gen::fan_in_of).
 struct DirectColumn {
   std::string table, slot, column, parent_column;
 };
 
-std::optional<DirectColumn> eq_column(const config::Config& cfg, const config::Template& query) {
-  const std::string& q = query.text;
-  const size_t eq = q.find(" eq ");
-  if (eq == std::string::npos || query.columns.size() != 1) return std::nullopt;
-  auto trim = [](std::string t) {
-    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-    return t;
-  };
-  const std::string field = trim(q.substr(0, eq)), value = trim(q.substr(eq + 4));
-  if (value != "{" + query.columns[0] + "}" || field.empty() || field.find(' ') != std::string::npos)
-    return std::nullopt;
-  std::optional<DirectColumn> hit;
-  for (const config::Source& d : cfg.sources) {
-    if (d.kind != SourceKind::Direct) continue;
-    for (const auto& tf : d.track_fields)
-      if (tf.target == field && tf.expr.columns.size() == 1 && tf.expr.text == "{" + tf.expr.columns[0] + "}") {
-        if (hit) return std::nullopt;  // two sources write the field: not one join
-        hit = DirectColumn{qualified(d.table), config::quote_ident(d.slot_field), tf.expr.columns[0], query.columns[0]};
-      }
-  }
-  return hit;
+std::optional<DirectColumn> eq_column(const config::Config& cfg, const config::Source& fan_out) {
+  const std::optional<trigger_gen::FanIn> f = trigger_gen::fan_in_of(cfg, fan_out);
+  if (!f) return std::nullopt;
+  const config::Source& d = cfg.sources[f->child];
+  return DirectColumn{qualified(d.table), config::quote_ident(d.slot_field), f->child_column, f->parent_column};
 }
 
 Plan make_plan(const config::Config& cfg, bool join_query_fan_outs, const std::set<std::string>& partitioned) {
@@ -155,8 +138,7 @@ Plan make_plan(const config::Config& cfg, bool join_query_fan_outs, const std::s
         // "F eq {col}" where F is a plain column of a direct source: the
         // slots are the rows of that source whose column equals the
         // parent's, so the tables can be joined.
-        const std::optional<DirectColumn> via =
-            s.expression || !join_query_fan_outs ? std::nullopt : eq_column(cfg, *s.query);
+        const std::optional<DirectColumn> via = !join_query_fan_outs ? std::nullopt : eq_column(cfg, s);
         if (!via) {
           for (const auto& tf : s.track_fields)
             plan.unverified.push_back(

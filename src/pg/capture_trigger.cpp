@@ -53,6 +53,7 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 }
 
@@ -94,6 +95,17 @@ struct Field {
 
 enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
 
+// A direct source's rows are the children of a query fan-out "F eq {col}":
+// a row arriving under a parent (INSERT, or a change of F) takes the
+// parent's fields (trigger_gen::fan_in_sql, $1 = F's value).
+struct FanIn {
+  int field;  // index of F in the source's fields
+  StoredQuery* query;
+  int ncols;
+  Compiled* cols;  // how each result column is written (its type)
+  const char** targets;
+};
+
 struct Source {
   Oid tgoid;  // the firing trigger (a partition's clone of the recorded one, or that one)
   Oid relid;
@@ -116,6 +128,8 @@ struct Source {
   int njf;
   Compiled* jf_params;  // its $1..$n: the row's columns it reads
   StoredQuery* rows;    // fan_out_per_row: child slots for a parent key ($1)
+  int nfan_ins;
+  FanIn* fan_ins;  // direct
   Compiled parent_key;
   MemoryContext cxt;
   ExprContext* econtext;
@@ -128,6 +142,7 @@ bool g_callbacks_registered = false;
 void drop_plans(Source* s, Oid relid) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q) invalidate_stored_query(q, relid);
+  for (int i = 0; i < s->nfan_ins; i++) invalidate_stored_query(s->fan_ins[i].query, relid);
 }
 
 // Relcache invalidation of a captured table (ALTER TABLE, ...): recompile;
@@ -284,10 +299,21 @@ bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
 // condition (must be boolean), or a bound query parameter (any type).
 enum class Use { Value, Condition, Bound };
 
-void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
-  c->type = exprType((Node*)e);
+// How values of `type` are written (conv, length, output function).
+void describe_type(Source* s, Oid type, Compiled* c) {
+  c->type = type;
   c->conv = conv_for_type(c->type);
   get_typlenbyval(c->type, &c->typlen, &c->typbyval);
+  if (c->conv == Conv::Output || c->conv == Conv::Number) {
+    Oid outfn;
+    bool varlena;
+    getTypeOutputInfo(c->type, &outfn, &varlena);
+    fmgr_info_cxt(outfn, &c->out, s->cxt);
+  }
+}
+
+void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
+  describe_type(s, exprType((Node*)e), c);
   c->cols = nullptr;
   pull_varattnos((Node*)e, 1, &c->cols);
   c->always = contain_volatile_functions((Node*)e) ||
@@ -304,12 +330,6 @@ void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
   } else {
     c->attnum = 0;
     c->state = ExecInitExpr(expression_planner(e), nullptr);
-  }
-  if (c->conv == Conv::Output || c->conv == Conv::Number) {
-    Oid outfn;
-    bool varlena;
-    getTypeOutputInfo(c->type, &outfn, &varlena);
-    fmgr_info_cxt(outfn, &c->out, s->cxt);
   }
 }
 
@@ -352,9 +372,10 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
 
   MemoryContext old = MemoryContextSwitchTo(s->cxt);
   List* trees = castNode(List, stringToNode(compiled));
-  // (select list, {ids} query, children query[, join filter query]): the
-  // fourth came with join filters; definitions recorded before have three.
-  if (list_length(trees) != 3 && list_length(trees) != 4)
+  // (select list, {ids} query, children query[, join filter query[, fan-in
+  // queries]]): definitions recorded before join filters have three, before
+  // fan-ins four.
+  if (list_length(trees) < 3 || list_length(trees) > 5)
     elog(ERROR, "bitdex_sync: the recorded capture definition is malformed");
   Query* select = castNode(Query, linitial(trees));
   List* exprs = NIL;
@@ -374,7 +395,8 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   }
   s->ids = stored_query((Node*)lsecond(trees));
   s->rows = stored_query((Node*)lthird(trees));
-  s->join_filter = list_length(trees) == 4 ? stored_query((Node*)lfourth(trees)) : nullptr;
+  s->join_filter = list_length(trees) >= 4 ? stored_query((Node*)lfourth(trees)) : nullptr;
+  List* fan_ins = list_length(trees) >= 5 ? castNode(List, list_nth(trees, 4)) : NIL;
   if (spec_get(spec, "filter_sql") && !s->join_filter)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its join filter query");
   if ((s->nids > 0 || s->kind == Kind::QueryFanOut) && spec_get(spec, "ids_params") && !s->ids)
@@ -431,6 +453,32 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     for (int i = 0; i < s->njf; i++)
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->jf_params[i], Use::Bound, "a join filter parameter");
   }
+  if (const bitdex::json::Value* fi = spec_get(spec, "fan_in")) {
+    if (s->kind != Kind::Direct || list_length(fan_ins) != static_cast<int>(fi->items.size()))
+      elog(ERROR, "bitdex_sync: the recorded capture definition lacks its fan-in queries");
+    s->nfan_ins = static_cast<int>(fi->items.size());
+    s->fan_ins = (FanIn*)palloc0(sizeof(FanIn) * s->nfan_ins);
+    for (int k = 0; k < s->nfan_ins; k++) {
+      FanIn* f = &s->fan_ins[k];
+      const char* field = spec_str(fi->items[k], "field");
+      f->field = -1;
+      for (int i = 0; i < s->nfields; i++)
+        if (strcmp(s->fields[i].target, field) == 0) f->field = i;
+      if (f->field < 0) elog(ERROR, "bitdex_sync: a fan-in names field \"%s\", which the source lacks", field);
+      f->query = stored_query((Node*)list_nth(fan_ins, k));
+      const bitdex::json::Value* targets = spec_get(fi->items[k], "fields");
+      f->ncols = list_length(f->query->query->targetList);
+      if (!targets || static_cast<int>(targets->items.size()) != f->ncols)
+        elog(ERROR, "bitdex_sync: a fan-in's fields do not match its query");
+      f->cols = (Compiled*)palloc0(sizeof(Compiled) * f->ncols);
+      f->targets = (const char**)palloc(sizeof(char*) * f->ncols);
+      for (int j = 0; j < f->ncols; j++) {
+        describe_type(s, exprType((Node*)list_nth_node(TargetEntry, f->query->query->targetList, j)->expr),
+                      &f->cols[j]);
+        f->targets[j] = pstrdup(targets->items[j].text.c_str());
+      }
+    }
+  }
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   s->valid = true;
@@ -439,6 +487,8 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
 void free_source(Source* s) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q && q->cxt) MemoryContextDelete(q->cxt);
+  for (int i = 0; i < s->nfan_ins; i++)
+    if (s->fan_ins[i].query->cxt) MemoryContextDelete(s->fan_ins[i].query->cxt);
   MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
 }
 
@@ -710,7 +760,7 @@ void seal_record() {
 LoadSink* g_load_sink = nullptr;
 
 // Emits g_ops (g_nops ops) as one record for entity_id, keeping g_ops.
-void emit_keep(Source* s, int64 entity_id) {
+void emit_record(bool outbox, int64 entity_id) {
   resetStringInfo(&g_record);
   InfoOut out{&g_record};
   bitdex::capture::write_header(out, entity_id);
@@ -728,13 +778,122 @@ void emit_keep(Source* s, int64 entity_id) {
                         g_record.len - static_cast<int>(bitdex::capture::kHeaderSize));
     return;
   }
-  if (s->outbox) {
+  if (outbox) {
     emit_outbox(entity_id);
   } else {
     seal_record();
     LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
   }
-  bitdex::pg::note_captured(s->outbox);  // wake the worker at commit
+  bitdex::pg::note_captured(outbox);  // wake the worker at commit
+}
+
+void emit_keep(Source* s, int64 entity_id) {
+  emit_record(s->outbox, entity_id);
+}
+
+// ---- arrivals held to the end of the statement ----------------------------------
+//
+// Inside one statement, rows may trade slots: UPDATE ... SET id = id + 1
+// over ids 1, 2, 3 (a deferrable key) moves row 1 into slot 2 before row 2
+// leaves it. Per-row records would then kill slot 2 after row 1 arrived in
+// it. So in a statement that can move rows (UPDATE, MERGE, INSERT ... ON
+// CONFLICT DO UPDATE, or one with data-modifying WITH queries), what arrives in a slot (a moved row's new
+// slot, an INSERT) is held until every row trigger of the statement has
+// fired, and written after all its leaves: the result no longer depends on
+// the order of the rows. Held records spill to disk past work_mem. Outside
+// a statement's executor (logical replication's apply worker) rows are
+// written as they come.
+
+void emit(Source* s, int64 entity_id);
+
+struct Statement {
+  bool holds;  // this statement's arrivals are held
+  MemoryContext cxt;
+  Tuplestorestate* held;
+  Statement* outer;
+};
+Statement* g_statement = nullptr;
+TupleDesc g_held_desc = nullptr;  // (entity int8, outbox bool, ops bytea, nops int4)
+ExecutorFinish_hook_type g_prev_finish = nullptr;
+
+// Emits g_ops as the record of what arrives in slot entity_id: now, or at
+// the end of the statement when it holds arrivals.
+void emit_arrival(Source* s, int64 entity_id) {
+  if (g_nops == 0) return;
+  if (g_load_sink || !g_statement || !g_statement->holds) {
+    emit(s, entity_id);
+    return;
+  }
+  if (!g_held_desc) {
+    MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+    g_held_desc = CreateTemplateTupleDesc(4);
+    TupleDescInitEntry(g_held_desc, 1, "entity", INT8OID, -1, 0);
+    TupleDescInitEntry(g_held_desc, 2, "outbox", BOOLOID, -1, 0);
+    TupleDescInitEntry(g_held_desc, 3, "ops", BYTEAOID, -1, 0);
+    TupleDescInitEntry(g_held_desc, 4, "nops", INT4OID, -1, 0);
+    MemoryContextSwitchTo(old);
+  }
+  if (!g_statement->held) {
+    MemoryContext old = MemoryContextSwitchTo(g_statement->cxt);
+    g_statement->held = tuplestore_begin_heap(false, false, work_mem);
+    MemoryContextSwitchTo(old);
+  }
+  bytea* ops = (bytea*)palloc(VARHDRSZ + g_ops.len);
+  SET_VARSIZE(ops, VARHDRSZ + g_ops.len);
+  memcpy(VARDATA(ops), g_ops.data, g_ops.len);
+  Datum values[4] = {Int64GetDatum(entity_id), BoolGetDatum(s->outbox), PointerGetDatum(ops), Int32GetDatum(g_nops)};
+  bool nulls[4] = {false, false, false, false};
+  tuplestore_putvalues(g_statement->held, g_held_desc, values, nulls);
+  pfree(ops);
+  resetStringInfo(&g_ops);
+  g_nops = 0;
+}
+
+// Writes the statement's held arrivals, in the order they came.
+void write_held(Statement* st) {
+  if (!st->held) return;
+  init_buffers();
+  TupleTableSlot* slot = MakeSingleTupleTableSlot(g_held_desc, &TTSOpsMinimalTuple);
+  tuplestore_rescan(st->held);
+  while (tuplestore_gettupleslot(st->held, true, false, slot)) {
+    bool isnull;
+    const int64 entity = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+    const bool outbox = DatumGetBool(slot_getattr(slot, 2, &isnull));
+    bytea* ops = DatumGetByteaPP(slot_getattr(slot, 3, &isnull));
+    resetStringInfo(&g_ops);
+    appendBinaryStringInfo(&g_ops, VARDATA_ANY(ops), VARSIZE_ANY_EXHDR(ops));
+    g_nops = DatumGetInt32(slot_getattr(slot, 4, &isnull));
+    emit_record(outbox, entity);
+  }
+  resetStringInfo(&g_ops);
+  g_nops = 0;
+  ExecDropSingleTupleTableSlot(slot);
+  tuplestore_end(st->held);
+  st->held = nullptr;
+}
+
+// ExecutorFinish runs the statement's AFTER row triggers: around it, the
+// statement holds arrivals and writes them at its end. A nested statement
+// (in a trigger or function) has its own. On error nothing held is written
+// (the statement's transaction or subtransaction rolls back).
+void finish_hook(QueryDesc* qd) {
+  const PlannedStmt* ps = qd->plannedstmt;
+  const bool upsert = ps && ps->planTree && IsA(ps->planTree, ModifyTable) &&
+                      castNode(ModifyTable, ps->planTree)->onConflictAction == ONCONFLICT_UPDATE;
+  Statement st{qd->operation == CMD_UPDATE || qd->operation == CMD_MERGE || upsert || (ps && ps->hasModifyingCTE),
+               CurrentMemoryContext, nullptr, g_statement};
+  g_statement = &st;
+  PG_TRY();
+  {
+    if (g_prev_finish)
+      g_prev_finish(qd);
+    else
+      standard_ExecutorFinish(qd);
+    write_held(&st);
+  }
+  PG_FINALLY();
+  { g_statement = st.outer; }
+  PG_END_TRY();
 }
 
 // Emits g_ops as one record for entity_id, then clears it.
@@ -761,6 +920,38 @@ bool cond_true(Source* s, Compiled* c, TupleTableSlot* row) {
   return !isnull && DatumGetBool(d);
 }
 
+struct FanInRows {
+  FanIn* f;
+  OpKind kind;
+};
+
+bool fan_in_row(TupleTableSlot* slot, void* arg) {
+  auto* a = static_cast<FanInRows*>(arg);
+  for (int j = 0; j < a->f->ncols; j++) {
+    bool isnull;
+    Datum d = slot_getattr(slot, j + 1, &isnull);
+    op_field(a->kind, a->f->targets[j], &a->f->cols[j], d, isnull);
+  }
+  return true;
+}
+
+// The parents' fields the row takes (kind Set) or gives back (Remove) as a
+// child of each fan-in (of the one on field `only`, when given), found by
+// the value of its field F in `row`. Only F's changes call it for an
+// UPDATE: a parent's own changes reach its children through its queryOpSet.
+void fan_in_ops(Source* s, OpKind kind, TupleTableSlot* row, int only = -1) {
+  for (int k = 0; k < s->nfan_ins; k++) {
+    FanIn* f = &s->fan_ins[k];
+    if (only >= 0 && f->field != only) continue;
+    Field* field = &s->fields[f->field];
+    bool isnull;
+    Datum key = eval(s, &field->value, row, &isnull);
+    if (isnull) continue;  // no parent has a NULL key
+    FanInRows a{f, kind};
+    run_stored_query(f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
+  }
+}
+
 void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
   if (TRIGGER_FIRED_BY_DELETE(ev)) {
     if (!s->del) return;
@@ -781,6 +972,11 @@ void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSl
         if (!distinct(&f->value, o, onull, n, nnull)) continue;
         op_field(OpKind::Remove, f->target, &f->value, o, onull);
         op_field(OpKind::Set, f->target, &f->value, n, nnull);
+        // Moved to another parent: the old one's fields go, the new one's come.
+        if (s->nfan_ins > 0) {
+          fan_in_ops(s, OpKind::Remove, oldrow, i);
+          fan_in_ops(s, OpKind::Set, newrow, i);
+        }
       }
       emit(s, new_id);
       return;
@@ -793,6 +989,7 @@ void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSl
         Datum o = eval(s, &s->fields[i].value, oldrow, &isnull);
         op_field(OpKind::Remove, s->fields[i].target, &s->fields[i].value, o, isnull);
       }
+      fan_in_ops(s, OpKind::Remove, oldrow);
     }
     emit(s, old_id);
     // ...and arrives in the new one as an INSERT would.
@@ -802,7 +999,8 @@ void direct_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSl
     Datum n = eval(s, &s->fields[i].value, newrow, &isnull);
     op_field(OpKind::Set, s->fields[i].target, &s->fields[i].value, n, isnull);
   }
-  emit(s, slot_of(s, newrow));
+  fan_in_ops(s, OpKind::Set, newrow);
+  emit_arrival(s, slot_of(s, newrow));
 }
 
 // What a join row contributes: per field (0 = the main value, then computed
@@ -856,7 +1054,10 @@ void join_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot
   for (int i = 0; i < s->nfields; i++)
     if (news[i].present && !skip[i])
       op_field(OpKind::Add, s->fields[i].target, &s->fields[i].value, news[i].value, news[i].isnull);
-  emit(s, newrow ? new_id : old_id);
+  if (newrow && !same_slot)
+    emit_arrival(s, new_id);
+  else
+    emit(s, newrow ? new_id : old_id);
   pfree(olds);
   pfree(news);
   pfree(skip);
@@ -1213,6 +1414,11 @@ void load_row(void* source, TupleTableSlot* row, LoadSink* sink) {
   }
   g_load_sink = nullptr;
   ResetExprContext(s->econtext);
+}
+
+void install_executor_hook() {
+  g_prev_finish = ExecutorFinish_hook;
+  ExecutorFinish_hook = finish_hook;
 }
 
 void load_reset() {

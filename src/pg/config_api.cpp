@@ -63,6 +63,7 @@ struct Planned {
   Query* ids = nullptr;
   Query* rows = nullptr;
   Query* join_filter = nullptr;  // query fan-out with "join" and no "expression"
+  std::vector<Query*> fan_ins;   // direct: trigger_gen::fan_in_sql of each fan-in, in spec order
 };
 
 // The message of a caught PostgreSQL error.
@@ -190,7 +191,36 @@ void plan_join_filter(Planned& p, const std::string& where) {
   }
 }
 
-Planned plan_source(const Source& s, size_t index) {
+// The fan-ins whose children are the rows of direct source `p` (see
+// trigger_gen::FanIn): each parent fan-out's fields, read by the child's
+// column value, analysed as the child's trigger will run them.
+void plan_fan_ins(Planned& p, const config::Config& cfg, const std::string& where) {
+  const Source& s = *p.src;
+  for (const Source& parent : cfg.sources) {
+    const std::optional<trigger_gen::FanIn> f = trigger_gen::fan_in_of(cfg, parent);
+    if (!f || &cfg.sources[f->child] != &s) continue;
+    const std::string key = "fan-in from source \"" + parent.name + "\" (" + parent.query->text + ")";
+    const Oid parent_relid = resolve_table(parent.table, where, key);
+    need_column(parent_relid, where, key, f->parent_column, parent.table);
+    const bool partitioned = pg_guard([&] { return get_rel_relkind(parent_relid) == RELKIND_PARTITIONED_TABLE; });
+    const std::string sql = trigger_gen::fan_in_sql(parent, *f, qualified_name(parent_relid), !partitioned);
+    std::vector<Oid> types{check_expression(p.relid, where, key, config::quote_ident(f->child_column))};
+    Query* q = nullptr;
+    try {
+      q = pg_guard([&] { return analyze_fan_in_query(sql.c_str(), types.data(), 1); });
+      pg_guard([&] { refuse_volatile(reinterpret_cast<Node*>(q)); });
+    } catch (const PgError& e) {
+      throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
+    }
+    check_code(where, key, reinterpret_cast<Node*>(q), p.relid);
+    trigger_gen::ResolvedFanIn r{parent.name, f->field, sql, {}};
+    for (const auto& tf : parent.track_fields) r.targets.push_back(tf.target);
+    p.resolved.fan_ins.push_back(std::move(r));
+    p.fan_ins.push_back(q);
+  }
+}
+
+Planned plan_source(const config::Config& cfg, const Source& s, size_t index) {
   const std::string where = "source " + std::to_string(index + 1) + " (table \"" + s.table + "\")";
   auto [schema, name] = config::split_table(s.table);
   Planned p{&s, InvalidOid, {}, {}, {}, {}, {}};
@@ -251,6 +281,7 @@ Planned plan_source(const Source& s, size_t index) {
   if (s.kind == SourceKind::Join) capturable("value_field", config::quote_ident(s.value_field));
   if (s.filter && !trigger_gen::has_join_filter(s)) boolean("filter", s.filter->render());
   if (trigger_gen::has_join_filter(s)) plan_join_filter(p, where);
+  if (s.kind == SourceKind::Direct) plan_fan_ins(p, cfg, where);
 
   if (s.expression) {
     const std::string key = s.join ? "expression + join" : "expression";
@@ -305,7 +336,7 @@ Planned plan_source(const Source& s, size_t index) {
 std::vector<Planned> plan(const config::Config& cfg) {
   std::vector<Planned> out;
   for (size_t i = 0; i < cfg.sources.size(); i++) {
-    out.push_back(plan_source(cfg.sources[i], i));
+    out.push_back(plan_source(cfg, cfg.sources[i], i));
     out.back().truncate_spec = trigger_gen::truncate_spec(cfg, cfg.sources[i]);
   }
   return out;
@@ -439,6 +470,7 @@ void record_dependencies(Oid trigger_oid, const Planned& p) {
     recordDependencyOnExpr(&self, (Node*)exprs, p.select->rtable, DEPENDENCY_NORMAL);
     for (Query* q : {p.ids, p.rows, p.join_filter})
       if (q) recordDependencyOnExpr(&self, (Node*)q, NIL, DEPENDENCY_NORMAL);
+    for (Query* q : p.fan_ins) recordDependencyOnExpr(&self, (Node*)q, NIL, DEPENDENCY_NORMAL);
   });
 }
 
@@ -534,7 +566,7 @@ void clear_and_register_loads(const config::Config& cfg, const std::vector<Plann
     std::string reason;
     if (rec == recorded.end() || !rec->second.ours)
       reason = "new source";
-    else if (rec->second.trigger != p.trigger)
+    else if (rec->second.trigger != p.trigger && !trigger_gen::same_but_fan_ins(rec->second.spec, p.spec))
       reason = "definition changed";
     else
       for (const std::string& f : trigger_gen::fields_written(*p.src))
@@ -727,7 +759,11 @@ std::vector<Action> reconcile(const config::Config& cfg, const std::vector<Plann
     if (!created[i] && rec != recorded.end() && rec->second.ours && !rec->second.compiled.empty()) {
       compiled = rec->second.compiled;  // resolved when it was created; its dependencies say so
     } else {
-      compiled = pg_guard([&] { return nodeToString(list_make4(p.select, p.ids, p.rows, p.join_filter)); });
+      compiled = pg_guard([&] {
+        List* fan_ins = NIL;
+        for (Query* q : p.fan_ins) fan_ins = lappend(fan_ins, q);
+        return nodeToString(list_make5(p.select, p.ids, p.rows, p.join_filter, fan_ins));
+      });
       record_dependencies(trigger_oid, p);
     }
     std::string raw;

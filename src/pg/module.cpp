@@ -1,4 +1,5 @@
 // Library entry point: _PG_init in the canonical order (STYLE.md rule 4).
+#include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/postgres.hpp"
 #include "bitdex_sync/pg/worker.hpp"
 
@@ -13,7 +14,8 @@ void _PG_init(void);
 
 // Refuses to load outside shared_preload_libraries: the capture worker and
 // its shared state exist only when the postmaster loads the library. Then:
-// settings, shared memory, the commit wake-up, and the workers last.
+// settings, shared memory, the commit wake-up, the utility and executor
+// hooks, and the workers last.
 void _PG_init(void) {
   if (!process_shared_preload_libraries_in_progress)
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -25,5 +27,6 @@ void _PG_init(void) {
   bitdex::pg::install_shared_memory_hooks();
   RegisterXactCallback(bitdex::pg::at_transaction_end, nullptr);
   bitdex::pg::install_utility_hook();
+  bitdex::pg::install_executor_hook();
   bitdex::pg::register_workers();
 }

@@ -243,7 +243,7 @@ sources:
 )y");
   auto exprs = [&](size_t i) {
     return trigger_gen::spec_expressions(
-        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\"", {}})));
+        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\"", {}, {}})));
   };
   EXPECT_EQ(exprs(0), (std::vector<std::string>{"\"id\"", "\"nsfwLevel\"", "\"a\" + 1"}));
   EXPECT_EQ(exprs(1), (std::vector<std::string>{"\"imageId\"", "\"tagId\"", "\"tagId\" * 2", "\"auto\"", "\"ok\""}));
@@ -388,7 +388,7 @@ sources:
     expression: "SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = {id} AND kind = {kind}"
     track_fields: [poi]
 )x");
-  trigger_gen::Resolved r{"\"public\".\"Image\"", {}};
+  trigger_gen::Resolved r{"\"public\".\"Image\"", {}, {}};
   EXPECT_EQ(trigger_gen::rows_sql(c.sources[0], r),
             "SELECT \"id\" FROM ONLY \"public\".\"Image\" WHERE \"postId\" = $1");
   std::string spec = trigger_gen::capture_spec(c.sources[0], r);
@@ -398,7 +398,7 @@ sources:
   // A different child table is a different definition, hence a different name.
   EXPECT_NE(
       trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
-      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\"", {}}));
+      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\"", {}, {}}));
   EXPECT_EQ(
       trigger_gen::ids_sql(c.sources[1]),
       "SELECT pg_catalog.to_jsonb((SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = $1 AND kind = $2))");

@@ -3,6 +3,7 @@
 // DDL. Pure text generation; the catalog checks are in src/pg.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,17 @@ namespace bitdex::trigger_gen {
 
 // What the catalog resolved for a source: the qualified child table of a
 // fan_out_per_row source ("schema"."table").
+// A fan-in a direct source's trigger runs (see FanIn below).
+struct ResolvedFanIn {
+  std::string source;                // the query fan-out
+  std::string field;                 // the child's field (a plain column) whose value finds the parents
+  std::string sql;                   // fan_in_sql
+  std::vector<std::string> targets;  // the fields its columns set, in order
+};
+
 struct Resolved {
   std::string child_table;
+  std::vector<ResolvedFanIn> fan_ins;  // direct: the fan-ins whose children its rows are
   // A query fan-out with "join" and no "expression": the columns of the
   // source table that the join and its filter read, in $n order.
   std::vector<std::string> join_filter_columns;
@@ -28,7 +38,8 @@ struct Resolved {
 //  "query":<template>,"query_cols":[..],            query fan-out
 //  "ids_sql":<SELECT to_jsonb((expr with $n))>,"ids_params":[<sql>],  ...with expression
 //  "filter_sql":<SELECT EXISTS (...)>,"filter_params":[<sql>],  ...with join, no expression
-//  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>}  fan_out_per_row
+//  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>,  fan_out_per_row
+//  "fan_in":[{"source":..,"field":F,"sql":<fan_in_sql>,"fields":[..]}]}  direct, children of query fan-outs
 // SQL is rendered with quoted identifiers and no row prefix.
 std::string capture_spec(const config::Source& s, const Resolved& r = {});
 
@@ -58,6 +69,28 @@ std::vector<std::string> spec_expressions(const json::Value& spec);
 std::string rows_sql(const config::Source& s, const Resolved& r);
 // The query that computes {ids} of a fan-out with "expression" ($n = its columns).
 std::string ids_sql(const config::Source& s);
+// A query fan-out "F eq {col}" (no "expression") where F is a plain column
+// of exactly one direct source: that source's rows are the fan-out's
+// children, joined by column. Children that arrive under a parent (INSERT,
+// or a change of that column) take the parent's fields in their own record
+// (the fan-in), and verify can join the tables.
+struct FanIn {
+  size_t child = 0;           // index of the direct source in the config
+  std::string field;          // F
+  std::string child_column;   // the child's column F is
+  std::string parent_column;  // {col}
+};
+std::optional<FanIn> fan_in_of(const config::Config& cfg, const config::Source& fan_out);
+// The query a child's trigger runs for one fan-in, with $1 the child's
+// column value: the parent's fields (the fan-out's track fields, in order)
+// of each parent row matching it and passing the fan-out's filter, locked
+// FOR SHARE so that a parent's concurrent change commits either before it
+// (and is read) or after the child (and its queryOpSet reaches the child).
+// `parent_table` is the qualified table, `only` false for a partitioned one.
+std::string fan_in_sql(const config::Source& fan_out, const FanIn& f, const std::string& parent_table, bool only);
+// Whether two capture specs differ in their fan-ins at most: the source then
+// needs no load (its parents' loads reach its rows through their queries).
+bool same_but_fan_ins(const std::string& a, const std::string& b);
 // Whether `s` is a query fan-out whose "join" (without "expression") and
 // "filter" decide whether a row counts (BitDex's shape).
 bool has_join_filter(const config::Source& s);
