@@ -68,6 +68,14 @@ $ibin apply --wal "$dir/wal2" --index "$dir/late.bdx" --consumer late --json > "
 grep -q '"applied_batches":1,"applied_ops":1,' "$dir/late.out" || fail "an --at-end consumer applied: $(cat "$dir/late.out")"
 $ibin query --index "$dir/late.bdx" --ids 'name eq "late"' | grep -qx '41' || fail "the later batch is not in the late index"
 $ibin stats --index "$dir/late.bdx" | grep -q '^field name  *1 values$' || fail "the late index holds earlier batches"
+# Once an index saved a cursor for it, the consumer is an ordinary one: a
+# new index file for it is built from batch 1 (it started at the consumer's
+# cursor, empty, and claimed success).
+rm -f "$dir/late.bdx"
+$ibin apply --wal "$dir/wal2" --index "$dir/late.bdx" --consumer late --json > "$dir/late.out"
+batches2=$($bin stats "$dir/wal2" --json | grep -o '"batches":[0-9]*' | head -1 | cut -d: -f2)
+grep -q "\"applied_batches\":$batches2," "$dir/late.out" ||
+  fail "a new index of a consumer that an earlier index advanced did not start at batch 1: $(cat "$dir/late.out")"
 $bin unregister "$dir/wal2" late
 
 # A flipped byte in a sealed segment makes verify fail (exit 1) and name it.

@@ -415,7 +415,7 @@ int run(int argc, char** argv) {
       if (load_cursor(dir, rest[0]))
         throw Error(ErrorKind::InvalidInput, "consumer \"" + rest[0] + "\" is registered already",
                     "Unregister it first to move it.");
-      register_consumer(dir, rest[0], end);
+      register_consumer_at(dir, rest[0], end);
       std::printf("%s %s\n", rest[0].c_str(), cursor_json(end).c_str());
     } else if (cmd == "register") {
       register_consumer(dir, rest[0], Cursor{});

@@ -23,6 +23,9 @@ constexpr size_t kCursorSize = 36;
 const char* const kConsumersDir = "consumers";
 const char* const kCursorSuffix = ".cursor";
 const char* const kLaggingSuffix = ".lagging";
+// A consumer registered at the WAL's end that no index has saved a cursor
+// for yet: a new index starts at its cursor, not at batch 1.
+const char* const kAtEndSuffix = ".at_end";
 
 std::string consumers_dir(const std::string& dir) {
   return dir + "/" + kConsumersDir;
@@ -119,6 +122,18 @@ void save_cursor(const std::string& dir, const std::string& name, const Cursor& 
   validate_consumer_name(name);
   fileio::make_dirs(consumers_dir(dir));
   fileio::write_file_atomic(consumers_dir(dir), name + kCursorSuffix, encode_cursor(c));
+  const std::string at_end = consumers_dir(dir) + "/" + name + kAtEndSuffix;
+  if (::unlink(at_end.c_str()) == 0) fileio::fsync_dir(consumers_dir(dir));
+}
+
+void register_consumer_at(const std::string& dir, const std::string& name, const Cursor& at) {
+  save_cursor(dir, name, at);
+  fileio::write_file_atomic(consumers_dir(dir), name + kAtEndSuffix, "");
+}
+
+bool registered_at_end(const std::string& dir, const std::string& name) {
+  validate_consumer_name(name);
+  return fileio::exists(consumers_dir(dir) + "/" + name + kAtEndSuffix);
 }
 
 std::optional<Cursor> load_cursor(const std::string& dir, const std::string& name) {
@@ -130,7 +145,7 @@ std::optional<Cursor> load_cursor(const std::string& dir, const std::string& nam
 
 void unregister_consumer(const std::string& dir, const std::string& name) {
   validate_consumer_name(name);
-  for (const char* suffix : {kCursorSuffix, kLaggingSuffix}) {
+  for (const char* suffix : {kCursorSuffix, kLaggingSuffix, kAtEndSuffix}) {
     std::string path = consumers_dir(dir) + "/" + name + suffix;
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_io_error("remove file", path, errno);
   }

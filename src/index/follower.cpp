@@ -31,9 +31,12 @@ Follower::Follower(std::string wal_dir, std::string snapshot, std::string consum
   }
   if (fileio::exists(snapshot_)) {
     index_ = Index::load(snapshot_, &cursor_);
-  } else if (auto registered = wal::load_cursor(wal_dir_, consumer_); registered && registered->offset > 0) {
+  } else if (auto registered = wal::load_cursor(wal_dir_, consumer_);
+             registered && registered->offset > 0 && wal::registered_at_end(wal_dir_, consumer_)) {
     // A new index for a consumer registered at a later point (`bitdex-wal
-    // register --at-end`, then bitdex_sync.load()): it starts there.
+    // register --at-end`, then bitdex_sync.load()): it starts there. Any
+    // other new index is built from batch 1, whatever an earlier index of
+    // the consumer had reached (its first checkpoint moves the cursor).
     cursor_ = *registered;
     starts_mid_wal_ = true;
   }

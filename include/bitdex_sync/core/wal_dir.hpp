@@ -39,8 +39,14 @@ std::string retire_dir(const std::string& dir, uint64_t wal_id);
 void validate_consumer_name(const std::string& name);
 // Creates the consumer's cursor if it does not exist yet (at `start`).
 void register_consumer(const std::string& dir, const std::string& name, const Cursor& start);
-// Stores the cursor durably (atomic replace).
+// Stores the cursor durably (atomic replace); the consumer is no longer
+// "registered at the end" (an index saved where it is).
 void save_cursor(const std::string& dir, const std::string& name, const Cursor& c);
+// Registers (or moves) consumer `name` at `at`, marked as registered there
+// (`bitdex-wal register --at-end`): until an index saves a cursor for it, a
+// new index starts at `at`. Any other new index starts at batch 1.
+void register_consumer_at(const std::string& dir, const std::string& name, const Cursor& at);
+bool registered_at_end(const std::string& dir, const std::string& name);
 std::optional<Cursor> load_cursor(const std::string& dir, const std::string& name);
 // Removes the cursor and any lagging mark.
 void unregister_consumer(const std::string& dir, const std::string& name);
