@@ -309,6 +309,18 @@ CREATE FUNCTION bitdex_sync.status()
     FROM bitdex_sync.worker_state() w
     LEFT JOIN LATERAL (SELECT count(*) AS rows, min(created_at) AS oldest FROM bitdex_sync.ops
                         WHERE id > coalesce(w.outbox_done, 0)) o ON w.database = current_database()
+   WHERE w.state <> 'no worker'
+  UNION ALL
+  -- This database has the extension and no worker, and no limit is known
+  -- to have refused it one (a refused database has its worker_state() row).
+  SELECT 'slot', current_database(), 'no worker', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL,
+         CASE WHEN current_setting('bitdex_sync.databases') = ''
+              THEN 'no worker runs for this database: the launcher starts one when CREATE EXTENSION commits; after '
+                   || 'CREATE DATABASE from a template, SELECT bitdex_sync.start_worker(); see the server log'
+              ELSE 'no worker runs for this database: it is not in bitdex_sync.databases (takes a restart)' END,
+         NULL, NULL, NULL, NULL, NULL
+   WHERE NOT EXISTS (SELECT FROM bitdex_sync.worker_state() w WHERE w.database = current_database())
   UNION ALL
   -- Capture gaps of this database: recorded ones until their row is deleted
   -- (after the source is loaded again), and any not recorded yet.
@@ -356,7 +368,8 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
   LANGUAGE sql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog
   AS $$
-  WITH w AS (SELECT * FROM bitdex_sync.worker_state()),
+  WITH w AS (SELECT * FROM bitdex_sync.worker_state() WHERE state <> 'no worker'),
+  refused AS (SELECT * FROM bitdex_sync.worker_state() WHERE state = 'no worker'),
   o AS (SELECT max(id) AS max_id, count(*) FILTER (WHERE id > (SELECT outbox_done FROM w WHERE database = current_database())) AS rows
           FROM bitdex_sync.ops),
   lines AS (
@@ -377,6 +390,9 @@ CREATE FUNCTION bitdex_sync.metrics() RETURNS text
     UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="outbox",database="%s"} %s', database, outbox_ops) FROM w
     UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="all",database="%s"} %s', database, wal_bytes_written) FROM w
     UNION ALL SELECT 6, format('bitdex_sync_errors_total{database="%s"} %s', database, errors_total) FROM w
+    UNION ALL SELECT 6.5, format('bitdex_sync_worker_refused{database="%s",setting="%s"} 1', database,
+                                 CASE WHEN last_error LIKE '%max_databases%' THEN 'bitdex_sync.max_databases'
+                                      ELSE 'max_worker_processes' END) FROM refused
     UNION ALL SELECT 10, format('bitdex_sync_rejected_messages_total{database="%s"} %s', database, rejected_messages)
                  FROM w
     UNION ALL SELECT 12, format('bitdex_sync_load_rows_total{database="%s"} %s', database, load_rows) FROM w

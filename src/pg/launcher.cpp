@@ -200,6 +200,7 @@ long tend(TimestampTz now) {
       } else {
         t->handle = nullptr;
         t->start_at = TimestampTzPlusMilliseconds(now, kNoSlotDelayMs);
+        note_refusal(t->db, name, Refusal::MaxWorkerProcesses);
         ereport(WARNING, (errmsg("bitdex_sync: cannot start a worker for database \"%s\"", name),
                           errdetail("All background worker slots are in use."),
                           errhint("Raise max_worker_processes: bitdex_sync needs one for its launcher and one per "

@@ -245,14 +245,97 @@ void wake_launcher() {
   if (launcher) SetLatch(launcher);
 }
 
+namespace {
+
+void forget_refusal_locked(Oid db) {
+  for (Refusal& r : g_shared->refusals)
+    if (r.db == db) r = Refusal{};
+}
+
+// The databases other than `db` that hold a replication slot of bitdex_sync
+// and have no worker slot: the worker slots they will need.
+int slots_waiting_for_workers(Oid db) {
+  int n = 0;
+  LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+  for (int i = 0; i < max_replication_slots; i++) {
+    ReplicationSlot* s = &ReplicationSlotCtl->replication_slots[i];
+    if (!s->in_use || s->data.database == db || strncmp(NameStr(s->data.name), "bitdex_sync_", 12) != 0) continue;
+    bool has_worker = false;
+    for (WorkerShared& w : g_shared->workers()) has_worker = has_worker || w.dboid == s->data.database;
+    if (!has_worker) n++;
+  }
+  LWLockRelease(ReplicationSlotControlLock);
+  return n;
+}
+
+}  // namespace
+
+bool database_holds_slot(Oid db) {
+  char name[NAMEDATALEN];
+  snprintf(name, sizeof name, "bitdex_sync_%u", db);
+  bool found = false;
+  LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+  for (int i = 0; i < max_replication_slots && !found; i++) {
+    ReplicationSlot* s = &ReplicationSlotCtl->replication_slots[i];
+    found = s->in_use && strcmp(NameStr(s->data.name), name) == 0;
+  }
+  LWLockRelease(ReplicationSlotControlLock);
+  return found;
+}
+
+void note_refusal(Oid db, const char* dbname, Refusal::Reason reason) {
+  LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
+  Refusal* place = nullptr;
+  for (Refusal& r : g_shared->refusals)
+    if (r.db == db) place = &r;
+  for (Refusal& r : g_shared->refusals)
+    if (!place && !OidIsValid(r.db)) place = &r;
+  if (!place) {  // all taken: the oldest goes
+    place = &g_shared->refusals[0];
+    for (Refusal& r : g_shared->refusals)
+      if (r.at < place->at) place = &r;
+  }
+  place->db = db;
+  strlcpy(place->dbname, dbname, sizeof place->dbname);
+  place->reason = reason;
+  place->at = GetCurrentTimestamp();
+  LWLockRelease(g_shared->lock);
+}
+
+void forget_refusal(Oid db) {
+  LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
+  forget_refusal_locked(db);
+  LWLockRelease(g_shared->lock);
+}
+
+Refusal::Reason refusal_of(Oid db) {
+  if (!g_shared) return Refusal::None;
+  Refusal::Reason out = Refusal::None;
+  LWLockAcquire(g_shared->lock, LW_SHARED);
+  for (const Refusal& r : g_shared->refusals)
+    if (r.db == db) out = r.reason;
+  LWLockRelease(g_shared->lock);
+  return out;
+}
+
+// A free worker slot goes to a database only if enough stay free for the
+// databases that hold a bitdex_sync replication slot and have no worker yet
+// (they come first: a database refused a worker never holds an inactive
+// slot, unless more databases hold slots than bitdex_sync.max_databases).
 WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
   *duplicate = false;
+  const bool holds_slot = database_holds_slot(dboid);
   LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
   WorkerShared *mine = nullptr, *free = nullptr;
+  int nfree = 0;
   for (WorkerShared& w : g_shared->workers()) {
     if (w.dboid == dboid) mine = &w;
-    if (!free && !OidIsValid(w.dboid)) free = &w;
+    if (!OidIsValid(w.dboid)) {
+      nfree++;
+      if (!free) free = &w;
+    }
   }
+  if (!mine && free && !holds_slot && nfree <= slots_waiting_for_workers(dboid)) free = nullptr;
   WorkerShared* w = mine ? mine : free;
   if (mine && mine->pid != 0 && mine->pid != MyProcPid) {
     *duplicate = true;
@@ -273,6 +356,7 @@ WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
     w->state = WorkerState::Starting;
     w->started_at = GetCurrentTimestamp();
     SpinLockRelease(&w->mutex);
+    forget_refusal_locked(dboid);
   }
   LWLockRelease(g_shared->lock);
   return w;

@@ -19,6 +19,7 @@ extern "C" {
 #include "replication/message.h"
 #include "utils/array.h"
 #include "utils/pg_lsn.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -37,6 +38,14 @@ Datum bitdex_sync_wal_directory(PG_FUNCTION_ARGS);
 namespace {
 
 constexpr int kColumns = 28;  // worker_state()'s OUT columns
+
+const char* refusal_text(bitdex::pg::Refusal::Reason r) {
+  return r == bitdex::pg::Refusal::MaxDatabases
+             ? "no worker: bitdex_sync.max_databases databases have one already; raise bitdex_sync.max_databases "
+               "(takes a restart)"
+             : "no worker: every background worker slot is in use; raise max_worker_processes (takes a restart): "
+               "bitdex_sync needs one for its launcher and one per database with the extension";
+}
 
 }  // namespace
 
@@ -91,6 +100,27 @@ Datum bitdex_sync_worker_state(PG_FUNCTION_ARGS) {
       elog(ERROR, "bitdex_sync.worker_state: built %d columns, the function returns %d", c, rsinfo->setDesc->natts);
     tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
   }
+  // Databases a limit refused a worker (and that still exist): state "no
+  // worker", the setting to raise as the last error.
+  Refusal refusals[kRefusals];
+  LWLockAcquire(st->lock, LW_SHARED);
+  memcpy(refusals, st->refusals, sizeof refusals);
+  LWLockRelease(st->lock);
+  for (const Refusal& r : refusals) {
+    if (!OidIsValid(r.db) || !SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(r.db))) continue;
+    Datum v[kColumns];
+    bool null[kColumns];
+    for (int i = 0; i < kColumns; i++) null[i] = true;
+    v[0] = CStringGetTextDatum(r.dbname);
+    null[0] = false;
+    v[2] = CStringGetTextDatum("no worker");
+    null[2] = false;
+    v[14] = CStringGetTextDatum(refusal_text(r.reason));  // last_error
+    null[14] = false;
+    v[15] = TimestampTzGetDatum(r.at);  // last_error_at
+    null[15] = false;
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, null);
+  }
   PG_RETURN_VOID();
 }
 
@@ -119,6 +149,10 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
                       errmsg("bitdex_sync.wait_for_sync cannot wait in the transaction that created the extension"),
                       errhint("Commit CREATE EXTENSION first: the database's worker starts at that commit.")));
   }
+  if (!w && refusal_of(MyDatabaseId) != Refusal::None)
+    ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                    errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
+                    errdetail("%s.", refusal_text(refusal_of(MyDatabaseId)))));
   if (!w && !automatic_mode())
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("no bitdex_sync worker runs for database \"%s\"", get_database_name(MyDatabaseId)),
@@ -164,8 +198,8 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
                              "\"%s\"",
                              elapsed_ms, get_database_name(MyDatabaseId)),
                       errhint("The launcher starts one when CREATE EXTENSION commits; after CREATE DATABASE from a "
-                              "template with the extension, run SELECT bitdex_sync.start_worker(). Check "
-                              "max_worker_processes and the server log.")));
+                              "template with the extension, run SELECT bitdex_sync.start_worker(). See "
+                              "bitdex_sync.status() and the server log.")));
     if (elapsed_ms >= limit_ms)
       ereport(ERROR,
               (errcode(ERRCODE_QUERY_CANCELED), errmsg("bitdex_sync.wait_for_sync timed out after %ld ms", elapsed_ms),

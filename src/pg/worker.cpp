@@ -568,6 +568,7 @@ void at_worker_exit(int, Datum) {
 // tells the launcher, and exits with 0 (not restarted).
 [[noreturn]] void leave_without_extension(WorkerShared* w, const char* dbname) {
   ereport(LOG, (errmsg("bitdex_sync: no extension in database \"%s\", its worker exits", dbname)));
+  forget_refusal(MyDatabaseId);  // it needs no worker
   decline_worker(w, MyDatabaseId);
   proc_exit(0);
 }
@@ -582,7 +583,10 @@ void after_error() {
   int failures = ++w->failures;
   w->errors_total++;
   w->last_error_at = GetCurrentTimestamp();
-  strlcpy(w->last_error, e->message ? e->message : "unknown error", sizeof w->last_error);
+  // With PostgreSQL's hint, which often names the setting to raise
+  // ("Increase max_replication_slots and try again.").
+  snprintf(w->last_error, sizeof w->last_error, "%s%s%s", e->message ? e->message : "unknown error",
+           e->hint ? " HINT: " : "", e->hint ? e->hint : "");
   w->state = WorkerState::Backoff;
   SpinLockRelease(&w->mutex);
   long backoff_ms = 1000L << std::min(failures - 1, 6);
@@ -660,10 +664,17 @@ void bitdex_sync_worker_main(Datum arg) {
     proc_exit(0);
   }
   if (!w) {
-    ereport(WARNING, (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
-                      errdetail("bitdex_sync.max_databases (%d) databases have a worker already.",
-                                shared_state()->max_databases),
-                      errhint("Raise bitdex_sync.max_databases (takes a server restart).")));
+    const bool holds_slot = database_holds_slot(MyDatabaseId);
+    note_refusal(MyDatabaseId, dbname, Refusal::MaxDatabases);
+    ereport(WARNING,
+            (errmsg("bitdex_sync: no worker slot left for database \"%s\"", dbname),
+             holds_slot ? errdetail("bitdex_sync.max_databases (%d) databases have a worker already; replication "
+                                    "slot \"bitdex_sync_%u\" of this database is kept, and retains server WAL.",
+                                    shared_state()->max_databases, MyDatabaseId)
+                        : errdetail("bitdex_sync.max_databases (%d) databases have a worker already.",
+                                    shared_state()->max_databases),
+             errhint("Raise bitdex_sync.max_databases (takes a server restart); status() shows the database as "
+                     "\"no worker\".")));
     decline_worker(nullptr, MyDatabaseId);
     proc_exit(0);
   }

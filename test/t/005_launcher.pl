@@ -182,7 +182,49 @@ sleep 1;
 is($small->safe_psql('postgres', "SELECT string_agg(datname, ',') FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'"),
   'db2', 'max_databases: after a restart the database with the extension has the slot');
 unlike(slurp_file($small->logfile, $small_log), qr/no worker slot left/, '... the probe of the other did not take it');
+
+# Databases left without a worker are shown (issue 17, item 13): the refused
+# one has a "no worker" row naming the setting in every database's status()
+# and a metric; wait_for_sync fails at once naming the setting; it holds no
+# replication slot. At each restart the database that holds the slot keeps
+# the worker (before, which one won was a race, and the loser's slot pinned
+# server WAL).
+$small->safe_psql('postgres', 'CREATE EXTENSION bitdex_sync');
+my $db2_slot = 'bitdex_sync_' . $small->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'db2'");
+my $pg_slot = 'bitdex_sync_' . $small->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'postgres'");
+for my $restart (0 .. 3) {
+  if ($restart) {
+    $small->restart;
+    $small->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'bitdex_sync worker'");
+  }
+  ok($small->poll_query_until('postgres', q{SELECT count(*) = 1 FROM bitdex_sync.status()
+      WHERE source = 'slot' AND database = 'postgres' AND state = 'no worker' AND last_error LIKE '%max_databases%'}),
+    "restart $restart: status() shows postgres without a worker, naming bitdex_sync.max_databases");
+  is($small->safe_psql('db2', "SELECT string_agg(database || ' ' || state, ',' ORDER BY database) FROM bitdex_sync.status() WHERE source = 'slot'"),
+    'db2 running,postgres no worker', "restart $restart: db2, which holds the slot, keeps the worker; db2's status() shows postgres too");
+  is($small->safe_psql('postgres', "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots"),
+    $db2_slot, "restart $restart: the refused database holds no replication slot");
+}
+my ($rc, $out, $err) = $small->psql('postgres', "SELECT bitdex_sync.wait_for_sync('30s')");
+like($err, qr/no bitdex_sync worker runs for database "postgres".*\n.*DETAIL:  no worker: bitdex_sync.max_databases/,
+  'wait_for_sync fails at once, naming bitdex_sync.max_databases');
+like($small->safe_psql('postgres', 'SELECT bitdex_sync.metrics()'),
+  qr/^bitdex_sync_worker_refused\{database="postgres",setting="bitdex_sync.max_databases"\} 1$/m,
+  'metrics() counts the database refused a worker');
 $small->stop('fast');
+
+# Out of replication slots: status() shows PostgreSQL's error with its hint,
+# which names the setting (before, only the message: "all replication slots
+# are in use", or for origins "... replication origin with ID 14").
+my $few = bitdex_node('few_slots', "max_replication_slots = 1\nmax_wal_senders = 1\n");
+create_extension($few);
+$few->safe_psql('postgres', 'CREATE DATABASE db2');
+$few->safe_psql('db2', 'CREATE EXTENSION bitdex_sync');
+ok($few->poll_query_until('db2', q{SELECT count(*) = 1 FROM bitdex_sync.status()
+    WHERE source = 'slot' AND database = 'db2' AND last_error LIKE '%HINT: %max_replication_slots%'}),
+  'out of replication slots: status() shows the error with the hint naming max_replication_slots')
+  or diag($few->safe_psql('db2', "SELECT last_error FROM bitdex_sync.status() WHERE source = 'slot'"));
+$few->stop('fast');
 
 $node->stop('fast');
 $log = slurp_file($node->logfile);

@@ -92,9 +92,21 @@ struct WorkerShared {
 // under `lock` (exclusive) and the slot's mutex; either suffices to read.
 // In shared memory the header is followed by max_databases worker slots,
 // then the launcher's two queues of max_databases entries each.
+// A database that has no worker because a limit refused it one (most
+// recent first wins the place of the oldest when all are taken).
+struct Refusal {
+  enum Reason : int { None = 0, MaxDatabases = 1, MaxWorkerProcesses = 2 };
+  Oid db;
+  char dbname[NAMEDATALEN];
+  Reason reason;
+  TimestampTz at;
+};
+constexpr int kRefusals = 64;
+
 struct SharedState {
   LWLock* lock;
-  int max_databases;  // bitdex_sync.max_databases at server start
+  Refusal refusals[kRefusals];  // under lock
+  int max_databases;            // bitdex_sync.max_databases at server start
   // The key that authenticates capture messages (capture_format.hpp), read
   // by the postmaster from <data directory>/bitdex_sync.key (made at the
   // first start); shared memory is not readable from SQL.
@@ -143,6 +155,15 @@ void wake_launcher();
 // previous run, else a free one, reset), marked with its pid. nullptr when
 // another live worker holds the database (*duplicate) or no slot is free.
 WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate);
+// Records that database `db` was refused a worker for `reason` (status()
+// shows it; wait_for_sync fails at once); claiming a worker or declining
+// one (no extension there) takes the record away.
+void note_refusal(Oid db, const char* dbname, Refusal::Reason reason);
+void forget_refusal(Oid db);
+// The reason database `db` was refused a worker, or Refusal::None.
+Refusal::Reason refusal_of(Oid db);
+// Whether database `db` has a replication slot of bitdex_sync.
+bool database_holds_slot(Oid db);
 // A worker leaving because its database needs none (no extension) or gets
 // none (no slot left): frees its slot and, in automatic mode, tells the
 // launcher not to start it again.
