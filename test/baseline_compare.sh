@@ -3,8 +3,10 @@
 # (../shared/bench/baseline_bitdex_v2.sql, writing "BitdexOps") and through
 # bitdex_sync's triggers for ../shared/bench/config.yaml (message sink, read
 # back from a slot), both installed at once. The two op streams must be equal
-# record by record; then the documented differences (join-table UPDATE, Post
-# DELETE) must show up only on bitdex_sync's side.
+# record by record, apart from the fan-in ops bitdex_sync adds to Image
+# records (a Post's fields on a new or moved Image); then the documented
+# differences (join-table UPDATE, Post DELETE) must show up only on
+# bitdex_sync's side.
 #
 #   SHARED (../shared)  CMP_CHANGES (3000)  CMP_PORT (54333)
 set -euo pipefail
@@ -61,20 +63,32 @@ BEGIN
   END LOOP;
 END $$;
 SQL
+# Our records without the fan-in (docs/config.md): an Image inserted under a
+# Post, or moved to another, also takes the Post's publishedAt and
+# availability in its own record, which V2 never wrote. Those ops are taken
+# out before comparing, and counted.
 compare() {
   "${psql[@]}" -At <<'SQL'
-CREATE TEMP TABLE ours AS
+CREATE TEMP TABLE raw AS
   SELECT row_number() OVER () AS n, data::jsonb AS rec FROM pg_logical_slot_peek_changes('cmp', NULL, NULL);
+CREATE TEMP TABLE ours AS
+  SELECT n, CASE WHEN rec ? 'ops' THEN jsonb_set(rec, '{ops}', (
+           SELECT coalesce(jsonb_agg(o ORDER BY i), '[]') FROM jsonb_array_elements(rec->'ops') WITH ORDINALITY e(o, i)
+            WHERE NOT (o->>'op' IN ('set', 'remove') AND o->>'field' IN ('publishedAt', 'availability'))))
+         ELSE rec END AS rec
+    FROM raw;
 CREATE TEMP TABLE theirs AS
   SELECT row_number() OVER (ORDER BY id) AS n, jsonb_build_object('entity_id', entity_id, 'ops', ops) AS rec FROM "BitdexOps";
 SELECT (SELECT count(*) FROM ours) || ' ' || (SELECT count(*) FROM theirs) || ' ' ||
-       (SELECT count(*) FROM ours FULL JOIN theirs USING (n) WHERE ours.rec IS DISTINCT FROM theirs.rec);
+       (SELECT count(*) FROM ours FULL JOIN theirs USING (n) WHERE ours.rec IS DISTINCT FROM theirs.rec) || ' ' ||
+       (SELECT count(*) FROM raw JOIN ours USING (n) WHERE raw.rec <> ours.rec);
 SQL
 }
 # psql's DO block reads the count from a setting.
-read -r ours theirs differ <<<"$(compare)"
-echo "baseline_compare: $changes statements -> bitdex_sync $ours records, BitDex V2 $theirs records, $differ differ"
-if [ "$ours" != "$theirs" ] || [ "$differ" != 0 ] || [ "$ours" -lt $((changes / 2)) ]; then
+read -r ours theirs differ fan_in <<<"$(compare)"
+echo "baseline_compare: $changes statements -> bitdex_sync $ours records, BitDex V2 $theirs records, $differ differ" \
+  "(besides the fan-in ops of $fan_in records)"
+if [ "$ours" != "$theirs" ] || [ "$differ" != 0 ] || [ "$ours" -lt $((changes / 2)) ] || [ "$fan_in" = 0 ]; then
   "${psql[@]}" -c "SELECT n, ours.rec AS ours, theirs.rec AS theirs FROM (SELECT row_number() OVER () n, data::jsonb rec FROM pg_logical_slot_peek_changes('cmp', NULL, NULL)) ours FULL JOIN (SELECT row_number() OVER (ORDER BY id) n, jsonb_build_object('entity_id', entity_id, 'ops', ops) rec FROM \"BitdexOps\") theirs USING (n) WHERE ours.rec IS DISTINCT FROM theirs.rec LIMIT 5"
   echo "baseline_compare: FAIL" >&2
   exit 1
@@ -87,4 +101,4 @@ if [ "$theirs2" != "$theirs" ] || [ "$ours2" != $((ours + 2)) ]; then
   echo "baseline_compare: FAIL: expected exactly 2 more records on bitdex_sync's side, got $ours2 vs $ours (V2 $theirs2 vs $theirs)" >&2
   exit 1
 fi
-echo "baseline_compare: ok (join UPDATE and Post DELETE captured by bitdex_sync only, as documented)"
+echo "baseline_compare: ok (fan-in, join UPDATE and Post DELETE captured by bitdex_sync only, as documented)"
