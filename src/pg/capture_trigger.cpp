@@ -43,6 +43,7 @@ extern "C" {
 #include "nodes/bitmapset.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
+#include "parser/parsetree.h"
 #include "replication/message.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/datetime.h"
@@ -101,6 +102,10 @@ enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
 struct FanIn {
   int field;  // index of F in the source's fields
   StoredQuery* query;
+  // The same without the row lock, for loads: a chunk's snapshot and its
+  // place in the ops WAL order it against the parents' changes already, and
+  // a load must not lock every parent row (nor write WAL for the locks).
+  StoredQuery* load_query;
   int ncols;
   Compiled* cols;  // how each result column is written (its type)
   const char** targets;
@@ -142,7 +147,10 @@ bool g_callbacks_registered = false;
 void drop_plans(Source* s, Oid relid) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q) invalidate_stored_query(q, relid);
-  for (int i = 0; i < s->nfan_ins; i++) invalidate_stored_query(s->fan_ins[i].query, relid);
+  for (int i = 0; i < s->nfan_ins; i++) {
+    invalidate_stored_query(s->fan_ins[i].query, relid);
+    invalidate_stored_query(s->fan_ins[i].load_query, relid);
+  }
 }
 
 // Relcache invalidation of a captured table (ALTER TABLE, ...): recompile;
@@ -466,6 +474,12 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
         if (strcmp(s->fields[i].target, field) == 0) f->field = i;
       if (f->field < 0) elog(ERROR, "bitdex_sync: a fan-in names field \"%s\", which the source lacks", field);
       f->query = stored_query((Node*)list_nth(fan_ins, k));
+      Query* unlocked = static_cast<Query*>(copyObjectImpl(f->query->query));
+      ListCell* lc;
+      foreach (lc, unlocked->rowMarks)
+        rt_fetch(lfirst_node(RowMarkClause, lc)->rti, unlocked->rtable)->rellockmode = AccessShareLock;
+      unlocked->rowMarks = NIL;
+      f->load_query = stored_query((Node*)unlocked);
       const bitdex::json::Value* targets = spec_get(fi->items[k], "fields");
       f->ncols = list_length(f->query->query->targetList);
       if (!targets || static_cast<int>(targets->items.size()) != f->ncols)
@@ -488,7 +502,8 @@ void free_source(Source* s) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q && q->cxt) MemoryContextDelete(q->cxt);
   for (int i = 0; i < s->nfan_ins; i++)
-    if (s->fan_ins[i].query->cxt) MemoryContextDelete(s->fan_ins[i].query->cxt);
+    for (StoredQuery* q : {s->fan_ins[i].query, s->fan_ins[i].load_query})
+      if (q->cxt) MemoryContextDelete(q->cxt);
   MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
 }
 
@@ -948,7 +963,7 @@ void fan_in_ops(Source* s, OpKind kind, TupleTableSlot* row, int only = -1) {
     Datum key = eval(s, &field->value, row, &isnull);
     if (isnull) continue;  // no parent has a NULL key
     FanInRows a{f, kind};
-    run_stored_query(f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
+    run_stored_query(g_load_sink ? f->load_query : f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
   }
 }
 
