@@ -103,7 +103,7 @@ std::string fan_in_sql(const config::Source& fan_out, const FanIn& f, const std:
     sql += " AND " + join_filter_exists(fan_out, "SELECT p.*");
   else if (fan_out.filter)
     sql += " AND (" + fan_out.filter->render("p.") + ")";
-  return sql + " FOR SHARE OF p";
+  return sql;
 }
 
 bool same_but_fan_ins(const std::string& a, const std::string& b) {
@@ -205,6 +205,8 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       str_member(out, "source", f.source);
       str_member(out, "field", f.field);
       str_member(out, "sql", f.sql);
+      key(out, "lock");
+      out += std::to_string(f.lock);
       key(out, "fields");
       out += "[";
       for (size_t j = 0; j < f.targets.size(); j++) {
@@ -214,6 +216,10 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       out += "]}";
     }
     out += "]";
+  }
+  if (r.fan_in_lock != 0) {
+    key(out, "fan_in_lock");
+    out += std::to_string(r.fan_in_lock);
   }
   if (has_join_filter(s)) {
     str_member(out, "filter_sql", join_filter_sql(s, r.join_filter_columns));

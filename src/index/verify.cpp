@@ -298,7 +298,8 @@ class Verifier {
     for (const Scan& s : plan.scans) {
       auto r = db.run("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = " +
                       config::quote_literal(s.estimate_table) + "::regclass");
-      estimate_ += std::stoull(PQgetvalue(r.get(), 0, 0)) * std::max<size_t>(1, s.values[0].size());
+      estimate_ +=
+          std::stoull(PQgetvalue(r.get(), 0, 0)) * std::max<size_t>(1, s.values.empty() ? 0 : s.values[0].size());
     }
     // The alive scans first: once the live slots are known, other scans
     // compare only those (a join row may outlive its entity; the index

@@ -242,19 +242,6 @@ Query* analyze_query(const char* sql, Oid* types, int ntypes) {
   return q;
 }
 
-Query* analyze_fan_in_query(const char* sql, Oid* types, int ntypes) {
-  Query* q = analyze_pinned(sql, types, ntypes);
-  if (q->commandType != CMD_SELECT || q->utilityStmt || list_length(q->rowMarks) != 1)
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("\"%s\" is not a fan-in query", sql)));
-  // The row lock orders a parent's change against the child's write; it is
-  // capture's, not the writer's, so it asks for SELECT only (as a foreign
-  // key check's lock does), not for the UPDATE a FOR SHARE of its own would.
-  RangeTblEntry* rte = rt_fetch(linitial_node(RowMarkClause, q->rowMarks)->rti, q->rtable);
-  rte->requiredPerms &= ~ACL_SELECT_FOR_UPDATE;
-  rte->requiredPerms |= ACL_SELECT;
-  return q;
-}
-
 namespace {
 
 // What a capture definition may run: code that only trusted roles can

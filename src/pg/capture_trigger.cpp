@@ -55,6 +55,8 @@ extern "C" {
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
+#include "common/hashfn.h"
+#include "storage/lock.h"
 #include "utils/typcache.h"
 }
 
@@ -102,10 +104,8 @@ enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
 struct FanIn {
   int field;  // index of F in the source's fields
   StoredQuery* query;
-  // The same without the row lock, for loads: a chunk's snapshot and its
-  // place in the ops WAL order it against the parents' changes already, and
-  // a load must not lock every parent row (nor write WAL for the locks).
-  StoredQuery* load_query;
+  Oid lock;          // the parent table: key locks (lock_key)
+  FmgrInfo key_out;  // F's output function: the key's text
   int ncols;
   Compiled* cols;  // how each result column is written (its type)
   const char** targets;
@@ -134,7 +134,8 @@ struct Source {
   Compiled* jf_params;  // its $1..$n: the row's columns it reads
   StoredQuery* rows;    // fan_out_per_row: child slots for a parent key ($1)
   int nfan_ins;
-  FanIn* fan_ins;  // direct
+  FanIn* fan_ins;   // direct
+  Oid fan_in_lock;  // a query fan-out with a fan-in: its table (key locks, lock_key)
   Compiled parent_key;
   MemoryContext cxt;
   ExprContext* econtext;
@@ -147,10 +148,7 @@ bool g_callbacks_registered = false;
 void drop_plans(Source* s, Oid relid) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q) invalidate_stored_query(q, relid);
-  for (int i = 0; i < s->nfan_ins; i++) {
-    invalidate_stored_query(s->fan_ins[i].query, relid);
-    invalidate_stored_query(s->fan_ins[i].load_query, relid);
-  }
+  for (int i = 0; i < s->nfan_ins; i++) invalidate_stored_query(s->fan_ins[i].query, relid);
 }
 
 // Relcache invalidation of a captured table (ALTER TABLE, ...): recompile;
@@ -474,12 +472,12 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
         if (strcmp(s->fields[i].target, field) == 0) f->field = i;
       if (f->field < 0) elog(ERROR, "bitdex_sync: a fan-in names field \"%s\", which the source lacks", field);
       f->query = stored_query((Node*)list_nth(fan_ins, k));
-      Query* unlocked = static_cast<Query*>(copyObjectImpl(f->query->query));
-      ListCell* lc;
-      foreach (lc, unlocked->rowMarks)
-        rt_fetch(lfirst_node(RowMarkClause, lc)->rti, unlocked->rtable)->rellockmode = AccessShareLock;
-      unlocked->rowMarks = NIL;
-      f->load_query = stored_query((Node*)unlocked);
+      const bitdex::json::Value* lock = spec_get(fi->items[k], "lock");
+      f->lock = lock ? static_cast<Oid>(strtoul(lock->text.c_str(), nullptr, 10)) : InvalidOid;
+      Oid outfn;
+      bool varlena;
+      getTypeOutputInfo(s->fields[f->field].value.type, &outfn, &varlena);
+      fmgr_info_cxt(outfn, &f->key_out, s->cxt);
       const bitdex::json::Value* targets = spec_get(fi->items[k], "fields");
       f->ncols = list_length(f->query->query->targetList);
       if (!targets || static_cast<int>(targets->items.size()) != f->ncols)
@@ -493,6 +491,8 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
       }
     }
   }
+  const bitdex::json::Value* lock = spec_get(spec, "fan_in_lock");
+  s->fan_in_lock = lock ? static_cast<Oid>(strtoul(lock->text.c_str(), nullptr, 10)) : InvalidOid;
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   s->valid = true;
@@ -502,8 +502,7 @@ void free_source(Source* s) {
   for (StoredQuery* q : {s->ids, s->rows, s->join_filter})
     if (q && q->cxt) MemoryContextDelete(q->cxt);
   for (int i = 0; i < s->nfan_ins; i++)
-    for (StoredQuery* q : {s->fan_ins[i].query, s->fan_ins[i].load_query})
-      if (q->cxt) MemoryContextDelete(q->cxt);
+    if (s->fan_ins[i].query->cxt) MemoryContextDelete(s->fan_ins[i].query->cxt);
   MemoryContextDelete(s->cxt);  // also frees the old ExprContext's memory
 }
 
@@ -831,14 +830,8 @@ Statement* g_statement = nullptr;
 TupleDesc g_held_desc = nullptr;  // (entity int8, outbox bool, ops bytea, nops int4)
 ExecutorFinish_hook_type g_prev_finish = nullptr;
 
-// Emits g_ops as the record of what arrives in slot entity_id: now, or at
-// the end of the statement when it holds arrivals.
-void emit_arrival(Source* s, int64 entity_id) {
-  if (g_nops == 0) return;
-  if (g_load_sink || !g_statement || !g_statement->holds) {
-    emit(s, entity_id);
-    return;
-  }
+// Appends a record (entity, sink, ops) to what statement `st` holds.
+void hold(Statement* st, int64 entity_id, bool outbox, const char* ops_data, int ops_len, int nops) {
   if (!g_held_desc) {
     MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
     g_held_desc = CreateTemplateTupleDesc(4);
@@ -848,36 +841,56 @@ void emit_arrival(Source* s, int64 entity_id) {
     TupleDescInitEntry(g_held_desc, 4, "nops", INT4OID, -1, 0);
     MemoryContextSwitchTo(old);
   }
-  if (!g_statement->held) {
-    MemoryContext old = MemoryContextSwitchTo(g_statement->cxt);
-    g_statement->held = tuplestore_begin_heap(false, false, work_mem);
+  if (!st->held) {
+    MemoryContext old = MemoryContextSwitchTo(st->cxt);
+    st->held = tuplestore_begin_heap(false, false, work_mem);
     MemoryContextSwitchTo(old);
   }
-  bytea* ops = (bytea*)palloc(VARHDRSZ + g_ops.len);
-  SET_VARSIZE(ops, VARHDRSZ + g_ops.len);
-  memcpy(VARDATA(ops), g_ops.data, g_ops.len);
-  Datum values[4] = {Int64GetDatum(entity_id), BoolGetDatum(s->outbox), PointerGetDatum(ops), Int32GetDatum(g_nops)};
+  bytea* ops = (bytea*)palloc(VARHDRSZ + ops_len);
+  SET_VARSIZE(ops, VARHDRSZ + ops_len);
+  memcpy(VARDATA(ops), ops_data, ops_len);
+  Datum values[4] = {Int64GetDatum(entity_id), BoolGetDatum(outbox), PointerGetDatum(ops), Int32GetDatum(nops)};
   bool nulls[4] = {false, false, false, false};
-  tuplestore_putvalues(g_statement->held, g_held_desc, values, nulls);
+  tuplestore_putvalues(st->held, g_held_desc, values, nulls);
   pfree(ops);
+}
+
+// Emits g_ops as the record of what arrives in slot entity_id: now, or at
+// the end of the statement when it holds arrivals.
+void emit_arrival(Source* s, int64 entity_id) {
+  if (g_nops == 0) return;
+  if (g_load_sink || !g_statement || !g_statement->holds) {
+    emit(s, entity_id);
+    return;
+  }
+  hold(g_statement, entity_id, s->outbox, g_ops.data, g_ops.len, g_nops);
   resetStringInfo(&g_ops);
   g_nops = 0;
 }
 
-// Writes the statement's held arrivals, in the order they came.
+// At the end of statement `st`: its held arrivals, in the order they came,
+// are written, or passed on to the enclosing statement when that one holds
+// arrivals too (a trigger's nested INSERT into a slot that a row of the
+// enclosing statement leaves must come after that leave).
 void write_held(Statement* st) {
   if (!st->held) return;
   init_buffers();
   TupleTableSlot* slot = MakeSingleTupleTableSlot(g_held_desc, &TTSOpsMinimalTuple);
   tuplestore_rescan(st->held);
+  Statement* outer = st->outer && st->outer->holds ? st->outer : nullptr;
   while (tuplestore_gettupleslot(st->held, true, false, slot)) {
     bool isnull;
     const int64 entity = DatumGetInt64(slot_getattr(slot, 1, &isnull));
     const bool outbox = DatumGetBool(slot_getattr(slot, 2, &isnull));
     bytea* ops = DatumGetByteaPP(slot_getattr(slot, 3, &isnull));
+    const int nops = DatumGetInt32(slot_getattr(slot, 4, &isnull));
+    if (outer) {
+      hold(outer, entity, outbox, VARDATA_ANY(ops), static_cast<int>(VARSIZE_ANY_EXHDR(ops)), nops);
+      continue;
+    }
     resetStringInfo(&g_ops);
     appendBinaryStringInfo(&g_ops, VARDATA_ANY(ops), VARSIZE_ANY_EXHDR(ops));
-    g_nops = DatumGetInt32(slot_getattr(slot, 4, &isnull));
+    g_nops = nops;
     emit_record(outbox, entity);
   }
   resetStringInfo(&g_ops);
@@ -889,13 +902,16 @@ void write_held(Statement* st) {
 
 // ExecutorFinish runs the statement's AFTER row triggers: around it, the
 // statement holds arrivals and writes them at its end. A nested statement
-// (in a trigger or function) has its own. On error nothing held is written
-// (the statement's transaction or subtransaction rolls back).
+// (in a trigger or function) has its own, passed on to the enclosing one
+// when that one holds. On error nothing held is written (the statement's
+// transaction or subtransaction rolls back).
 void finish_hook(QueryDesc* qd) {
   const PlannedStmt* ps = qd->plannedstmt;
   const bool upsert = ps && ps->planTree && IsA(ps->planTree, ModifyTable) &&
                       castNode(ModifyTable, ps->planTree)->onConflictAction == ONCONFLICT_UPDATE;
-  Statement st{qd->operation == CMD_UPDATE || qd->operation == CMD_MERGE || upsert || (ps && ps->hasModifyingCTE),
+  // A statement inside one that holds arrivals holds its own too (write_held).
+  Statement st{qd->operation == CMD_UPDATE || qd->operation == CMD_MERGE || upsert || (ps && ps->hasModifyingCTE) ||
+                   (g_statement && g_statement->holds),
                CurrentMemoryContext, nullptr, g_statement};
   g_statement = &st;
   PG_TRY();
@@ -950,6 +966,34 @@ bool fan_in_row(TupleTableSlot* slot, void* arg) {
   return true;
 }
 
+// Takes the transaction lock on key `value` (a non-null value of type
+// `type`, printed by `out`) of parent table `table`: exclusive for a parent's
+// change, shared for a child reading its parents (trigger_gen::fan_in_sql
+// says why). An advisory-class lock in this database, keyed by a 64-bit
+// hash of the table and the key's text (equal keys of different integer
+// types are one key); a hash collision only makes two keys wait for each
+// other.
+void lock_key(Oid table, FmgrInfo* out, Datum value, LOCKMODE mode) {
+  char* text = OutputFunctionCall(out, value);
+  const uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char*>(text), static_cast<int>(strlen(text)),
+                                       static_cast<uint64>(table));
+  pfree(text);
+  LOCKTAG tag;
+  // Field 4 tells the lock from the pg_advisory_* ones (which use 1 and 2).
+  SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(h >> 32), static_cast<uint32>(h), 0x6264);
+  (void)LockAcquire(&tag, mode, false, false);
+}
+
+// A fan-out parent's change: the exclusive key lock of each key it had and has.
+void lock_parent_keys(Source* s, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  for (TupleTableSlot* row : {oldrow, newrow}) {
+    if (!row) continue;
+    bool isnull;
+    Datum key = eval(s, &s->qcols[0], row, &isnull);
+    if (!isnull) lock_key(s->fan_in_lock, &s->qcols[0].out, key, ExclusiveLock);
+  }
+}
+
 // The parents' fields the row takes (kind Set) or gives back (Remove) as a
 // child of each fan-in (of the one on field `only`, when given), found by
 // the value of its field F in `row`. Only F's changes call it for an
@@ -963,7 +1007,16 @@ void fan_in_ops(Source* s, OpKind kind, TupleTableSlot* row, int only = -1) {
     Datum key = eval(s, &field->value, row, &isnull);
     if (isnull) continue;  // no parent has a NULL key
     FanInRows a{f, kind};
-    run_stored_query(g_load_sink ? f->load_query : f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
+    if (g_load_sink) {  // a load: the chunk's snapshot and place order it (docs/load.md)
+      run_stored_query(f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
+      continue;
+    }
+    if (OidIsValid(f->lock)) lock_key(f->lock, &f->key_out, key, ShareLock);
+    // The latest snapshot: what committed before the lock was granted. (On
+    // an error the (sub)transaction's abort pops it.)
+    PushActiveSnapshot(GetLatestSnapshot());
+    run_stored_query(f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
+    PopActiveSnapshot();
   }
 }
 
@@ -1209,8 +1262,46 @@ TupleTableSlot* addressing_row(TriggerEvent ev, TupleTableSlot* oldrow, TupleTab
   return TRIGGER_FIRED_BY_DELETE(ev) || !newrow ? oldrow : newrow;
 }
 
+// Whether an UPDATE changed what the fan-out's query addresses: a value its
+// {col} placeholders or its expression's parameters read.
+bool query_key_changed(Source* s, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  for (Compiled* cols : {s->qcols, s->ids_params}) {
+    const int n = cols == s->qcols ? s->nqcols : s->nids;
+    for (int i = 0; i < n; i++) {
+      if (!may_change(&cols[i])) continue;
+      bool onull, nnull;
+      Datum o = eval(s, &cols[i], oldrow, &onull);
+      Datum v = eval(s, &cols[i], newrow, &nnull);
+      if (onull != nnull || (!onull && !datum_image_eq(o, v, cols[i].typbyval, cols[i].typlen))) return true;
+    }
+  }
+  return false;
+}
+
+// Whether a {col} placeholder of the query is NULL on `row`: SQL equality
+// matches no row then (as the fan-in and verify read it), so the row
+// addresses no slot.
+bool query_has_null(Source* s, TupleTableSlot* row) {
+  for (int i = 0; i < s->nqcols; i++) {
+    bool isnull;
+    (void)eval(s, &s->qcols[i], row, &isnull);
+    if (isnull) return true;
+  }
+  return false;
+}
+
 void fan_out_row(Source* s, TriggerEvent ev, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
+  // Before anything: a filter the row enters or leaves matters to children too.
+  if (OidIsValid(s->fan_in_lock) && s->nqcols == 1 && !g_load_sink) lock_parent_keys(s, oldrow, newrow);
   if (!filtered_event(s, &ev, oldrow, newrow)) return;
+  // The row now addresses other slots (its key changed): the old ones lose
+  // its values as at a DELETE, the new ones get them as at an INSERT.
+  if (oldrow && newrow && query_key_changed(s, oldrow, newrow)) {
+    fan_out_row(s, (ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_DELETE, oldrow, nullptr);
+    fan_out_row(s, (ev & ~TRIGGER_EVENT_OPMASK) | TRIGGER_EVENT_INSERT, nullptr, newrow);
+    return;
+  }
+  if (query_has_null(s, addressing_row(ev, oldrow, newrow))) return;
   // Nested ops go to g_a first: the queryOpSet's op count is known only after.
   StringInfoData nested;
   initStringInfo(&nested);

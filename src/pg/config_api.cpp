@@ -207,13 +207,13 @@ void plan_fan_ins(Planned& p, const config::Config& cfg, const std::string& wher
     std::vector<Oid> types{check_expression(p.relid, where, key, config::quote_ident(f->child_column))};
     Query* q = nullptr;
     try {
-      q = pg_guard([&] { return analyze_fan_in_query(sql.c_str(), types.data(), 1); });
+      q = pg_guard([&] { return analyze_query(sql.c_str(), types.data(), 1); });
       pg_guard([&] { refuse_volatile(reinterpret_cast<Node*>(q)); });
     } catch (const PgError& e) {
       throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
     }
     check_code(where, key, reinterpret_cast<Node*>(q), p.relid);
-    trigger_gen::ResolvedFanIn r{parent.name, f->field, sql, {}};
+    trigger_gen::ResolvedFanIn r{parent.name, f->field, sql, parent_relid, {}};
     for (const auto& tf : parent.track_fields) r.targets.push_back(tf.target);
     p.resolved.fan_ins.push_back(std::move(r));
     p.fan_ins.push_back(q);
@@ -282,6 +282,7 @@ Planned plan_source(const config::Config& cfg, const Source& s, size_t index) {
   if (s.filter && !trigger_gen::has_join_filter(s)) boolean("filter", s.filter->render());
   if (trigger_gen::has_join_filter(s)) plan_join_filter(p, where);
   if (s.kind == SourceKind::Direct) plan_fan_ins(p, cfg, where);
+  if (trigger_gen::fan_in_of(cfg, s)) p.resolved.fan_in_lock = p.relid;
 
   if (s.expression) {
     const std::string key = s.join ? "expression + join" : "expression";

@@ -133,12 +133,25 @@ void take_messages(TimestampTz now) {
   SharedState* st = shared_state();
   Oid* requests = static_cast<Oid*>(palloc(sizeof(Oid) * st->max_databases));
   Oid* declined = static_cast<Oid*>(palloc(sizeof(Oid) * st->max_databases));
+  Oid refused[kRefusals];
+  int nrefused = 0;
   LWLockAcquire(st->lock, LW_EXCLUSIVE);
   const int nrequests = st->nrequests, ndeclined = st->ndeclined;
   memcpy(requests, st->requests(), sizeof(Oid) * nrequests);
   memcpy(declined, st->declined(), sizeof(Oid) * ndeclined);
   st->nrequests = st->ndeclined = 0;
+  // A worker slot came free (DROP EXTENSION in its database): the databases
+  // bitdex_sync.max_databases refused try again.
+  if (st->slot_freed)
+    for (const Refusal& r : st->refusals)
+      if (r.reason == Refusal::MaxDatabases) refused[nrefused++] = r.db;
+  st->slot_freed = false;
   LWLockRelease(st->lock);
+  for (int i = 0; i < nrefused; i++) {
+    Tracked* t = track(refused[i], now);
+    t->requested = true;
+    if (!t->handle) t->start_at = now;
+  }
   for (int i = 0; i < nrequests; i++) {
     Tracked* t = track(requests[i], now);
     t->requested = true;

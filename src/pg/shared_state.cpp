@@ -367,6 +367,7 @@ void decline_worker(WorkerShared* w, Oid dboid) {
   if (w) {
     SpinLockAcquire(&w->mutex);
     if (w->pid == MyProcPid) {
+      g_shared->slot_freed = true;
       w->dboid = InvalidOid;
       w->dbname[0] = '\0';
       w->pid = 0;

@@ -19,12 +19,14 @@ struct ResolvedFanIn {
   std::string source;                // the query fan-out
   std::string field;                 // the child's field (a plain column) whose value finds the parents
   std::string sql;                   // fan_in_sql
+  uint32_t lock = 0;                 // the parent table's OID: its key locks (see FanIn)
   std::vector<std::string> targets;  // the fields its columns set, in order
 };
 
 struct Resolved {
   std::string child_table;
   std::vector<ResolvedFanIn> fan_ins;  // direct: the fan-ins whose children its rows are
+  uint32_t fan_in_lock = 0;            // query fan-out with a fan-in: its table's OID (see FanIn)
   // A query fan-out with "join" and no "expression": the columns of the
   // source table that the join and its filter read, in $n order.
   std::vector<std::string> join_filter_columns;
@@ -39,7 +41,8 @@ struct Resolved {
 //  "ids_sql":<SELECT to_jsonb((expr with $n))>,"ids_params":[<sql>],  ...with expression
 //  "filter_sql":<SELECT EXISTS (...)>,"filter_params":[<sql>],  ...with join, no expression
 //  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>,  fan_out_per_row
-//  "fan_in":[{"source":..,"field":F,"sql":<fan_in_sql>,"fields":[..]}]}  direct, children of query fan-outs
+//  "fan_in":[{"source":..,"field":F,"sql":<fan_in_sql>,"lock":oid,"fields":[..]}],  direct, children of query fan-outs
+//  "fan_in_lock":oid}  query fan-out that has a fan-in
 // SQL is rendered with quoted identifiers and no row prefix.
 std::string capture_spec(const config::Source& s, const Resolved& r = {});
 
@@ -83,10 +86,15 @@ struct FanIn {
 std::optional<FanIn> fan_in_of(const config::Config& cfg, const config::Source& fan_out);
 // The query a child's trigger runs for one fan-in, with $1 the child's
 // column value: the parent's fields (the fan-out's track fields, in order)
-// of each parent row matching it and passing the fan-out's filter, locked
-// FOR SHARE so that a parent's concurrent change commits either before it
-// (and is read) or after the child (and its queryOpSet reaches the child).
-// `parent_table` is the qualified table, `only` false for a partitioned one.
+// of each parent row matching it and passing the fan-out's filter.
+// Ordering against the parents' changes: the parent's trigger takes an
+// exclusive transaction lock on (parent table, key) for every change, the
+// child's a shared one on its key before it reads, with the latest
+// snapshot. A parent change then commits either before the child reads (and
+// is read) or after the child's commit (and its queryOpSet, later in the
+// ops WAL, reaches the child): also for a parent inserted concurrently, and
+// one entering the filter. `parent_table` is the qualified table, `only`
+// false for a partitioned one.
 std::string fan_in_sql(const config::Source& fan_out, const FanIn& f, const std::string& parent_table, bool only);
 // Whether two capture specs differ in their fan-ins at most: the source then
 // needs no load (its parents' loads reach its rows through their queries).

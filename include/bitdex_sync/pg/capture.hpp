@@ -33,10 +33,6 @@ List* analyze_expressions(Oid relid, const char* select_list);
 // Parses and analyses a plain SELECT with parameters $1..$n of `types`,
 // search_path pinned as above.
 Query* analyze_query(const char* sql, Oid* types, int ntypes);
-// analyze_query for trigger_gen::fan_in_sql: one FOR SHARE row mark, which
-// needs SELECT on the parent table only (not the UPDATE a writer's own FOR
-// SHARE needs).
-Query* analyze_fan_in_query(const char* sql, Oid* types, int ntypes);
 // Refuses (ereport) a tree that calls a volatile function or set_config.
 void refuse_volatile(Node* tree);
 // The columns (1-based positions) of the derived table `alias` standing for

@@ -116,6 +116,7 @@ struct SharedState {
   // workers that ended because their database needs none (declined).
   Latch* launcher_latch;
   int nrequests, ndeclined;
+  bool slot_freed;  // a worker gave its slot back: databases max_databases refused may get it
 
   struct Slots {
     WorkerShared *first, *last;
