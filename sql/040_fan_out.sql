@@ -161,6 +161,36 @@ SELECT * FROM bitdex_sync.apply_config($$
 sources: [{table: ModelVersion, query: "m eq {id}", join: 'INNER JOIN "Model" ON "Model".id = "ModelVersion"."modelId"', filter: 'random() < 0.5', track_fields: [baseModel]}]
 $$, dry_run => true);
 
+-- Row level security on a table a capture query reads (here a fan-in's
+-- parent) is refused at apply_config and when enabled later: capture reads
+-- it as the writer, and the index would depend on who wrote (review finding).
+CREATE TABLE fo_rls_p (id int PRIMARY KEY, k int, v int);
+CREATE TABLE fo_rls_c (id int PRIMARY KEY, pk int);
+ALTER TABLE fo_rls_p ENABLE ROW LEVEL SECURITY;
+SELECT * FROM bitdex_sync.apply_config($$
+sources:
+  - {table: fo_rls_p, query: "pk eq {k}", track_fields: [v]}
+  - {table: fo_rls_c, track_fields: [pk]}
+$$, dry_run => true);
+ALTER TABLE fo_rls_p DISABLE ROW LEVEL SECURITY;
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - {table: fo_rls_p, query: "pk eq {k}", track_fields: [v]}
+  - {table: fo_rls_c, track_fields: [pk]}
+$$, load => false) ORDER BY source;
+ALTER TABLE fo_rls_p ENABLE ROW LEVEL SECURITY;
+-- A parent whose query key changes takes its fields from the old key's
+-- slots and gives them to the new key's (before: only changed fields, to
+-- the new key); a NULL key addresses no slot (SQL equality, as the fan-in
+-- and verify read it; before: "pk eq null").
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL) WHERE data NOT LIKE '{"clear"%';
+INSERT INTO fo_rls_p VALUES (1, 5, 10), (2, NULL, 20);
+UPDATE fo_rls_p SET k = 6 WHERE id = 1;
+UPDATE fo_rls_p SET v = 21 WHERE id = 2;
+SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
+SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
+DROP TABLE fo_rls_p, fo_rls_c;
+
 SELECT pg_drop_replication_slot('fan_out_test');
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
 DROP TABLE "ModelVersion", "Model";

@@ -190,6 +190,38 @@ bool row_columns_walker(Node* node, RowColumns* c) {
 
 }  // namespace
 
+namespace {
+
+bool row_security_walker(Node* node, Oid* found) {
+  if (!node) return false;
+  if (IsA(node, RangeTblEntry)) {
+    const auto* rte = castNode(RangeTblEntry, node);
+    if (rte->rtekind == RTE_RELATION) {
+      HeapTuple tup = SearchSysCache1(RELOID, ObjectIdGetDatum(rte->relid));
+      if (HeapTupleIsValid(tup)) {
+        const bool rls = ((Form_pg_class)GETSTRUCT(tup))->relrowsecurity;
+        ReleaseSysCache(tup);
+        if (rls) {
+          *found = rte->relid;
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+  if (IsA(node, Query))
+    return query_tree_walker(castNode(Query, node), (bool (*)())row_security_walker, found, QTW_EXAMINE_RTES_BEFORE);
+  return expression_tree_walker(node, (bool (*)())row_security_walker, found);
+}
+
+}  // namespace
+
+Oid row_security_relation(Query* q) {
+  Oid found = InvalidOid;
+  row_security_walker(reinterpret_cast<Node*>(q), &found);
+  return found;
+}
+
 Bitmapset* join_filter_reads(Query* q, const char* alias) {
   // SELECT EXISTS (<row_query>): see trigger_gen::join_filter_sql.
   const auto* te = linitial_node(TargetEntry, q->targetList);

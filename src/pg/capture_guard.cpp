@@ -385,10 +385,40 @@ void guard_captured_column(Oid user, Oid relid, const char* column, bool drop) {
                    drop ? "drop the column" : "change the type")));
 }
 
+// ENABLE or FORCE ROW LEVEL SECURITY on a table a capture query of another
+// table reads (a fan-out's, a join filter's, a fan-in's): the query runs as
+// the writer, whose policies would then hide rows from the index.
+// apply_config refuses such tables too.
+void guard_row_security(Oid relid) {
+  if (g_allow_capture_loss) return;
+  Oid types[1] = {OIDOID};
+  Datum values[1] = {ObjectIdGetDatum(relid)};
+  if (SPI_execute_with_args("SELECT s.name FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance "
+                            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
+                            "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+                            "AND d.refobjid = $1 WHERE s.table_oid <> $1 ORDER BY 1 LIMIT 1",
+                            1, types, values, nullptr, true, 1) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not check the captured tables");
+  if (SPI_processed == 0) return;
+  ereport(ERROR,
+          (errcode(ERRCODE_OBJECT_IN_USE),
+           errmsg("row level security on %s would hide rows from capture: source \"%s\" of bitdex_sync reads the "
+                  "table as whoever writes to its own",
+                  get_rel_name(relid), SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+           errdetail("What the index holds would depend on who wrote."),
+           errhint("Remove the source from the config first. To do it anyway, a superuser sets "
+                   "bitdex_sync.allow_capture_loss = on.")));
+}
+
 void guard_alter_table(Oid user, AlterTableStmt* stmt) {
   ListCell* lc;
   foreach (lc, stmt->cmds) {
     auto* cmd = lfirst_node(AlterTableCmd, lc);
+    if (cmd->subtype == AT_EnableRowSecurity || cmd->subtype == AT_ForceRowSecurity) {
+      const Oid relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+      if (OidIsValid(relid)) guard_row_security(relid);
+      continue;
+    }
     if (cmd->subtype == AT_DropColumn || cmd->subtype == AT_AlterColumnType) {
       const Oid relid = RangeVarGetRelid(stmt->relation, NoLock, true);
       if (OidIsValid(relid) && cmd->name) guard_captured_column(user, relid, cmd->name, cmd->subtype == AT_DropColumn);

@@ -147,6 +147,17 @@ Query* check_query(const std::string& where, const std::string& key, const std::
     throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
   }
   check_code(where, key, reinterpret_cast<Node*>(q), relid);
+  // Capture runs its queries as the writer: row security would hide rows
+  // from some writers and not others, and the index would depend on who
+  // wrote (the capture guard refuses enabling it later).
+  const Oid rls = pg_guard([&] { return row_security_relation(q); });
+  if (OidIsValid(rls))
+    throw Error(ErrorKind::NotSupported,
+                where + ", " + key + ": table " + qualified_name(rls) +
+                    " has row level security, and capture reads it as whoever writes to the captured table",
+                "Its policies would hide rows from some writers, and what the index holds would depend on who wrote.",
+                "Disable row level security on it (ALTER TABLE ... DISABLE ROW LEVEL SECURITY), or leave this "
+                "source out.");
   return q;
 }
 
@@ -213,6 +224,13 @@ void plan_fan_ins(Planned& p, const config::Config& cfg, const std::string& wher
       throw Error(ErrorKind::InvalidInput, where + ", " + key + ": " + pg_message(e), "The query was: " + sql + ".");
     }
     check_code(where, key, reinterpret_cast<Node*>(q), p.relid);
+    if (OidIsValid(pg_guard([&] { return row_security_relation(q); })))
+      throw Error(ErrorKind::NotSupported,
+                  where + ", " + key + ": table " + qualified_name(parent_relid) +
+                      " has row level security, and a child's capture reads it as whoever writes the child",
+                  "Its policies would hide parents from some writers, and what the index holds would depend on who "
+                  "wrote.",
+                  "Disable row level security on it, or leave the fan-in out (a query other than \"F eq {col}\").");
     trigger_gen::ResolvedFanIn r{parent.name, f->field, sql, parent_relid, {}};
     for (const auto& tf : parent.track_fields) r.targets.push_back(tf.target);
     p.resolved.fan_ins.push_back(std::move(r));

@@ -33,6 +33,10 @@ List* analyze_expressions(Oid relid, const char* select_list);
 // Parses and analyses a plain SELECT with parameters $1..$n of `types`,
 // search_path pinned as above.
 Query* analyze_query(const char* sql, Oid* types, int ntypes);
+// A table with row level security enabled that query `q` reads (views are
+// not expanded: their own tables are checked when they are planned), or
+// InvalidOid.
+Oid row_security_relation(Query* q);
 // Refuses (ereport) a tree that calls a volatile function or set_config.
 void refuse_volatile(Node* tree);
 // The columns (1-based positions) of the derived table `alias` standing for
