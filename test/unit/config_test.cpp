@@ -243,7 +243,7 @@ sources:
 )y");
   auto exprs = [&](size_t i) {
     return trigger_gen::spec_expressions(
-        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\"", {}, {}})));
+        json::parse(trigger_gen::capture_spec(c.sources[i], {"\"public\".\"Image\"", {}, 0, {}})));
   };
   EXPECT_EQ(exprs(0), (std::vector<std::string>{"\"id\"", "\"nsfwLevel\"", "\"a\" + 1"}));
   EXPECT_EQ(exprs(1), (std::vector<std::string>{"\"imageId\"", "\"tagId\"", "\"tagId\" * 2", "\"auto\"", "\"ok\""}));
@@ -388,7 +388,7 @@ sources:
     expression: "SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = {id} AND kind = {kind}"
     track_fields: [poi]
 )x");
-  trigger_gen::Resolved r{"\"public\".\"Image\"", {}, {}};
+  trigger_gen::Resolved r{"\"public\".\"Image\"", {}, 0, {}};
   EXPECT_EQ(trigger_gen::rows_sql(c.sources[0], r),
             "SELECT \"id\" FROM ONLY \"public\".\"Image\" WHERE \"postId\" = $1");
   std::string spec = trigger_gen::capture_spec(c.sources[0], r);
@@ -396,9 +396,9 @@ sources:
   EXPECT_NE(spec.find(R"x("parent_key":"\"id\"")x"), std::string::npos) << spec;
   EXPECT_EQ(trigger_gen::trigger_events(c.sources[0]), "AFTER INSERT OR UPDATE OR DELETE");
   // A different child table is a different definition, hence a different name.
-  EXPECT_NE(
-      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
-      trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], trigger_gen::Resolved{"\"x\".\"Image\"", {}, {}}));
+  EXPECT_NE(trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0], r),
+            trigger_gen::trigger_name("\"public\".\"Post\"", c.sources[0],
+                                      trigger_gen::Resolved{"\"x\".\"Image\"", {}, 0, {}}));
   EXPECT_EQ(
       trigger_gen::ids_sql(c.sources[1]),
       "SELECT pg_catalog.to_jsonb((SELECT array_agg(id) FROM \"ModelVersion\" WHERE \"modelId\" = $1 AND kind = $2))");
@@ -451,4 +451,35 @@ TEST(Config, DeepYamlNestingIsAnErrorNotACrash) {
   std::string deep = "sources: ";
   for (int i = 0; i < 100000; i++) deep += "[";
   EXPECT_NE(error_of(deep), "no error");
+}
+
+// The fan-in: "F eq {col}" with F a plain column of exactly one direct
+// source makes that source's rows the children; its query reads the
+// parent's fields by the child's value, through the fan-out's filter.
+TEST(TriggerGen, FanInOfAnEqQueryOverAPlainColumn) {
+  Config c = parse(R"y(
+sources:
+  - {table: Image, track_fields: [postId, "lower({name}) as n"], sets_alive: true}
+  - {table: Post, query: "postId eq {id}", filter: "{status} = 'published'", track_fields: [publishedAt]}
+  - {table: Model, query: "n eq {name}", track_fields: [poi]}
+  - {table: Tag, query: "postId in [{ids}]", expression: "SELECT 1", track_fields: [x]}
+)y");
+  const auto f = trigger_gen::fan_in_of(c, c.sources[1]);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->child, 0u);
+  EXPECT_EQ(f->field, "postId");
+  EXPECT_EQ(f->child_column, "postId");
+  EXPECT_EQ(f->parent_column, "id");
+  EXPECT_EQ(
+      trigger_gen::fan_in_sql(c.sources[1], *f, R"("public"."Post")", true),
+      R"(SELECT p."publishedAt" FROM ONLY "public"."Post" AS p WHERE p."id" = $1 AND (p."status" = 'published'))");
+  EXPECT_FALSE(trigger_gen::fan_in_of(c, c.sources[2]));  // "n" is an expression, not a plain column
+  EXPECT_FALSE(trigger_gen::fan_in_of(c, c.sources[3]));  // {ids} from an expression
+  // A child's spec that differs in its fan-ins only needs no reload.
+  trigger_gen::Resolved with, without;
+  with.fan_ins.push_back({"Post", "postId", "SELECT 1", 42, {"publishedAt"}});
+  EXPECT_TRUE(trigger_gen::same_but_fan_ins(trigger_gen::capture_spec(c.sources[0], with),
+                                            trigger_gen::capture_spec(c.sources[0], without)));
+  EXPECT_NE(trigger_gen::capture_spec(c.sources[0], with), trigger_gen::capture_spec(c.sources[0], without));
+  EXPECT_FALSE(trigger_gen::same_but_fan_ins(trigger_gen::capture_spec(c.sources[0], with), ""));
 }
