@@ -57,6 +57,7 @@ extern "C" {
 #include "utils/tuplestore.h"
 #include "common/hashfn.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
 #include "utils/typcache.h"
 }
 
@@ -966,22 +967,54 @@ bool fan_in_row(TupleTableSlot* slot, void* arg) {
   return true;
 }
 
-// Takes the transaction lock on key `value` (a non-null value of type
-// `type`, printed by `out`) of parent table `table`: exclusive for a parent's
-// change, shared for a child reading its parents (trigger_gen::fan_in_sql
-// says why). An advisory-class lock in this database, keyed by a 64-bit
-// hash of the table and the key's text (equal keys of different integer
-// types are one key); a hash collision only makes two keys wait for each
-// other.
-void lock_key(Oid table, FmgrInfo* out, Datum value, LOCKMODE mode) {
+// Key locks (trigger_gen::fan_in_sql says why): advisory-class
+// transaction locks in this database, in two levels per parent table, as
+// PostgreSQL's own table and row locks nest:
+//   - a key: a 64-bit hash of the table and the key's text (equal keys of
+//     different integer types are one key; a collision only makes two keys
+//     wait for each other). A child takes it shared, a parent's change
+//     exclusive, each with the table level in an intent mode first (child
+//     RowShareLock, parent RowExclusiveLock: no conflict between them);
+//   - the table: after kKeyLocksPerTable keys of one table in a transaction
+//     (a bulk INSERT of children or UPDATE of parents), the transaction takes
+//     the table level itself, shared (child) or exclusive (parent), and no
+//     more key locks: the lock table (max_locks_per_transaction) never fills.
+constexpr int kKeyLocksPerTable = 16;
+constexpr uint16 kKeyLockClass = 0x6264, kTableLockClass = 0x6265;  // pg_advisory_* use 1 and 2
+
+struct KeyLockCount {
+  LocalTransactionId lxid;
+  Oid table;
+  bool child;
+  int keys;  // key locks taken; past kKeyLocksPerTable, the table level instead
+};
+KeyLockCount g_key_locks[8];
+
+KeyLockCount* key_lock_count(Oid table, bool child) {
+  KeyLockCount* victim = &g_key_locks[0];
+  for (KeyLockCount& c : g_key_locks) {
+    if (c.lxid == MyProc->lxid && c.table == table && c.child == child) return &c;
+    if (c.lxid != MyProc->lxid) victim = &c;
+  }
+  *victim = KeyLockCount{MyProc->lxid, table, child, 0};  // (a table past the 8 counted gets counted again)
+  return victim;
+}
+
+void lock_key(Oid table, FmgrInfo* out, Datum value, bool child) {
+  LOCKTAG tag;
+  KeyLockCount* count = key_lock_count(table, child);
+  SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, table, 0, kTableLockClass);
+  if (count->keys >= kKeyLocksPerTable) {
+    (void)LockAcquire(&tag, child ? ShareLock : ExclusiveLock, false, false);
+    return;
+  }
+  (void)LockAcquire(&tag, child ? RowShareLock : RowExclusiveLock, false, false);
   char* text = OutputFunctionCall(out, value);
   const uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char*>(text), static_cast<int>(strlen(text)),
                                        static_cast<uint64>(table));
   pfree(text);
-  LOCKTAG tag;
-  // Field 4 tells the lock from the pg_advisory_* ones (which use 1 and 2).
-  SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(h >> 32), static_cast<uint32>(h), 0x6264);
-  (void)LockAcquire(&tag, mode, false, false);
+  SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(h >> 32), static_cast<uint32>(h), kKeyLockClass);
+  if (LockAcquire(&tag, child ? ShareLock : ExclusiveLock, false, false) == LOCKACQUIRE_OK) count->keys++;
 }
 
 // A fan-out parent's change: the exclusive key lock of each key it had and has.
@@ -990,7 +1023,7 @@ void lock_parent_keys(Source* s, TupleTableSlot* oldrow, TupleTableSlot* newrow)
     if (!row) continue;
     bool isnull;
     Datum key = eval(s, &s->qcols[0], row, &isnull);
-    if (!isnull) lock_key(s->fan_in_lock, &s->qcols[0].out, key, ExclusiveLock);
+    if (!isnull) lock_key(s->fan_in_lock, &s->qcols[0].out, key, false);
   }
 }
 
@@ -1011,7 +1044,7 @@ void fan_in_ops(Source* s, OpKind kind, TupleTableSlot* row, int only = -1) {
       run_stored_query(f->query, 1, &field->value.type, &key, &isnull, fan_in_row, &a);
       continue;
     }
-    if (OidIsValid(f->lock)) lock_key(f->lock, &f->key_out, key, ShareLock);
+    if (OidIsValid(f->lock)) lock_key(f->lock, &f->key_out, key, true);
     // The latest snapshot: what committed before the lock was granted. (On
     // an error the (sub)transaction's abort pops it.)
     PushActiveSnapshot(GetLatestSnapshot());

@@ -177,4 +177,13 @@ END $$;
 });
 verify('random writes: parents change, children come, go and move');
 
+# Bulk writes take a table-level key lock past 16 keys of a table in a
+# transaction: 20,000 parents inserted and 20,000 children under them, each
+# in one statement, do not fill the lock table (max_locks_per_transaction;
+# with one lock per key they failed with "out of shared memory").
+sql(q{INSERT INTO "Model" SELECT g, g % 2 = 0 FROM generate_series(100, 20099) g});
+sql(q{INSERT INTO "Image" SELECT 100000 + g, 1, g, 0 FROM generate_series(100, 20099) g});
+sql(q{UPDATE "Model" SET poi = NOT poi WHERE id >= 100});
+verify('20,000 parents and their children in single statements');
+
 done_testing();
