@@ -179,6 +179,10 @@ sources:
   - {table: fo_rls_c, track_fields: [pk]}
 $$, load => false) ORDER BY source;
 ALTER TABLE fo_rls_p ENABLE ROW LEVEL SECURITY;
+-- The DDL guard names the table's own source and its key, though the
+-- child's fan-in reads the column too (review: it named the child).
+ALTER TABLE fo_rls_p DROP COLUMN k;
+ALTER TABLE fo_rls_p ALTER COLUMN v TYPE bigint;
 -- A parent whose query key changes takes its fields from the old key's
 -- slots and gives them to the new key's (before: only changed fields, to
 -- the new key); a NULL key addresses no slot (SQL equality, as the fan-in

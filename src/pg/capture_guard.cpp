@@ -355,22 +355,38 @@ void guard_captured_column(Oid user, Oid relid, const char* column, bool drop) {
   if (g_allow_capture_loss || !pg_class_ownercheck(relid, user)) return;
   const AttrNumber attnum = get_attnum(relid, column);
   if (attnum == InvalidAttrNumber) return;
+  // The column as a word of the config's text: a regular expression with
+  // every character but letters, digits and _ escaped.
+  StringInfoData word;
+  initStringInfo(&word);
+  appendStringInfoString(&word, "(^|[^A-Za-z0-9_])");
+  for (const char* c = column; *c; c++) {
+    if (!isalnum(static_cast<unsigned char>(*c)) && *c != '_') appendStringInfoChar(&word, '\\');
+    appendStringInfoChar(&word, *c);
+  }
+  appendStringInfoString(&word, "($|[^A-Za-z0-9_])");
   Oid types[3] = {OIDOID, INT4OID, TEXTOID};
-  Datum values[3] = {ObjectIdGetDatum(relid), Int32GetDatum(attnum), CStringGetTextDatum(column)};
+  Datum values[3] = {ObjectIdGetDatum(relid), Int32GetDatum(attnum), CStringGetTextDatum(word.data)};
+  // The sources whose trigger reads it, the table's own first: which config
+  // keys name it, and whether the source is on this table (a source of
+  // another table reads it through a query: a fan-out's, a join's, a fan-in's).
   if (SPI_execute_with_args("SELECT s.name, (SELECT pg_catalog.string_agg(e.key, ', ' ORDER BY e.key) FROM "
-                            "pg_catalog.jsonb_each(s.config) e WHERE pg_catalog.strpos(e.value::text, $3) > 0) "
-                            "FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance "
+                            "pg_catalog.jsonb_each(s.config) e WHERE e.key <> 'table' AND e.value::text ~ $3), "
+                            "s.table_oid = $1 FROM bitdex_sync.sources s "
+                            "JOIN bitdex_sync.instance i ON i.id = s.instance "
                             "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
                             "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-                            "AND d.refobjid = $1 AND d.refobjsubid = $2 ORDER BY 1 LIMIT 1",
+                            "AND d.refobjid = $1 AND d.refobjsubid = $2 ORDER BY 3 DESC, 1 LIMIT 1",
                             3, types, values, nullptr, true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not check the captured columns");
   if (SPI_processed == 0) return;
   HeapTuple row = SPI_tuptable->vals[0];
   TupleDesc desc = SPI_tuptable->tupdesc;
   const char* keys = SPI_getvalue(row, desc, 2);
-  const char* where = keys == nullptr ? "by the name the column had when the config was applied"
-                                      : psprintf("key%s %s", strchr(keys, ',') ? "s" : "", keys);
+  const bool own = strcmp(SPI_getvalue(row, desc, 3), "t") == 0;
+  const char* where = keys != nullptr ? psprintf("key%s %s", strchr(keys, ',') ? "s" : "", keys)
+                      : own           ? "by the name the column had when the config was applied"
+                                      : "through a query it runs on this table";
   ereport(ERROR,
           (errcode(ERRCODE_OBJECT_IN_USE),
            errmsg("%s of column \"%s\" of %s would break capture: source \"%s\" of bitdex_sync reads it (%s)",
