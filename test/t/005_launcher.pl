@@ -211,6 +211,14 @@ like($err, qr/no bitdex_sync worker runs for database "postgres".*\n.*DETAIL:  n
 like($small->safe_psql('postgres', 'SELECT bitdex_sync.metrics()'),
   qr/^bitdex_sync_worker_refused\{database="postgres",setting="bitdex_sync.max_databases"\} 1$/m,
   'metrics() counts the database refused a worker');
+# A slot comes free (DROP EXTENSION where the worker ran): the refused
+# database gets it without a restart (before, only at the next restart).
+$small->safe_psql('db2', 'DROP EXTENSION bitdex_sync');
+ok($small->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+    WHERE backend_type = 'bitdex_sync worker' AND datname = 'postgres'}),
+  'the refused database gets the worker slot that came free');
+ok($small->poll_query_until('postgres', q{SELECT count(*) = 0 FROM bitdex_sync.status() WHERE state = 'no worker'}),
+  '... and status() no longer shows it without one');
 $small->stop('fast');
 
 # Out of replication slots: status() shows PostgreSQL's error with its hint,
