@@ -70,61 +70,46 @@ sub verify {
 verify('after the loads');
 
 # --- a child and its parent's change, concurrently --------------------------------
+# concurrently($first, $second, $what): one session runs $first in an open
+# transaction, another runs $second, which must wait for a lock; then the
+# first commits, then the second.
+sub concurrently {
+  my ($first, $second, $what) = @_;
+  my ($one, $two) = ($node->background_psql('postgres'), $node->background_psql('postgres'));
+  $one->query_safe('BEGIN');
+  $one->query_safe($first);
+  $two->query_safe('BEGIN');
+  $two->query_until(qr/sent/, "\\echo sent\n$second;\n");
+  ok($node->poll_query_until('postgres',
+      q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query = } . quote_sql("$second;")),
+    $what);
+  $one->query_safe('COMMIT');
+  $two->query_safe('COMMIT');
+  $one->quit;
+  $two->quit;
+}
+sub quote_sql { my ($t) = @_; $t =~ s/'/''/g; return "'$t'"; }
+
 # The parent's change first: the child's insert waits for it and reads the
 # new value. Without the lock it read the old one and committed after the
 # parent: the parent's queryOpSet, applied first, could not reach it.
-my $parent = $node->background_psql('postgres');
-my $child = $node->background_psql('postgres');
-$parent->query_safe('BEGIN');
-$parent->query_safe('UPDATE "Model" SET poi = NOT poi WHERE id = 4');
-$child->query_safe('BEGIN');
-$child->query_until(qr/sent/, "\\echo sent\nINSERT INTO \"Image\" VALUES (1001, 1, 4, 0);\n");
-ok($node->poll_query_until('postgres',
-    q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO "Image"%'}),
+concurrently(q{UPDATE "Model" SET poi = NOT poi WHERE id = 4}, q{INSERT INTO "Image" VALUES (1001, 1, 4, 0)},
   "the child's insert waits for the parent's change");
-$parent->query_safe('COMMIT');
-$child->query_safe('COMMIT');
 # The child first: the parent's change waits for the child's commit.
-$child->query_safe('BEGIN');
-$child->query_safe(q{INSERT INTO "Image" VALUES (1002, 2, 6, 0)});
-$parent->query_safe('BEGIN');
-$parent->query_until(qr/sent/, "\\echo sent\nUPDATE \"Model\" SET poi = NOT poi WHERE id = 6;\n");
-ok($node->poll_query_until('postgres',
-    q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE "Model"%'}),
+concurrently(q{INSERT INTO "Image" VALUES (1002, 2, 6, 0)}, q{UPDATE "Model" SET poi = NOT poi WHERE id = 6},
   "the parent's change waits for the child's commit");
-$child->query_safe('COMMIT');
-$parent->query_safe('COMMIT');
-$parent->quit;
-$child->quit;
 verify('a child and its parent changed concurrently');
 
 # A parent that is not there yet (a concurrent INSERT: no row to lock), and
 # one that enters the fan-out's filter concurrently: the child's key lock
 # waits for the parent's change either way (found by a review: with a row
 # lock neither waited, and the child missed the parent's fields).
-$parent = $node->background_psql('postgres');
-$child = $node->background_psql('postgres');
-$parent->query_safe('BEGIN');
-$parent->query_safe(q{INSERT INTO "Model" VALUES (50, true)});
-$child->query_safe('BEGIN');
-$child->query_until(qr/sent/, "\\echo sent\nINSERT INTO \"Image\" VALUES (1003, 1, 50, 0);\n");
-ok($node->poll_query_until('postgres',
-    q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO "Image"%'}),
-  "a child of a parent inserted concurrently waits for it");
-$parent->query_safe('COMMIT');
-$child->query_safe('COMMIT');
+concurrently(q{INSERT INTO "Model" VALUES (50, true)}, q{INSERT INTO "Image" VALUES (1003, 1, 50, 0)},
+  'a child of a parent inserted concurrently waits for it');
 my $lora_version = sql(q{SELECT v.id FROM "ModelVersion" v JOIN "Model" m ON m.id = v."modelId" WHERE m.type = 'LORA' ORDER BY 1 LIMIT 1});
-$parent->query_safe('BEGIN');
-$parent->query_safe(q{UPDATE "ModelVersion" SET "modelId" = 1 WHERE id = } . $lora_version);
-$child->query_safe('BEGIN');
-$child->query_until(qr/sent/, "\\echo sent\nINSERT INTO \"Image\" VALUES (1004, $lora_version, 1, 0);\n");
-ok($node->poll_query_until('postgres',
-    q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO "Image"%'}),
-  "a child of a parent entering the join filter concurrently waits for it");
-$parent->query_safe('COMMIT');
-$child->query_safe('COMMIT');
-$parent->quit;
-$child->quit;
+concurrently(qq{UPDATE "ModelVersion" SET "modelId" = 1 WHERE id = $lora_version},
+  qq{INSERT INTO "Image" VALUES (1004, $lora_version, 1, 0)},
+  'a child of a parent entering the join filter concurrently waits for it');
 verify('a parent inserted, and one entering its filter, concurrently with a child');
 
 # A parent's key changes: its old children lose its fields, the children of
