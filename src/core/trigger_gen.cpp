@@ -34,6 +34,17 @@ void str_member(std::string& out, const char* k, const std::string& v) {
   json::write_string(out, v);
 }
 
+// k: a JSON array of the strings `v`, as SQL identifiers with `idents`.
+void strings_member(std::string& out, const char* k, const std::vector<std::string>& v, bool idents = false) {
+  key(out, k);
+  out += "[";
+  for (size_t i = 0; i < v.size(); i++) {
+    if (i) out += ",";
+    json::write_string(out, idents ? config::quote_ident(v[i]) : v[i]);
+  }
+  out += "]";
+}
+
 }  // namespace
 
 std::string rows_sql(const config::Source& s, const Resolved& r) {
@@ -186,13 +197,7 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
     out += "]";
     if (s.expression) {
       str_member(out, "ids_sql", ids_sql(s));
-      key(out, "ids_params");
-      out += "[";
-      for (size_t i = 0; i < s.expression->columns.size(); i++) {
-        if (i) out += ",";
-        json::write_string(out, config::quote_ident(s.expression->columns[i]));
-      }
-      out += "]";
+      strings_member(out, "ids_params", s.expression->columns, true);
     }
   }
   if (!r.fan_ins.empty()) {
@@ -207,13 +212,8 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
       str_member(out, "sql", f.sql);
       key(out, "lock");
       out += std::to_string(f.lock);
-      key(out, "fields");
-      out += "[";
-      for (size_t j = 0; j < f.targets.size(); j++) {
-        if (j) out += ",";
-        json::write_string(out, f.targets[j]);
-      }
-      out += "]}";
+      strings_member(out, "fields", f.targets);
+      out += "}";
     }
     out += "]";
   }
@@ -223,25 +223,12 @@ std::string capture_spec(const config::Source& s, const Resolved& r) {
   }
   if (has_join_filter(s)) {
     str_member(out, "filter_sql", join_filter_sql(s, r.join_filter_columns));
-    key(out, "filter_params");
-    out += "[";
-    for (size_t i = 0; i < r.join_filter_columns.size(); i++) {
-      if (i) out += ",";
-      json::write_string(out, config::quote_ident(r.join_filter_columns[i]));
-    }
-    out += "]";
+    strings_member(out, "filter_params", r.join_filter_columns, true);
   } else if (s.kind != SourceKind::Join && s.filter) {
     str_member(out, "filter", s.filter->render());
   }
-  if (!s.shared_ops_fields.empty()) {  // not read by the trigger: makes helpers part of the definition
-    key(out, "shared");
-    out += "[";
-    for (size_t i = 0; i < s.shared_ops_fields.size(); i++) {
-      if (i) out += ",";
-      json::write_string(out, s.shared_ops_fields[i]);
-    }
-    out += "]";
-  }
+  // Not read by the trigger: makes helpers part of the definition.
+  if (!s.shared_ops_fields.empty()) strings_member(out, "shared", s.shared_ops_fields);
   if (s.kind == SourceKind::RowFanOut) {
     str_member(out, "rows_sql", rows_sql(s, r));
     str_member(out, "parent_key", config::quote_ident(s.rows_from->parent_key));
