@@ -306,17 +306,26 @@ bool recorded_source(Oid tgoid, Oid* table, char** spec, char** compiled) {
 // condition (must be boolean), or a bound query parameter (any type).
 enum class Use { Value, Condition, Bound };
 
+// The output function of `type`, looked up into `out` (kept in `cxt`).
+void output_function(Oid type, FmgrInfo* out, MemoryContext cxt) {
+  Oid outfn;
+  bool varlena;
+  getTypeOutputInfo(type, &outfn, &varlena);
+  fmgr_info_cxt(outfn, out, cxt);
+}
+
 // How values of `type` are written (conv, length, output function).
 void describe_type(Source* s, Oid type, Compiled* c) {
   c->type = type;
   c->conv = conv_for_type(c->type);
   get_typlenbyval(c->type, &c->typlen, &c->typbyval);
-  if (c->conv == Conv::Output || c->conv == Conv::Number) {
-    Oid outfn;
-    bool varlena;
-    getTypeOutputInfo(c->type, &outfn, &varlena);
-    fmgr_info_cxt(outfn, &c->out, s->cxt);
-  }
+  if (c->conv == Conv::Output || c->conv == Conv::Number) output_function(type, &c->out, s->cxt);
+}
+
+// An OID the spec holds under `key` (a JSON number), or InvalidOid.
+Oid spec_oid(const bitdex::json::Value& obj, const char* key) {
+  const bitdex::json::Value* v = spec_get(obj, key);
+  return v ? static_cast<Oid>(strtoul(v->text.c_str(), nullptr, 10)) : InvalidOid;
 }
 
 void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
@@ -441,10 +450,7 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     for (int i = 0; i < s->nqcols; i++) {
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->qcols[i], Use::Value, "a query column");
       // Query placeholders are rendered as text whatever their type.
-      Oid outfn;
-      bool varlena;
-      getTypeOutputInfo(s->qcols[i].type, &outfn, &varlena);
-      fmgr_info_cxt(outfn, &s->qcols[i].out, s->cxt);
+      output_function(s->qcols[i].type, &s->qcols[i].out, s->cxt);
     }
   }
   if (s->nids > 0) {
@@ -473,12 +479,8 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
         if (strcmp(s->fields[i].target, field) == 0) f->field = i;
       if (f->field < 0) elog(ERROR, "bitdex_sync: a fan-in names field \"%s\", which the source lacks", field);
       f->query = stored_query((Node*)list_nth(fan_ins, k));
-      const bitdex::json::Value* lock = spec_get(fi->items[k], "lock");
-      f->lock = lock ? static_cast<Oid>(strtoul(lock->text.c_str(), nullptr, 10)) : InvalidOid;
-      Oid outfn;
-      bool varlena;
-      getTypeOutputInfo(s->fields[f->field].value.type, &outfn, &varlena);
-      fmgr_info_cxt(outfn, &f->key_out, s->cxt);
+      f->lock = spec_oid(fi->items[k], "lock");
+      output_function(s->fields[f->field].value.type, &f->key_out, s->cxt);
       const bitdex::json::Value* targets = spec_get(fi->items[k], "fields");
       f->ncols = list_length(f->query->query->targetList);
       if (!targets || static_cast<int>(targets->items.size()) != f->ncols)
@@ -492,8 +494,7 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
       }
     }
   }
-  const bitdex::json::Value* lock = spec_get(spec, "fan_in_lock");
-  s->fan_in_lock = lock ? static_cast<Oid>(strtoul(lock->text.c_str(), nullptr, 10)) : InvalidOid;
+  s->fan_in_lock = spec_oid(spec, "fan_in_lock");
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   s->valid = true;
@@ -1193,12 +1194,18 @@ int ids_list(const char* json_text) noexcept {
   return ok ? n : -1;
 }
 
-// Evaluates a compiled source's parameter expressions on `row`.
-void eval_params(Source* s, Compiled* params, int n, TupleTableSlot* row, Datum* values, bool* nulls, Oid* types) {
+// Runs stored query `q` with its n parameters evaluated on `row` (with the
+// writer's rights, in the active snapshot), passing each result row to `cb`.
+void run_on_row(Source* s, StoredQuery* q, Compiled* params, int n, TupleTableSlot* row,
+                bool (*cb)(TupleTableSlot*, void*), void* arg) {
+  Datum* values = (Datum*)palloc(sizeof(Datum) * (n > 0 ? n : 1));
+  bool* nulls = (bool*)palloc(sizeof(bool) * (n > 0 ? n : 1));
+  Oid* types = (Oid*)palloc(sizeof(Oid) * (n > 0 ? n : 1));
   for (int i = 0; i < n; i++) {
     values[i] = eval(s, &params[i], row, &nulls[i]);
     types[i] = params[i].type;
   }
+  run_stored_query(q, n, types, values, nulls, cb, arg);
 }
 
 // The first row's value (jsonb) as text, or nullptr when NULL.
@@ -1212,13 +1219,8 @@ bool first_jsonb_text(TupleTableSlot* slot, void* arg) {
 // Runs the fan-out's expression for `row` (with the writer's rights) and
 // leaves the {ids} text in *g_ids. False when it yields NULL or nothing.
 bool compute_ids(Source* s, TupleTableSlot* row) {
-  const int n = s->nids > 0 ? s->nids : 1;
-  Datum* values = (Datum*)palloc(sizeof(Datum) * n);
-  bool* nulls = (bool*)palloc(sizeof(bool) * n);
-  Oid* types = (Oid*)palloc(sizeof(Oid) * n);
-  eval_params(s, s->ids_params, s->nids, row, values, nulls, types);
   char* text = nullptr;
-  run_stored_query(s->ids, s->nids, types, values, nulls, first_jsonb_text, &text);
+  run_on_row(s, s->ids, s->ids_params, s->nids, row, first_jsonb_text, &text);
   if (!text) return false;
   const int got = ids_list(text);
   if (got < 0)
@@ -1267,13 +1269,8 @@ bool first_bool(TupleTableSlot* slot, void* arg) {
 // rights in the writing transaction's snapshot.
 bool filter_holds(Source* s, TupleTableSlot* row) {
   if (!s->join_filter) return cond_true(s, &s->filter, row);
-  const int n = s->njf > 0 ? s->njf : 1;
-  Datum* values = (Datum*)palloc(sizeof(Datum) * n);
-  bool* nulls = (bool*)palloc(sizeof(bool) * n);
-  Oid* types = (Oid*)palloc(sizeof(Oid) * n);
-  eval_params(s, s->jf_params, s->njf, row, values, nulls, types);
   bool holds = false;
-  run_stored_query(s->join_filter, s->njf, types, values, nulls, first_bool, &holds);
+  run_on_row(s, s->join_filter, s->jf_params, s->njf, row, first_bool, &holds);
   return holds;
 }
 
@@ -1298,8 +1295,11 @@ TupleTableSlot* addressing_row(TriggerEvent ev, TupleTableSlot* oldrow, TupleTab
 // Whether an UPDATE changed what the fan-out's query addresses: a value its
 // {col} placeholders or its expression's parameters read.
 bool query_key_changed(Source* s, TupleTableSlot* oldrow, TupleTableSlot* newrow) {
-  for (Compiled* cols : {s->qcols, s->ids_params}) {
-    const int n = cols == s->qcols ? s->nqcols : s->nids;
+  const struct {
+    Compiled* cols;
+    int n;
+  } keys[] = {{s->qcols, s->nqcols}, {s->ids_params, s->nids}};
+  for (const auto& [cols, n] : keys) {
     for (int i = 0; i < n; i++) {
       if (!may_change(&cols[i])) continue;
       bool onull, nnull;
@@ -1564,7 +1564,6 @@ void load_reset() {
   g_load_sink = nullptr;
 }
 
-namespace {}  // namespace
 }  // namespace bitdex::pg
 
 // bitdex_sync.capture(spec): AFTER ROW trigger behind every generated trigger.
@@ -1657,12 +1656,7 @@ Compiled* op_value_conversion(FunctionCallInfo fcinfo) {
     ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                     errmsg("values of type %s cannot be captured", format_type_be(type))));
   get_typlenbyval(type, &c->typlen, &c->typbyval);
-  if (c->conv == Conv::Output || c->conv == Conv::Number) {
-    Oid outfn;
-    bool varlena;
-    getTypeOutputInfo(type, &outfn, &varlena);
-    fmgr_info_cxt(outfn, &c->out, fcinfo->flinfo->fn_mcxt);
-  }
+  if (c->conv == Conv::Output || c->conv == Conv::Number) output_function(type, &c->out, fcinfo->flinfo->fn_mcxt);
   fcinfo->flinfo->fn_extra = c;
   return c;
 }
