@@ -351,6 +351,15 @@ void guard_truncate(TruncateStmt* stmt) {
 // else gets PostgreSQL's permission error, not the config's contents.
 // bitdex_sync.allow_capture_loss leaves it to PostgreSQL (CASCADE then drops
 // the trigger, and the guard at the command's end records the gap).
+// This installation's sources s whose capture trigger reads relation $1
+// (d: the trigger's dependencies on it and its columns, recorded by
+// apply_config for what its trees read), for a FROM clause.
+#define BDX_SOURCES_READING_REL                                                                \
+  "bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance "                    \
+  "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "   \
+  "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass " \
+  "AND d.refobjid = $1"
+
 void guard_captured_column(Oid user, Oid relid, const char* column, bool drop) {
   if (g_allow_capture_loss || !pg_class_ownercheck(relid, user)) return;
   const AttrNumber attnum = get_attnum(relid, column);
@@ -372,11 +381,8 @@ void guard_captured_column(Oid user, Oid relid, const char* column, bool drop) {
   // another table reads it through a query: a fan-out's, a join's, a fan-in's).
   if (SPI_execute_with_args("SELECT s.name, (SELECT pg_catalog.string_agg(e.key, ', ' ORDER BY e.key) FROM "
                             "pg_catalog.jsonb_each(s.config) e WHERE e.key <> 'table' AND e.value::text ~ $3), "
-                            "s.table_oid = $1 FROM bitdex_sync.sources s "
-                            "JOIN bitdex_sync.instance i ON i.id = s.instance "
-                            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
-                            "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-                            "AND d.refobjid = $1 AND d.refobjsubid = $2 ORDER BY 3 DESC, 1 LIMIT 1",
+                            "s.table_oid = $1 FROM " BDX_SOURCES_READING_REL " AND d.refobjsubid = $2 "
+                            "ORDER BY 3 DESC, 1 LIMIT 1",
                             3, types, values, nullptr, true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not check the captured columns");
   if (SPI_processed == 0) return;
@@ -409,10 +415,7 @@ void guard_row_security(Oid relid) {
   if (g_allow_capture_loss) return;
   Oid types[1] = {OIDOID};
   Datum values[1] = {ObjectIdGetDatum(relid)};
-  if (SPI_execute_with_args("SELECT s.name FROM bitdex_sync.sources s JOIN bitdex_sync.instance i ON i.id = s.instance "
-                            "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass "
-                            "AND d.objid = s.trigger_oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-                            "AND d.refobjid = $1 WHERE s.table_oid <> $1 ORDER BY 1 LIMIT 1",
+  if (SPI_execute_with_args("SELECT s.name FROM " BDX_SOURCES_READING_REL " WHERE s.table_oid <> $1 ORDER BY 1 LIMIT 1",
                             1, types, values, nullptr, true, 1) != SPI_OK_SELECT)
     elog(ERROR, "bitdex_sync: could not check the captured tables");
   if (SPI_processed == 0) return;
