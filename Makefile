@@ -14,8 +14,10 @@
 
 EXTENSION   = bitdex_sync
 MODULE_big  = bitdex_sync
-EXT_VERSION = 0.1.0
-DATA        = sql/bitdex_sync--$(EXT_VERSION).sql
+EXT_VERSION = 0.2.0
+# The first version's script and every upgrade script: CREATE EXTENSION
+# installs 0.1.0 and updates it to default_version.
+DATA        = $(sort $(wildcard sql/bitdex_sync--*.sql))
 PG_CONFIG  ?= pg_config
 
 CORE_SRCS = $(sort $(wildcard src/core/*.cpp))

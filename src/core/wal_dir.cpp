@@ -2,11 +2,14 @@
 #include "bitdex_sync/core/wal_dir.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cctype>
+#include <cstdlib>
 #include <cstring>
 
 #include "bitdex_sync/core/crc32c.hpp"
@@ -54,6 +57,33 @@ Cursor decode_cursor(const std::string& bytes, const std::string& path) {
 
 }  // namespace
 
+std::string format_cursor(const Cursor& c) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%016llx/%llu/%llu", static_cast<unsigned long long>(c.wal_id),
+                static_cast<unsigned long long>(c.generation), static_cast<unsigned long long>(c.offset));
+  return buf;
+}
+
+std::optional<Cursor> parse_cursor(const std::string& text) {
+  // Strictly digits where digits belong: strtoull alone would take signs and spaces.
+  auto field = [&](size_t from, size_t to, int base, uint64_t* out) {
+    if (to <= from || to - from > (base == 16 ? 16u : 20u)) return false;
+    for (size_t i = from; i < to; i++)
+      if (!(std::isdigit(static_cast<unsigned char>(text[i])) ||
+            (base == 16 && std::isxdigit(static_cast<unsigned char>(text[i])))))
+        return false;
+    errno = 0;
+    *out = std::strtoull(text.substr(from, to - from).c_str(), nullptr, base);
+    return errno == 0;
+  };
+  const size_t a = text.find('/'), b = a == std::string::npos ? a : text.find('/', a + 1);
+  Cursor c;
+  if (b == std::string::npos || !field(0, a, 16, &c.wal_id) || !field(a + 1, b, 10, &c.generation) ||
+      !field(b + 1, text.size(), 10, &c.offset))
+    return std::nullopt;
+  return c;
+}
+
 std::string segment_path(const std::string& dir, uint64_t generation) {
   return dir + "/" + segment_file_name(generation);
 }
@@ -66,11 +96,8 @@ std::vector<uint64_t> list_segments(const std::string& dir) {
   return gens;
 }
 
-std::optional<SegmentHeader> newest_header(const std::string& dir) {
-  if (!fileio::exists(dir)) return std::nullopt;
-  std::vector<uint64_t> gens = list_segments(dir);
-  if (gens.empty()) return std::nullopt;
-  const std::string path = segment_path(dir, gens.back());
+SegmentHeader segment_header(const std::string& dir, uint64_t generation) {
+  const std::string path = segment_path(dir, generation);
   fileio::Fd fd = fileio::open_file(path, O_RDONLY);
   std::string head(kSegmentHeaderFixed + kMarkSize * kMaxMarks + 4, '\0');
   head.resize(fileio::pread_full(fd.get(), head.data(), head.size(), 0, path));
@@ -81,6 +108,13 @@ std::optional<SegmentHeader> newest_header(const std::string& dir) {
     throw Error(ErrorKind::Corrupt,
                 "ops WAL segment \"" + path + "\" has a bad header" + (why.empty() ? "" : ": " + why));
   return h;
+}
+
+std::optional<SegmentHeader> newest_header(const std::string& dir) {
+  if (!fileio::exists(dir)) return std::nullopt;
+  std::vector<uint64_t> gens = list_segments(dir);
+  if (gens.empty()) return std::nullopt;
+  return segment_header(dir, gens.back());
 }
 
 std::string retire_dir(const std::string& dir, uint64_t wal_id) {
@@ -169,11 +203,35 @@ std::vector<ConsumerInfo> list_consumers(const std::string& dir) {
   return out;
 }
 
-RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits) {
+RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits,
+                                         const std::vector<ConsumerInfo>& others) {
   RetentionResult res;
   std::vector<uint64_t> gens = list_segments(dir);
-  if (gens.size() < 2) return res;
-  auto consumers = list_consumers(dir);
+  struct Seg {
+    uint64_t gen, bytes;
+    int64_t mtime;
+  };
+  std::vector<Seg> segs;
+  for (uint64_t g : gens) {
+    struct stat st;
+    const std::string path = segment_path(dir, g);
+    if (::stat(path.c_str(), &st) != 0) throw_io_error("stat", path, errno);
+    segs.push_back(Seg{g, static_cast<uint64_t>(st.st_size), static_cast<int64_t>(st.st_mtime)});
+  }
+  auto tally = [&] {
+    for (const Seg& s : segs)
+      if (std::find(res.removed.begin(), res.removed.end(), s.gen) == res.removed.end()) {
+        res.bytes_kept += s.bytes;
+        res.segments_kept++;
+      }
+  };
+  if (segs.size() < 2) {
+    tally();
+    return res;
+  }
+  std::vector<ConsumerInfo> consumers = list_consumers(dir);
+  const size_t local = consumers.size();
+  consumers.insert(consumers.end(), others.begin(), others.end());
   // The oldest segment each live consumer needs; generation 0 means "not
   // started", which needs the oldest segment.
   auto needs = [&](const ConsumerInfo& c) { return c.cursor.generation == 0 ? gens.front() : c.cursor.generation; };
@@ -184,26 +242,45 @@ RetentionResult remove_consumed_segments(const std::string& dir, const Retention
     any_live = true;
     keep_from = std::min(keep_from, needs(c));
   }
-  if (!any_live && limits.max_bytes == 0) return res;  // nobody registered: keep everything
+  // The oldest generation the limits let stay: the newest segments that fit
+  // max_bytes, and none last written before now - max_age.
+  uint64_t limit_from = gens.front();
+  std::string why;
   if (limits.max_bytes > 0) {
-    // Oldest generation whose suffix of segments still fits the limit.
-    uint64_t total = 0, limit_from = gens.back();
-    for (size_t i = gens.size(); i-- > 0;) {
-      fileio::Fd fd = fileio::open_file(segment_path(dir, gens[i]), O_RDONLY);
-      total += fileio::file_size(fd.get(), segment_path(dir, gens[i]));
-      if (total > limits.max_bytes && i + 1 < gens.size()) break;
-      limit_from = gens[i];
-    }
-    if (!any_live) keep_from = limit_from;
-    if (keep_from < limit_from) {
-      for (const ConsumerInfo& c : consumers) {
-        if (c.lagging || needs(c) >= limit_from) continue;
-        fileio::write_file_atomic(consumers_dir(dir), c.name + kLaggingSuffix,
-                                  "segment " + std::to_string(needs(c)) + " removed by the size limit\n");
-        res.now_lagging.push_back(c.name);
+    uint64_t total = 0;
+    for (size_t i = segs.size(); i-- > 0;) {
+      total += segs[i].bytes;
+      if (total > limits.max_bytes && i + 1 < segs.size()) {
+        limit_from = segs[i + 1].gen;
+        why = "removed by the size limit (" + std::to_string(limits.max_bytes) + " bytes)";
+        break;
       }
-      keep_from = limit_from;
     }
+  }
+  if (limits.max_age_seconds > 0) {
+    for (size_t i = 0; i + 1 < segs.size(); i++) {
+      if (segs[i].mtime + static_cast<int64_t>(limits.max_age_seconds) >= limits.now) break;
+      if (segs[i + 1].gen > limit_from) {
+        limit_from = segs[i + 1].gen;
+        why = "removed by the age limit (" + std::to_string(limits.max_age_seconds) + " s)";
+      }
+    }
+  }
+  if (!any_live) keep_from = limit_from;
+  if (keep_from < limit_from) {
+    for (size_t i = 0; i < consumers.size(); i++) {
+      const ConsumerInfo& c = consumers[i];
+      if (c.lagging || needs(c) >= limit_from) continue;
+      const std::string reason = "segment " + std::to_string(needs(c)) + " " + why;
+      if (i < local) {
+        fileio::write_file_atomic(consumers_dir(dir), c.name + kLaggingSuffix, reason + "\n");
+        res.now_lagging.push_back(c.name);
+      } else {
+        res.others_lagging.push_back(c.name);
+      }
+      res.lagging_why = why;
+    }
+    keep_from = limit_from;
   }
   for (uint64_t g : gens) {
     if (g >= keep_from) break;
@@ -212,6 +289,7 @@ RetentionResult remove_consumed_segments(const std::string& dir, const Retention
     res.removed.push_back(g);
   }
   if (!res.removed.empty()) fileio::fsync_dir(dir);
+  tally();
   return res;
 }
 

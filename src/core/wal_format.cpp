@@ -223,6 +223,58 @@ EntityRecord decode_entity(const RecordView& v) {
   return r;
 }
 
+BatchCut cut_batch(const uint8_t* p, size_t avail) {
+  BatchCut cut;
+  size_t at = 0;
+  for (;;) {
+    RecordView v;
+    cut.status = decode_record(p + at, avail - at, &v, &cut.why);
+    if (cut.status == Parse::Incomplete) {
+      if (avail - at >= 8) cut.need = get_u32(p + at) - (avail - at);
+      return cut;
+    }
+    if (cut.status == Parse::Corrupt) {
+      cut.bad_at = at;
+      return cut;
+    }
+    if (is_batch_member(v.type)) {
+      cut.records.push_back(v);
+      at += v.total_len;
+      continue;
+    }
+    cut.bad_at = at;
+    cut.certain = true;
+    try {
+      cut.end = decode_batch_end(v);
+    } catch (const Error& e) {
+      cut.status = Parse::Corrupt;
+      cut.why = e.what();
+      return cut;
+    }
+    if (cut.end.record_count != cut.records.size()) {
+      cut.status = Parse::Corrupt;
+      cut.why = "batch-end record count does not match the batch";
+      return cut;
+    }
+    cut.len = at + v.total_len;
+    return cut;
+  }
+}
+
+void decode_cut(const BatchCut& cut, uint64_t first_offset, Batch* out) {
+  out->clear();
+  out->reserve(cut.records.size());
+  uint64_t at = first_offset;
+  for (const RecordView& rv : cut.records) {
+    try {
+      out->push_back(decode_entity(rv));
+    } catch (const Error& e) {
+      throw Error(ErrorKind::Corrupt, "record at offset " + std::to_string(at) + ": " + e.what());
+    }
+    at += rv.total_len;
+  }
+}
+
 bool later_batch_exists(const uint8_t* data, size_t len, size_t from, uint64_t expected_seq) {
   std::string why;
   for (size_t at = from; at + kRecordHeaderSize <= len; at++) {

@@ -93,64 +93,38 @@ void WalReader::drop_buffer() {
 ReadStatus WalReader::next(WalBatch* out) {
   tail_note_.clear();
   if (!fd_.valid() && !open_segment()) return ReadStatus::Wait;
-  std::vector<RecordView> views;
   for (;;) {
-    // Try to cut one whole batch from the buffer.
-    views.clear();
     const auto* p = reinterpret_cast<const uint8_t*>(buf_.data()) + start_;
-    const size_t avail = buf_.size() - start_;
-    size_t at = 0;
-    std::string why;
-    Parse st = Parse::Incomplete;
-    size_t need = 0;
-    for (;;) {
-      RecordView v;
-      st = decode_record(p + at, avail - at, &v, &why);
-      if (st != Parse::Ok) {
-        if (st == Parse::Incomplete && avail - at >= 8) {
-          uint32_t len = 0;
-          for (int i = 3; i >= 0; i--) len = (len << 8) | p[at + i];
-          need = len - (avail - at);
-        }
-        break;
-      }
-      if (is_batch_member(v.type)) {
-        views.push_back(v);
-        at += v.total_len;
-        continue;
-      }
-      BatchEnd be;
-      try {
-        be = decode_batch_end(v);
-      } catch (const Error& e) {
-        corrupt(off_ + at, e.what());
-      }
-      if (be.record_count != views.size()) corrupt(off_ + at, "batch-end record count does not match the batch");
-      if (expected_seq_ != 0 && be.batch_seq != expected_seq_)
-        corrupt(off_ + at,
-                "batch " + std::to_string(be.batch_seq) + " where " + std::to_string(expected_seq_) + " was expected");
-      size_t batch_len = at + v.total_len;
-      out->seq = be.batch_seq;
-      out->marks = std::move(be.marks);
-      out->records.clear();
-      out->records.reserve(views.size());
-      size_t rec_at = 0;
-      for (const RecordView& rv : views) {
+    BatchCut cut = cut_batch(p, buf_.size() - start_);
+    const size_t at = cut.bad_at;
+    const std::string& why = cut.why;
+    if (cut.status == Parse::Ok) {
+      if (expected_seq_ != 0 && cut.end.batch_seq != expected_seq_)
+        corrupt(off_ + at, "batch " + std::to_string(cut.end.batch_seq) + " where " +
+                                    std::to_string(expected_seq_) + " was expected");
+      out->seq = cut.end.batch_seq;
+      out->marks = std::move(cut.end.marks);
+      if (raw_) {
+        out->records.clear();
+        out->raw.assign(reinterpret_cast<const char*>(p), cut.len);
+      } else {
         try {
-          out->records.push_back(decode_entity(rv));
+          decode_cut(cut, off_, &out->records);
         } catch (const Error& e) {
-          corrupt(off_ + rec_at, e.what());
+          corrupt(off_, e.what());
         }
-        rec_at += rv.total_len;
       }
       out->begin = cursor();
-      out->bytes = batch_len;
-      off_ += batch_len;
-      start_ += batch_len;
+      out->bytes = cut.len;
+      off_ += cut.len;
+      start_ += cut.len;
       expected_seq_ = out->seq + 1;
       out->end = cursor();
       return ReadStatus::Batch;
     }
+    if (cut.status == Parse::Corrupt && cut.certain) corrupt(off_ + at, why);
+    const Parse st = cut.status;
+    const size_t need = cut.need;
     if (st == Parse::Corrupt) {
       if (sealed()) corrupt(off_ + at, why);
       // In the segment being written a bad record may be a write in progress,
@@ -183,6 +157,30 @@ ReadStatus WalReader::next(WalBatch* out) {
     fd_ = fileio::Fd();
     if (!open_segment()) return ReadStatus::Wait;
   }
+}
+
+WalBatch decode_batch_bytes(const std::string& bytes, uint64_t expected_seq) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  BatchCut cut = cut_batch(p, bytes.size());
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorKind::Corrupt, "ops WAL batch received is corrupt: " + why,
+                "It holds " + std::to_string(bytes.size()) + " bytes.");
+  };
+  if (cut.status == Parse::Incomplete) bad("it ends inside a record");
+  if (cut.status == Parse::Corrupt) bad(cut.why + " at byte " + std::to_string(cut.bad_at));
+  if (cut.len != bytes.size()) bad("bytes follow its batch end");
+  if (expected_seq != 0 && cut.end.batch_seq != expected_seq)
+    bad("batch " + std::to_string(cut.end.batch_seq) + " where " + std::to_string(expected_seq) + " was expected");
+  WalBatch b;
+  b.seq = cut.end.batch_seq;
+  b.marks = std::move(cut.end.marks);
+  b.bytes = cut.len;
+  try {
+    decode_cut(cut, 0, &b.records);
+  } catch (const Error& e) {
+    bad(e.what());
+  }
+  return b;
 }
 
 WalReader open_consumer(const std::string& dir, const std::string& name) {

@@ -301,6 +301,7 @@ void create_slot_if_missing() {
   FreeDecodingContext(c);
   ReplicationSlotPersist();
   ReplicationSlotRelease();
+  g_worker->slot_created = true;
   ereport(LOG, (errmsg("bitdex_sync: created logical replication slot \"%s\"", g_worker->slot_name.c_str())));
 }
 

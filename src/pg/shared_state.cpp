@@ -27,6 +27,8 @@ namespace bitdex::pg {
 
 char* g_databases = nullptr;
 char* g_wal_directory = nullptr;
+int g_wal_max_size_mb = 0;
+int g_wal_max_age_s = 0;
 int g_wal_segment_size_kb = 64 * 1024;
 int g_on_poison_slot = kPoisonSkip;
 int g_on_poison_outbox = kPoisonSkip;
@@ -97,7 +99,10 @@ void attach_shared_memory() {
   if (!found) {
     memset(g_shared, 0, size);
     g_shared->max_databases = g_max_databases;
-    for (WorkerShared& w : g_shared->workers()) SpinLockInit(&w.mutex);
+    for (WorkerShared& w : g_shared->workers()) {
+      SpinLockInit(&w.mutex);
+      ConditionVariableInit(&w.appended);
+    }
     g_shared->lock = &GetNamedLWLockTranche("bitdex_sync")->lock;
     load_capture_key(g_shared->capture_key);
   }
@@ -150,6 +155,16 @@ void define_settings() {
   DefineCustomIntVariable(
       "bitdex_sync.wal_segment_size", "Size at which an ops WAL segment is closed and a new one begun.", nullptr,
       &g_wal_segment_size_kb, 64 * 1024, 64, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_KB, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "bitdex_sync.wal_max_size", "Size the ops WAL directory is kept within, lagging consumers or not.",
+      "Segments every consumer has passed are removed anyway; past this size the oldest go even when a consumer "
+      "still needs them, and that consumer is marked lagging (it must be rebuilt). 0: no bound.",
+      &g_wal_max_size_mb, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable(
+      "bitdex_sync.wal_max_age", "Age after which an ops WAL segment is removed, lagging consumers or not.",
+      "A segment last written longer ago is removed even when a consumer still needs it, and that consumer is "
+      "marked lagging. The newest segment always stays. 0: no bound.",
+      &g_wal_max_age_s, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr, &g_batch_max_ops,
                           100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("bitdex_sync.batch_max_delay", "Longest time a batch stays open while decoding.", nullptr,
@@ -344,10 +359,10 @@ WorkerShared* claim_worker(Oid dboid, const char* dbname, bool* duplicate) {
   if (w) {
     SpinLockAcquire(&w->mutex);
     if (!mine) {
-      // A fresh slot: nothing of its previous database's counters.
-      slock_t keep = w->mutex;
-      memset(w, 0, sizeof *w);
-      w->mutex = keep;
+      // A fresh slot: nothing of its previous database's counters (the
+      // mutex, the condition variable and its count stay: readers may wait).
+      const size_t from = offsetof(WorkerShared, dbname);
+      memset(reinterpret_cast<char*>(w) + from, 0, sizeof *w - from);
     }
     w->dboid = dboid;
     strlcpy(w->dbname, dbname, sizeof w->dbname);

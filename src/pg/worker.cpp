@@ -66,6 +66,7 @@ void publish_batch(TimestampTz now) {
   w->batches = t.batches;
   w->wal_bytes = t.wal_bytes;
   w->last_batch_at = now;
+  w->appends++;
   for (TimestampTz commit : g_worker->commit_times) {
     double ms = std::max<double>(0, static_cast<double>(now - commit) / 1000.0);
     int b = 0;
@@ -75,6 +76,7 @@ void publish_batch(TimestampTz now) {
     w->latency_count++;
   }
   SpinLockRelease(&w->mutex);
+  ConditionVariableBroadcast(&w->appended);
 }
 
 // The batch limits the settings ask for.
@@ -98,7 +100,10 @@ namespace {
 
 // bitdex_sync.instance into g_worker (in_transaction).
 void read_instance() {
-  if (SPI_execute("SELECT id, coalesce(wal_id, 0), outbox_acked FROM bitdex_sync.instance", true, 0) != SPI_OK_SELECT ||
+  // timeline through to_jsonb: an installation not updated to 0.2.0 has no such column.
+  if (SPI_execute("SELECT id, coalesce(wal_id, 0), outbox_acked, coalesce((to_jsonb(i) ->> 'timeline')::bigint, 0) "
+                  "FROM bitdex_sync.instance i",
+                  true, 0) != SPI_OK_SELECT ||
       SPI_processed != 1)
     ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bitdex_sync.instance does not hold one row"),
                     errhint("Drop and create the extension again.")));
@@ -109,6 +114,33 @@ void read_instance() {
   g_worker->instance_id = static_cast<uint64>(col(1));
   g_worker->recorded_wal_id = static_cast<uint64>(col(2));
   g_worker->outbox_acked = col(3);
+  g_worker->recorded_timeline = static_cast<uint32>(col(4));
+}
+
+// The timeline this server writes on, into bitdex_sync.instance (when the
+// installation has the column): a later start on another timeline with the
+// slot gone is a promoted standby.
+void record_timeline() {
+  Datum tli = Int64GetDatum(static_cast<int64>(GetWALInsertionTimeLine()));
+  Oid type = INT8OID;
+  if (SPI_execute("SELECT FROM pg_attribute WHERE attrelid = 'bitdex_sync.instance'::regclass "
+                  "AND attname = 'timeline' AND NOT attisdropped",
+                  true, 0) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not look at bitdex_sync.instance");
+  if (SPI_processed == 0) return;
+  if (SPI_execute_with_args("UPDATE bitdex_sync.instance SET timeline = $1", 1, &type, &tli, nullptr, false, 0) !=
+      SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not record the timeline");
+  g_worker->recorded_timeline = GetWALInsertionTimeLine();
+}
+
+// A promoted standby: the slot did not come with it, so the ops WAL cannot go
+// on where it stopped. bitdex_sync.start_new_wal() gives it up and registers
+// a full load of every source into the new one.
+void start_new_wal_after_failover() {
+  if (SPI_execute("SELECT bitdex_sync.start_new_wal()", false, 0) != SPI_OK_SELECT)
+    elog(ERROR, "bitdex_sync: could not start a new ops WAL");
+  read_instance();
 }
 
 // The WAL id of the ops WAL just started, into bitdex_sync.instance (in_transaction).
@@ -150,6 +182,19 @@ void open_writer() {
   if (g_worker->writer) return;
   in_transaction(read_instance);
   if (g_worker->extension_gone) return;
+  const TimeLineID timeline = GetWALInsertionTimeLine();
+  if (g_worker->recorded_wal_id != 0 && g_worker->slot_created && g_worker->recorded_timeline != 0 &&
+      g_worker->recorded_timeline != timeline) {
+    ereport(LOG,
+            (errmsg("bitdex_sync: this server was promoted (timeline %u; ops WAL %016llx was written on timeline %u) "
+                    "and the replication slot did not come with it: starting a new ops WAL",
+                    timeline, static_cast<unsigned long long>(g_worker->recorded_wal_id), g_worker->recorded_timeline),
+             errdetail("Changes committed on the old primary after its last copy here are not in any ops WAL of "
+                       "this server; the new ops WAL begins with a full load of every source."),
+             errhint("Every consumer must be rebuilt from the new ops WAL (docs/operations.md, failover).")));
+    in_transaction(start_new_wal_after_failover);
+  }
+  g_worker->slot_created = false;
   const bool fresh = g_worker->recorded_wal_id == 0;
   const XLogRecPtr confirmed = slot_confirmed();
   std::string retired;
@@ -198,6 +243,7 @@ void open_writer() {
     ereport(LOG, (errmsg("bitdex_sync: moved the ops WAL of an earlier installation of the extension in database "
                          "\"%s\" to \"%s\"",
                          g_worker->shared->dbname, retired.c_str())));
+  if (fresh || g_worker->recorded_timeline != timeline) in_transaction(record_timeline);
   if (fresh) {
     in_transaction(record_wal_id);
     ereport(LOG, (errmsg("bitdex_sync: started ops WAL %016llx in \"%s\"",
@@ -517,6 +563,7 @@ bool run() {
       loading = load_step(look) && !g_worker->extension_gone;
       if (look && !g_worker->extension_gone) {
         in_transaction(check_catalog);
+        if (g_worker->writer && !g_worker->extension_gone) in_transaction(retain_segments);
         // bitdex_sync.start_new_wal() recorded that this WAL is done with:
         // the next cycle moves it aside and starts another.
         if (g_worker->writer && g_worker->recorded_wal_id != g_worker->writer->wal_id()) {

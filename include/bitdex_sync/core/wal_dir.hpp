@@ -23,9 +23,18 @@ struct Cursor {
   }
 };
 
+// A cursor as text, "<WAL id, 16 hex digits>/<segment>/<offset>" (as
+// bitdex_sync.read_wal() and ack_consumer() take and give it); parse_cursor
+// returns nothing for anything else.
+std::string format_cursor(const Cursor& c);
+std::optional<Cursor> parse_cursor(const std::string& text);
+
 std::string segment_path(const std::string& dir, uint64_t generation);
 // Generations of the segments in dir, ascending.
 std::vector<uint64_t> list_segments(const std::string& dir);
+
+// The header of segment `generation` of dir; throws Error(Corrupt) when bad.
+SegmentHeader segment_header(const std::string& dir, uint64_t generation);
 
 // The header of the newest segment in dir (its WAL's identity and the marks
 // it started with); nothing when dir holds no segment.
@@ -63,17 +72,28 @@ struct RetentionLimits {
   // oldest go anyway and that consumer is marked lagging, so one stuck
   // consumer cannot fill the disk and stop the writer. 0: no limit.
   uint64_t max_bytes = 0;
+  // Segments last written more than this many seconds before `now` (Unix
+  // seconds) go anyway, likewise. 0: no limit.
+  uint64_t max_age_seconds = 0;
+  int64_t now = 0;
 };
 
 struct RetentionResult {
   std::vector<uint64_t> removed;         // generations deleted
-  std::vector<std::string> now_lagging;  // consumers marked lagging by this call
+  std::vector<std::string> now_lagging;  // consumers (in the directory) marked lagging by this call
+  // Consumers of `others` that needed a removed segment: the caller records
+  // them lagging (with `lagging_why`).
+  std::vector<std::string> others_lagging;
+  std::string lagging_why;
+  uint64_t bytes_kept = 0, segments_kept = 0;  // the directory's segments afterwards
 };
 
 // Deletes every segment that all registered, non-lagging consumers are past
-// (their cursor is in a later segment), then applies `limits`. Never deletes
-// the newest segment; with no consumer registered deletes nothing unless the
-// size limit says so.
-RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits = {});
+// (their cursor is in a later segment), then applies `limits`. `others` are
+// consumers kept elsewhere (bitdex_sync.consumers), counted like the
+// directory's. Never deletes the newest segment; with no consumer registered
+// deletes nothing unless a limit says so.
+RetentionResult remove_consumed_segments(const std::string& dir, const RetentionLimits& limits = {},
+                                         const std::vector<ConsumerInfo>& others = {});
 
 }  // namespace bitdex::wal

@@ -18,6 +18,7 @@ struct WalBatch {
   Batch records;
   Cursor begin, end;  // where the batch starts, and the next one
   uint64_t bytes = 0;
+  std::string raw;  // raw mode (WalReader::set_raw): the batch's bytes, records left undecoded
 };
 
 enum class ReadStatus {
@@ -35,6 +36,10 @@ class WalReader {
   // no longer be a write in progress (in a sealed segment, or a gap in batch
   // sequence), and never skips a record silently.
   ReadStatus next(WalBatch* out);
+
+  // Raw mode: batches come as their bytes (WalBatch::raw), checked (CRCs,
+  // counts, sequence) but not decoded, for a reader that forwards them.
+  void set_raw(bool raw) { raw_ = raw; }
 
   // Position after the last batch returned.
   Cursor cursor() const { return Cursor{wal_id_, gen_, off_}; }
@@ -58,7 +63,13 @@ class WalReader {
   std::string buf_;  // bytes of the current segment; buf_[start_] is at off_
   size_t start_ = 0;
   std::string tail_note_;
+  bool raw_ = false;
 };
+
+// Decodes one whole batch given as exactly its bytes (raw mode's, as
+// bitdex_sync.read_wal() returns them); a non-zero expected_seq must be its
+// number. Throws Error(Corrupt) unless the bytes are one intact batch.
+WalBatch decode_batch_bytes(const std::string& bytes, uint64_t expected_seq);
 
 // A reader at registered consumer `name`'s cursor. Throws Error(InvalidInput)
 // when the consumer is unknown or lagging (retention removed what it needed).

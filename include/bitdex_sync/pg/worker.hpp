@@ -9,6 +9,7 @@
 
 extern "C" {
 #include "replication/logical.h"
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -30,6 +31,8 @@ extern int g_batch_max_memory_kb;
 extern int g_naptime_ms;
 extern int g_load_chunk_rows;  // rows per load chunk
 extern int g_max_databases;    // worker slots in shared memory (databases with a worker at once)
+extern int g_wal_max_size_mb;  // retention: bound of the ops WAL directory (0: none)
+extern int g_wal_max_age_s;    // retention: oldest segment kept for a lagging consumer (0: none)
 constexpr int kPoisonSkip = 0, kPoisonStop = 1;
 extern int g_on_poison_slot;  // kPoisonSkip or kPoisonStop
 extern int g_on_poison_outbox;
@@ -51,6 +54,11 @@ const char* worker_state_name(WorkerState s);
 // status() and wait_for_sync().
 struct WorkerShared {
   slock_t mutex;
+  // Broadcast after every batch made durable (appends counts them): readers
+  // of bitdex_sync.read_wal() waiting for a batch sleep on it. Both outlive
+  // the slot's reuse by another database (claim_worker clears from dbname on).
+  ConditionVariable appended;
+  uint64 appends;
   char dbname[NAMEDATALEN];
   Oid dboid;
   int pid;
@@ -83,6 +91,8 @@ struct WorkerShared {
   uint64 errors_total;
   TimestampTz last_error_at;
   char last_error[512];
+  // The ops WAL directory after the worker's last retention pass.
+  uint64 wal_dir_bytes, wal_segments, segments_removed;
   uint64 latency_buckets[kLatencyBuckets];
   double latency_sum_ms;
   uint64 latency_count;

@@ -1,0 +1,122 @@
+// Retention in the worker: every naptime, the ops WAL segments that every
+// consumer has passed (the directory's own cursors and bitdex_sync.consumers)
+// are removed; bitdex_sync.wal_max_size and wal_max_age bound the directory
+// even when a consumer is stuck, which is then marked lagging. The writer
+// never waits for a consumer.
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "bitdex_sync/core/wal_dir.hpp"
+#include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/worker_state.hpp"
+
+extern "C" {
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+}
+
+namespace bitdex::pg::bgw {
+namespace {
+
+// What a pass decided, in static storage: run_cpp frames hold nothing a
+// longjmp could skip.
+struct Pass {
+  std::vector<wal::ConsumerInfo> table;
+  std::vector<std::string> other_wal;  // table consumers whose cursor is another WAL's
+  wal::RetentionResult result;
+};
+Pass* g_pass = nullptr;
+
+void mark_lagging(const std::string& name, const std::string& why) {
+  Oid types[2] = {TEXTOID, TEXTOID};
+  Datum args[2] = {CStringGetTextDatum(name.c_str()), CStringGetTextDatum(why.c_str())};
+  if (SPI_execute_with_args("UPDATE bitdex_sync.consumers SET lagging = $2, lagging_since = now() "
+                            "WHERE name = $1 AND lagging IS NULL",
+                            2, types, args, nullptr, false, 0) != SPI_OK_UPDATE)
+    elog(ERROR, "bitdex_sync: could not mark a consumer lagging");
+  ereport(WARNING, (errmsg("bitdex_sync: ops WAL consumer \"%s\" is lagging: %s", name.c_str(), why.c_str()),
+                    errhint("Its next read fails; rebuild its index (docs/operations.md, retention).")));
+}
+
+}  // namespace
+
+// In the worker's transaction (in_transaction): one retention pass.
+void retain_segments() {
+  if (!g_worker->writer) return;
+  if (!g_pass && !run_cpp(
+                     [] {
+                       g_pass = new Pass();
+                       return true;
+                     },
+                     g_worker->error, sizeof g_worker->error))
+    elog(ERROR, "bitdex_sync: out of memory");
+  // Registering and acknowledging wait while the pass decides: a consumer
+  // registered at the oldest segment is never removed from under it.
+  // (An installation not yet updated to 0.2.0 has no such table: only the
+  // directory's consumers count.)
+  const bool table = OidIsValid(get_relname_relid("consumers", get_namespace_oid("bitdex_sync", false)));
+  if (table &&
+      (SPI_execute("LOCK TABLE bitdex_sync.consumers IN SHARE MODE", false, 0) != SPI_OK_UTILITY ||
+       SPI_execute("SELECT name, wal_id, segment, segment_offset FROM bitdex_sync.consumers WHERE lagging IS NULL",
+                   true, 0) != SPI_OK_SELECT))
+    elog(ERROR, "bitdex_sync: could not read bitdex_sync.consumers");
+  const uint64 rows = table ? SPI_processed : 0;
+  const uint64_t wal_id = g_worker->writer->wal_id();
+  bool ok = run_cpp(
+      [&] {
+        g_pass->table.clear();
+        g_pass->other_wal.clear();
+        for (uint64 i = 0; i < rows; i++) {
+          HeapTuple t = SPI_tuptable->vals[i];
+          bool isnull;
+          char* name = pg_guard([&] { return SPI_getvalue(t, SPI_tuptable->tupdesc, 1); });
+          wal::ConsumerInfo c;
+          c.name = name;
+          c.cursor.wal_id = static_cast<uint64_t>(DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull)));
+          c.cursor.generation =
+              static_cast<uint64_t>(DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 3, &isnull)));
+          c.cursor.offset = static_cast<uint64_t>(DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 4, &isnull)));
+          if (c.cursor.wal_id != 0 && c.cursor.wal_id != wal_id)
+            g_pass->other_wal.push_back(c.name);
+          else
+            g_pass->table.push_back(std::move(c));
+        }
+        wal::RetentionLimits limits;
+        limits.max_bytes = uint64_t(g_wal_max_size_mb) << 20;
+        limits.max_age_seconds = uint64_t(g_wal_max_age_s);
+        limits.now = static_cast<int64_t>(std::time(nullptr));
+        g_pass->result = wal::remove_consumed_segments(g_worker->wal_dir, limits, g_pass->table);
+        return true;
+      },
+      g_worker->error, sizeof g_worker->error);
+  if (!ok)
+    ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: retention of the ops WAL in \"%s\" failed: %s",
+                                                      g_worker->wal_dir.c_str(), g_worker->error)));
+  for (const std::string& name : g_pass->other_wal)
+    mark_lagging(name, "its cursor belongs to an earlier ops WAL (this database now writes ops WAL " +
+                           wal::format_cursor(wal::Cursor{wal_id, 0, 0}).substr(0, 16) + ")");
+  for (const std::string& name : g_pass->result.others_lagging)
+    mark_lagging(name, "a segment it needed was " + g_pass->result.lagging_why);
+  for (const std::string& name : g_pass->result.now_lagging)
+    ereport(WARNING, (errmsg("bitdex_sync: ops WAL consumer \"%s\" (a cursor in the directory) is lagging: a segment "
+                             "it needed was %s",
+                             name.c_str(), g_pass->result.lagging_why.c_str())));
+  if (!g_pass->result.removed.empty())
+    ereport(DEBUG1, (errmsg("bitdex_sync: retention removed %zu ops WAL segments (%llu to %llu)",
+                            g_pass->result.removed.size(),
+                            static_cast<unsigned long long>(g_pass->result.removed.front()),
+                            static_cast<unsigned long long>(g_pass->result.removed.back()))));
+  WorkerShared* w = g_worker->shared;
+  SpinLockAcquire(&w->mutex);
+  w->wal_dir_bytes = g_pass->result.bytes_kept;
+  w->wal_segments = g_pass->result.segments_kept;
+  w->segments_removed += g_pass->result.removed.size();
+  SpinLockRelease(&w->mutex);
+}
+
+}  // namespace bitdex::pg::bgw
