@@ -1,8 +1,8 @@
 // bitdex-index: the reference index — build it from an ops WAL, keep it up
 // to date, query it, and verify it against PostgreSQL.
 //
-//   bitdex-index apply  --wal DIR --index FILE [--consumer NAME] [--json]
-//   bitdex-index follow --wal DIR --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]
+//   bitdex-index apply  --wal DIR | --dsn CONNINFO --index FILE [--consumer NAME] [--json]
+//   bitdex-index follow --wal DIR | --dsn CONNINFO --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]
 //   bitdex-index query  --index FILE [--ids] [--limit N] [--json] FILTER | --filter-file FILE
 //   bitdex-index stats  --index FILE [--json]
 //   bitdex-index verify --index FILE [--dsn CONNINFO] [--config FILE] [--max-shown N] [--no-join-query-fan-outs]
@@ -21,6 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,10 +46,12 @@ using tool::cursor_json;
 
 const char* kUsage =
     "usage: bitdex-index COMMAND [options]\n"
-    "  apply  --wal DIR --index FILE [--consumer NAME] [--json]\n"
+    "  apply  (--wal DIR | --dsn CONNINFO) --index FILE [--consumer NAME] [--json]\n"
     "                 apply every complete batch of the ops WAL, save the index, exit\n"
-    "  follow --wal DIR --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]\n"
-    "                 keep applying as batches arrive; save every S seconds (default 5) and on SIGTERM/SIGINT\n"
+    "  follow (--wal DIR | --dsn CONNINFO) --index FILE [--consumer NAME] [--checkpoint-seconds S] [--json]\n"
+    "                 keep applying as batches arrive; save every S seconds (default 5) and on SIGTERM/SIGINT;\n"
+    "                 --wal reads the directory on this host, --dsn reads it over libpq from the primary\n"
+    "                 (bitdex_sync.read_wal() as a role granted bitdex_sync_reader; reconnects by itself)\n"
     "  query  --index FILE [--ids] [--limit N] [--json] FILTER | --filter-file FILE\n"
     "                 count (and ids of) the alive slots matching FILTER, e.g. 'nsfwLevel in [1, 2] AND NOT "
     "type eq \"video\"';\n"
@@ -132,40 +136,48 @@ void print_problems(const Index& ix, size_t from) {
                  ix.problems()[i].what.c_str());
 }
 
-// WAL bytes after the cursor (for the ETA of progress lines).
-uint64_t bytes_left(const std::string& wal_dir, const wal::Cursor& c) {
-  uint64_t left = 0;
-  for (uint64_t gen : wal::list_segments(wal_dir)) {
-    if (gen < c.generation) continue;
-    struct stat st;
-    if (::stat(wal::segment_path(wal_dir, gen).c_str(), &st) != 0) continue;
-    uint64_t size = static_cast<uint64_t>(st.st_size);
-    left += gen == c.generation ? (size > c.offset ? size - c.offset : 0) : size;
-  }
-  return left;
-}
-
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) {
   g_stop = 1;
 }
 
+// The follower's source: the WAL directory (--wal) or the primary (--dsn).
+std::unique_ptr<BatchSource> source_of(const Args& a, bool follow) {
+  const std::string consumer = a.get("consumer", "index");
+  if (a.flag("wal") == a.flag("dsn")) usage(a.command + " needs --wal DIR or --dsn CONNINFO (one of them)");
+  if (a.flag("wal")) return local_source(a.need("wal"), consumer);
+  RemoteOptions o;
+  o.conninfo = a.need("dsn");
+  o.consumer = consumer;
+  o.wait_ms = follow ? 1000 : 0;
+  o.stopping = [] { return g_stop != 0; };
+  o.log = [](const std::string& m) { std::fprintf(stderr, "bitdex-index: %s\n", m.c_str()); };
+  return remote_source(std::move(o));
+}
+
 // apply and follow: the same loop; follow keeps waiting for more.
 int run_follow(const Args& a, bool follow) {
-  Follower f(a.need("wal"), a.need("index"), a.get("consumer", "index"));
-  const bool json = a.flag("json");
-  const double every = double(number(a, "checkpoint-seconds", 5));
   if (follow) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
   }
+  const bool remote = a.flag("dsn");
+  Follower f(source_of(a, follow), a.need("index"));
+  const bool json = a.flag("json");
+  const double every = double(number(a, "checkpoint-seconds", 5));
   const uint64_t ops0 = f.index().counters().ops, batches0 = f.index().counters().batches;
   size_t problems = f.index().problems().size();
   auto start = Clock::now(), last_save = start, last_report = start;
   uint64_t ops_at_report = ops0;
-  uint64_t left_at_report = bytes_left(a.need("wal"), f.cursor());
+  std::optional<uint64_t> left_at_report = f.source().bytes_after(f.cursor());
   while (!g_stop) {
-    bool got = f.step();
+    bool got = false;
+    try {
+      got = f.step();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::Cancelled) throw;
+      break;  // a signal while the source reconnected
+    }
     if (f.index().problems().size() != problems) {
       print_problems(f.index(), problems);
       problems = f.index().problems().size();
@@ -173,14 +185,16 @@ int run_follow(const Args& a, bool follow) {
     auto now = Clock::now();
     if (now - last_report >= std::chrono::seconds(5)) {
       double dt = std::chrono::duration<double>(now - last_report).count();
-      uint64_t left = bytes_left(a.need("wal"), f.cursor());
-      double byte_rate = left_at_report > left ? double(left_at_report - left) / dt : 0;
-      std::string eta = byte_rate > 0 ? std::to_string(uint64_t(double(left) / byte_rate)) + " s" : "unknown";
-      std::fprintf(stderr,
-                   "bitdex-index: batch %" PRIu64 ", %" PRIu64 " ops applied (%.0f ops/s), %" PRIu64
-                   " WAL bytes behind, ETA %s\n",
+      std::optional<uint64_t> left = f.source().bytes_after(f.cursor());
+      std::string behind;
+      if (left) {
+        double byte_rate = left_at_report && *left_at_report > *left ? double(*left_at_report - *left) / dt : 0;
+        behind = ", " + std::to_string(*left) + " WAL bytes behind, ETA " +
+                 (byte_rate > 0 ? std::to_string(uint64_t(double(*left) / byte_rate)) + " s" : "unknown");
+      }
+      std::fprintf(stderr, "bitdex-index: batch %" PRIu64 ", %" PRIu64 " ops applied (%.0f ops/s)%s\n",
                    f.index().counters().last_batch_seq, f.index().counters().ops - ops0,
-                   double(f.index().counters().ops - ops_at_report) / dt, left, eta.c_str());
+                   double(f.index().counters().ops - ops_at_report) / dt, behind.c_str());
       last_report = now;
       ops_at_report = f.index().counters().ops;
       left_at_report = left;
@@ -190,9 +204,16 @@ int run_follow(const Args& a, bool follow) {
       f.checkpoint();
       last_save = now;
     }
-    if (!got) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    // The remote source's read already waited (long poll, woken by the worker).
+    if (!got && !remote) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  f.checkpoint();
+  try {
+    f.checkpoint();
+  } catch (const Error& e) {
+    // The snapshot is saved; only the acknowledgement waits for the next run.
+    if (e.kind() != ErrorKind::Cancelled) throw;
+    std::fprintf(stderr, "bitdex-index: index saved; the cursor is acknowledged at the next start (%s)\n", e.what());
+  }
   double secs = std::chrono::duration<double>(Clock::now() - start).count();
   const Counters& c = f.index().counters();
   uint64_t ops = c.ops - ops0;

@@ -100,8 +100,8 @@ ReadStatus WalReader::next(WalBatch* out) {
     const std::string& why = cut.why;
     if (cut.status == Parse::Ok) {
       if (expected_seq_ != 0 && cut.end.batch_seq != expected_seq_)
-        corrupt(off_ + at, "batch " + std::to_string(cut.end.batch_seq) + " where " +
-                                    std::to_string(expected_seq_) + " was expected");
+        corrupt(off_ + at, "batch " + std::to_string(cut.end.batch_seq) + " where " + std::to_string(expected_seq_) +
+                               " was expected");
       out->seq = cut.end.batch_seq;
       out->marks = std::move(cut.end.marks);
       if (raw_) {

@@ -4,22 +4,81 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 
 #include "bitdex_sync/core/error.hpp"
 
 namespace bitdex::index {
+namespace {
 
-Follower::Follower(std::string wal_dir, std::string snapshot, std::string consumer)
-    : wal_dir_(std::move(wal_dir)), snapshot_(std::move(snapshot)), consumer_(std::move(consumer)) {
-  wal::validate_consumer_name(consumer_);
-  // A mistyped path must not become an empty directory and an empty index
-  // reported as a success.
-  if (!fileio::exists(wal_dir_) || wal::list_segments(wal_dir_).empty())
-    throw Error(ErrorKind::InvalidInput, "\"" + wal_dir_ + "\" is not an ops WAL directory (it holds no segment)", {},
-                "Give the directory of the database's ops WAL: SELECT bitdex_sync.wal_directory(); in that "
-                "database.");
+class LocalSource : public BatchSource {
+ public:
+  LocalSource(std::string dir, std::string consumer) : dir_(std::move(dir)), consumer_(std::move(consumer)) {
+    wal::validate_consumer_name(consumer_);
+    // A mistyped path must not become an empty directory and an empty index
+    // reported as a success.
+    if (!fileio::exists(dir_) || wal::list_segments(dir_).empty())
+      throw Error(ErrorKind::InvalidInput, "\"" + dir_ + "\" is not an ops WAL directory (it holds no segment)", {},
+                  "Give the directory of the database's ops WAL: SELECT bitdex_sync.wal_directory(); in that "
+                  "database.");
+  }
+
+  bool start(const std::optional<wal::Cursor>& after) override {
+    wal::Cursor c = after.value_or(wal::Cursor{});
+    bool mid = false;
+    if (!after) {
+      // A new index for a consumer registered at a later point (`bitdex-wal
+      // register --at-end`, then bitdex_sync.load()) starts there. Any other
+      // new index is built from batch 1, whatever an earlier index of the
+      // consumer had reached (its first checkpoint moves the cursor).
+      if (auto registered = wal::load_cursor(dir_, consumer_);
+          registered && registered->offset > 0 && wal::registered_at_end(dir_, consumer_)) {
+        c = *registered;
+        mid = true;
+      }
+    }
+    wal::register_consumer(dir_, consumer_, c);
+    for (const wal::ConsumerInfo& info : wal::list_consumers(dir_))
+      if (info.name == consumer_ && info.lagging)
+        throw Error(ErrorKind::InvalidInput, "ops WAL consumer \"" + consumer_ + "\" is lagging",
+                    "Retention removed segments this index had not applied yet.",
+                    "Rebuild the index from a dump, then `bitdex-wal unregister` and register the consumer again.");
+    reader_ = std::make_unique<wal::WalReader>(dir_, c);
+    return mid;
+  }
+
+  bool next(wal::WalBatch* out) override { return reader_->next(out) == wal::ReadStatus::Batch; }
+  void acknowledge(const wal::Cursor& c) override { wal::save_cursor(dir_, consumer_, c); }
+  std::string tail_note() const override { return reader_->tail_note(); }
+  std::string where() const override { return "\"" + dir_ + "\""; }
+
+  std::optional<uint64_t> bytes_after(const wal::Cursor& c) const override {
+    uint64_t left = 0;
+    for (uint64_t gen : wal::list_segments(dir_)) {
+      if (gen < c.generation) continue;
+      struct stat st;
+      if (::stat(wal::segment_path(dir_, gen).c_str(), &st) != 0) continue;
+      uint64_t size = static_cast<uint64_t>(st.st_size);
+      left += gen == c.generation ? (size > c.offset ? size - c.offset : 0) : size;
+    }
+    return left;
+  }
+
+ private:
+  std::string dir_, consumer_;
+  std::unique_ptr<wal::WalReader> reader_;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchSource> local_source(std::string wal_dir, std::string consumer) {
+  return std::make_unique<LocalSource>(std::move(wal_dir), std::move(consumer));
+}
+
+Follower::Follower(std::unique_ptr<BatchSource> source, std::string snapshot)
+    : source_(std::move(source)), snapshot_(std::move(snapshot)) {
   // Two followers of one snapshot would each apply every batch and then
   // overwrite each other's file; the kernel drops the lock when we die.
   const std::string lock_path = snapshot_ + ".lock";
@@ -29,29 +88,21 @@ Follower::Follower(std::string wal_dir, std::string snapshot, std::string consum
       throw Error(ErrorKind::InvalidInput, "index \"" + snapshot_ + "\" is in use by another bitdex-index process");
     throw_io_error("lock file", lock_path, errno);
   }
+  std::optional<wal::Cursor> after;
   if (fileio::exists(snapshot_)) {
     index_ = Index::load(snapshot_, &cursor_);
-  } else if (auto registered = wal::load_cursor(wal_dir_, consumer_);
-             registered && registered->offset > 0 && wal::registered_at_end(wal_dir_, consumer_)) {
-    // A new index for a consumer registered at a later point (`bitdex-wal
-    // register --at-end`, then bitdex_sync.load()): it starts there. Any
-    // other new index is built from batch 1, whatever an earlier index of
-    // the consumer had reached (its first checkpoint moves the cursor).
-    cursor_ = *registered;
-    starts_mid_wal_ = true;
+    after = cursor_;
   }
-  wal::register_consumer(wal_dir_, consumer_, cursor_);
-  for (const wal::ConsumerInfo& c : wal::list_consumers(wal_dir_))
-    if (c.name == consumer_ && c.lagging)
-      throw Error(ErrorKind::InvalidInput, "ops WAL consumer \"" + consumer_ + "\" is lagging",
-                  "Retention removed segments this index had not applied yet.",
-                  "Rebuild the index from a dump, then `bitdex-wal unregister` and register the consumer again.");
-  reader_ = std::make_unique<wal::WalReader>(wal_dir_, cursor_);
+  starts_mid_wal_ = source_->start(after);
 }
 
 bool Follower::step() {
   wal::WalBatch b;
-  if (reader_->next(&b) != wal::ReadStatus::Batch) return false;
+  if (!source_->next(&b)) {
+    tail_note_ = source_->tail_note();
+    return false;
+  }
+  tail_note_.clear();
   Counters& c = index_.counters();
   // Batch numbers run 1, 2, 3... over the whole WAL: anything else means
   // batches this index never saw (retention, or a different WAL).
@@ -60,19 +111,19 @@ bool Follower::step() {
     throw Error(ErrorKind::InvalidInput,
                 "ops WAL batch " + std::to_string(b.seq) + " does not follow the index's last batch " +
                     std::to_string(c.last_batch_seq),
-                "Batches between them are no longer in \"" + wal_dir_ + "\".",
+                "Batches between them are no longer in " + source_->where() + ".",
                 "Rebuild the index from a dump of the tables.");
   index_.apply(b.records, "batch " + std::to_string(b.seq));
   c.batches++;
   c.last_batch_seq = b.seq;
-  cursor_ = reader_->cursor();
+  cursor_ = b.end;
   unsaved_++;
   return true;
 }
 
 void Follower::checkpoint() {
   index_.save(snapshot_, cursor_);
-  wal::save_cursor(wal_dir_, consumer_, cursor_);
+  if (cursor_.wal_id != 0 || cursor_.generation != 0) source_->acknowledge(cursor_);
   unsaved_ = 0;
 }
 

@@ -98,10 +98,12 @@ Consumer read_consumer(const std::string& name, bool lock) {
   c.found = true;
   bool isnull = false;
   auto col = [&](int n) {
-    return pg_guard([&] { return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, n, &isnull)); });
+    return pg_guard(
+        [&] { return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, n, &isnull)); });
   };
   c.cursor = Cursor{static_cast<uint64_t>(col(1)), static_cast<uint64_t>(col(2)), static_cast<uint64_t>(col(3))};
-  c.at_end = pg_guard([&] { return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)); });
+  c.at_end =
+      pg_guard([&] { return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)); });
   const char* why = pg_guard([&] { return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5); });
   c.lagging = why != nullptr;
   if (why) c.lagging_why = why;
@@ -165,8 +167,7 @@ uint64 appends_of(WorkerShared* w) {
 void wait_for_append(uint64 seen, long timeout_ms) {
   WorkerShared* w = worker_for_database(MyDatabaseId);
   if (!w) {  // no worker (yet): look again now and then
-    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(timeout_ms, 100L),
-                    PG_WAIT_EXTENSION);
+    (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Min(timeout_ms, 100L), PG_WAIT_EXTENSION);
     ResetLatch(MyLatch);
     CHECK_FOR_INTERRUPTS();
     return;
@@ -267,8 +268,10 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     const int64 max_bytes = PG_GETARG_INT32(2);
     const int wait_ms = PG_GETARG_INT32(3);
     if (max_bytes < 1 || wait_ms < 0 || wait_ms > kMaxWaitMs)
-      throw Error(ErrorKind::InvalidInput, "bitdex_sync.read_wal(): max_bytes must be at least 1 and wait_ms "
-                                           "between 0 and " + std::to_string(kMaxWaitMs));
+      throw Error(ErrorKind::InvalidInput,
+                  "bitdex_sync.read_wal(): max_bytes must be at least 1 and wait_ms "
+                  "between 0 and " +
+                      std::to_string(kMaxWaitMs));
     std::optional<Cursor> after;
     if (!PG_ARGISNULL(1)) after = require_cursor(arg_text(fcinfo, 1));
     ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
@@ -303,13 +306,12 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     if (from_batch_one) {
       const uint64_t first = wal::segment_header(dir, gens.front()).next_batch_seq;
       if (first != 1)
-        throw Error(ErrorKind::NotReady,
-                    "the ops WAL no longer starts at batch 1: retention removed batches 1 to " +
-                        std::to_string(first - 1),
-                    "An empty index of consumer \"" + name + "\" would miss them.",
-                    "Register the consumer at the end and load: SELECT bitdex_sync.unregister_consumer('" + name +
-                        "'); SELECT bitdex_sync.register_consumer('" + name +
-                        "', at_end => true); SELECT bitdex_sync.load();");
+        throw Error(
+            ErrorKind::NotReady,
+            "the ops WAL no longer starts at batch 1: retention removed batches 1 to " + std::to_string(first - 1),
+            "An empty index of consumer \"" + name + "\" would miss them.",
+            "Register the consumer at the end and load: SELECT bitdex_sync.unregister_consumer('" + name +
+                "'); SELECT bitdex_sync.register_consumer('" + name + "', at_end => true); SELECT bitdex_sync.load();");
     }
 
     wal::WalReader rd(dir, start);
@@ -367,16 +369,16 @@ Datum bitdex_sync_ack_consumer(PG_FUNCTION_ARGS) {
     const std::string dir = wal_dir();
     std::vector<uint64_t> gens = wal::list_segments(dir);
     if (gens.empty() || cur.generation < gens.front() || cur.generation > gens.back())
-      throw Error(ErrorKind::InvalidInput,
-                  "cursor " + wal::format_cursor(cur) + " is not in a segment of the ops WAL",
-                  gens.empty() ? "The ops WAL has no segment."
-                               : "Its segments are " + std::to_string(gens.front()) + " to " +
-                                     std::to_string(gens.back()) + ".",
+      throw Error(ErrorKind::InvalidInput, "cursor " + wal::format_cursor(cur) + " is not in a segment of the ops WAL",
+                  gens.empty()
+                      ? "The ops WAL has no segment."
+                      : "Its segments are " + std::to_string(gens.front()) + " to " + std::to_string(gens.back()) + ".",
                   "Acknowledge a cursor read_wal() returned.");
     pg_guard([&] {
       Oid types[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
       Datum args[4] = {CStringGetTextDatum(name.c_str()), Int64GetDatum(static_cast<int64>(cur.wal_id)),
-                       Int64GetDatum(static_cast<int64>(cur.generation)), Int64GetDatum(static_cast<int64>(cur.offset))};
+                       Int64GetDatum(static_cast<int64>(cur.generation)),
+                       Int64GetDatum(static_cast<int64>(cur.offset))};
       if (SPI_execute_with_args("UPDATE bitdex_sync.consumers SET wal_id = $2, segment = $3, segment_offset = $4, "
                                 "at_end = false, acked_at = now() WHERE name = $1",
                                 4, types, args, nullptr, false, 0) != SPI_OK_UPDATE)
@@ -393,8 +395,9 @@ Datum bitdex_sync_wal_records(PG_FUNCTION_ARGS) {
     const int64 from = PG_GETARG_INT64(0);
     const int32 max_rows = PG_GETARG_INT32(1);
     if (from < 1 || max_rows < 0)
-      throw Error(ErrorKind::InvalidInput, "bitdex_sync.wal_records(): from_batch must be at least 1 and max_rows "
-                                           "not negative");
+      throw Error(ErrorKind::InvalidInput,
+                  "bitdex_sync.wal_records(): from_batch must be at least 1 and max_rows "
+                  "not negative");
     ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
     pg_guard([&] { InitMaterializedSRF(fcinfo, 0); });
     spi_connect();

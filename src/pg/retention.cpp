@@ -107,10 +107,10 @@ void retain_segments() {
                              "it needed was %s",
                              name.c_str(), g_pass->result.lagging_why.c_str())));
   if (!g_pass->result.removed.empty())
-    ereport(DEBUG1, (errmsg("bitdex_sync: retention removed %zu ops WAL segments (%llu to %llu)",
-                            g_pass->result.removed.size(),
-                            static_cast<unsigned long long>(g_pass->result.removed.front()),
-                            static_cast<unsigned long long>(g_pass->result.removed.back()))));
+    ereport(DEBUG1,
+            (errmsg("bitdex_sync: retention removed %zu ops WAL segments (%llu to %llu)", g_pass->result.removed.size(),
+                    static_cast<unsigned long long>(g_pass->result.removed.front()),
+                    static_cast<unsigned long long>(g_pass->result.removed.back()))));
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
   w->wal_dir_bytes = g_pass->result.bytes_kept;

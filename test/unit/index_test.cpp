@@ -224,7 +224,7 @@ TEST(Follower, RestartsResumeExactlyWhereTheSnapshotStopped) {
   std::mt19937 rng(5);
   int rounds = 0;
   for (bool done = false; !done; rounds++) {
-    Follower f(wal_dir, snap, "index");
+    Follower f(bitdex::index::local_source(wal_dir, "index"), snap);
     int steps = std::uniform_int_distribution<int>(1, 60)(rng);
     for (int i = 0; i < steps; i++) {
       if (!f.step()) {
@@ -244,10 +244,10 @@ TEST(Follower, RestartsResumeExactlyWhereTheSnapshotStopped) {
   // The consumer's cursor followed the snapshot, so retention can drop
   // what the index has applied, and the index still loads and agrees.
   wal::remove_consumed_segments(wal_dir);
-  Follower again(wal_dir, snap, "index");
+  Follower again(bitdex::index::local_source(wal_dir, "index"), snap);
   EXPECT_FALSE(again.step());
   EXPECT_EQ(compare(again.index(), model), "");
-  EXPECT_THROW(Follower(wal_dir, snap, "index"), Error);  // one follower per snapshot
+  EXPECT_THROW(Follower(bitdex::index::local_source(wal_dir, "index"), snap), Error);  // one follower per snapshot
 }
 
 TEST(Follower, RefusesAWalThatLostItsBeginning) {
@@ -267,7 +267,7 @@ TEST(Follower, RefusesAWalThatLostItsBeginning) {
   wal::save_cursor(wal_dir, "other", wal::Cursor{0, last, 0});
   wal::remove_consumed_segments(wal_dir);
   ASSERT_GT(wal::list_segments(wal_dir).front(), 1u);
-  Follower f(wal_dir, d.path() + "/ix.bdx", "index");
+  Follower f(bitdex::index::local_source(wal_dir, "index"), d.path() + "/ix.bdx");
   EXPECT_THROW(f.step(), Error);
 }
 

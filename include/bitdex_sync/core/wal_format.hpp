@@ -85,13 +85,13 @@ inline bool is_batch_member(RecordType t) {
 // bitdex_sync.read_wal()) both cut batches with it.
 struct BatchCut {
   Parse status = Parse::Incomplete;
-  size_t len = 0;        // Ok: bytes of the batch, its records and its batch end
-  BatchEnd end;          // Ok
+  size_t len = 0;                   // Ok: bytes of the batch, its records and its batch end
+  BatchEnd end;                     // Ok
   std::vector<RecordView> records;  // Ok: the batch's entity and clear records
-  size_t bad_at = 0;     // Corrupt: offset of the bad record
-  bool certain = false;  // Corrupt: a bad batch end, damage whatever follows (not a write in progress)
-  size_t need = 0;       // Incomplete: bytes still missing from the last record, when its length is known
-  std::string why;       // Corrupt
+  size_t bad_at = 0;                // Corrupt: offset of the bad record
+  bool certain = false;             // Corrupt: a bad batch end, damage whatever follows (not a write in progress)
+  size_t need = 0;                  // Incomplete: bytes still missing from the last record, when its length is known
+  std::string why;                  // Corrupt
 };
 BatchCut cut_batch(const uint8_t* p, size_t avail);
 // The records of a cut batch, decoded; `first_offset` is where the batch
