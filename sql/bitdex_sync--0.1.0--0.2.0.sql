@@ -262,7 +262,8 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
                                            / greatest(l.rows, 1))::numeric, 1))
       FROM bitdex_sync.loads l WHERE l.state = 'running' AND l.started_at IS NOT NULL AND l.estimate IS NOT NULL
     UNION ALL
-    SELECT 11, format('bitdex_sync_capture_gaps{database="%s",state="%s"} %s', current_database(), st,
+    SELECT 11 + CASE st WHEN 'open' THEN 0 ELSE 0.1 END,
+           format('bitdex_sync_capture_gaps{database="%s",state="%s"} %s', current_database(), st,
                       (SELECT count(*) FROM bitdex_sync.capture_gaps g
                         WHERE (g.ended_at IS NULL) = (st = 'open')))
       FROM unnest(ARRAY['open', 'restored']) st

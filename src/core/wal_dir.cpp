@@ -276,9 +276,8 @@ RetentionResult remove_consumed_segments(const std::string& dir, const Retention
         fileio::write_file_atomic(consumers_dir(dir), c.name + kLaggingSuffix, reason + "\n");
         res.now_lagging.push_back(c.name);
       } else {
-        res.others_lagging.push_back(c.name);
+        res.others_lagging.emplace_back(c.name, reason);
       }
-      res.lagging_why = why;
     }
     keep_from = limit_from;
   }

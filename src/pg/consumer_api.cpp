@@ -281,11 +281,12 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     const Consumer c = read_consumer(name, false);
     const uint64_t wal_id = current_wal_id();
     spi_finish();
+    // The reader's own cursor first: after a failover it names both WALs.
+    if (after && after->wal_id != wal_id) other_wal("Cursor " + wal::format_cursor(*after), after->wal_id, wal_id);
     if (!c.found) not_registered(name);
-    if (c.lagging) lagging(name, c.lagging_why);
     if (wal_id != 0 && c.cursor.wal_id != 0 && c.cursor.wal_id != wal_id)
       other_wal("The cursor of consumer \"" + name + "\"", c.cursor.wal_id, wal_id);
-    if (after && after->wal_id != wal_id) other_wal("Cursor " + wal::format_cursor(*after), after->wal_id, wal_id);
+    if (c.lagging) lagging(name, c.lagging_why);
     if (wal_id == 0) return (Datum)0;  // no ops WAL yet: nothing to read
 
     const std::string dir = wal_dir();

@@ -100,12 +100,11 @@ void retain_segments() {
   for (const std::string& name : g_pass->other_wal)
     mark_lagging(name, "its cursor belongs to an earlier ops WAL (this database now writes ops WAL " +
                            wal::format_cursor(wal::Cursor{wal_id, 0, 0}).substr(0, 16) + ")");
-  for (const std::string& name : g_pass->result.others_lagging)
-    mark_lagging(name, "a segment it needed was " + g_pass->result.lagging_why);
+  for (const auto& [name, why] : g_pass->result.others_lagging) mark_lagging(name, why);
   for (const std::string& name : g_pass->result.now_lagging)
-    ereport(WARNING, (errmsg("bitdex_sync: ops WAL consumer \"%s\" (a cursor in the directory) is lagging: a segment "
-                             "it needed was %s",
-                             name.c_str(), g_pass->result.lagging_why.c_str())));
+    ereport(WARNING, (errmsg("bitdex_sync: ops WAL consumer \"%s\" (a cursor in the directory) is lagging: "
+                             "retention removed a segment it needed",
+                             name.c_str())));
   if (!g_pass->result.removed.empty())
     ereport(DEBUG1,
             (errmsg("bitdex_sync: retention removed %zu ops WAL segments (%llu to %llu)", g_pass->result.removed.size(),

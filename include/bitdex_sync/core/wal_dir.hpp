@@ -81,10 +81,9 @@ struct RetentionLimits {
 struct RetentionResult {
   std::vector<uint64_t> removed;         // generations deleted
   std::vector<std::string> now_lagging;  // consumers (in the directory) marked lagging by this call
-  // Consumers of `others` that needed a removed segment: the caller records
-  // them lagging (with `lagging_why`).
-  std::vector<std::string> others_lagging;
-  std::string lagging_why;
+  // Consumers of `others` that needed a removed segment, with why: the
+  // caller records them lagging.
+  std::vector<std::pair<std::string, std::string>> others_lagging;
   uint64_t bytes_kept = 0, segments_kept = 0;  // the directory's segments afterwards
 };
 
