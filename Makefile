@@ -120,7 +120,11 @@ build/bench/bench_core: bench/bench_core.cpp $(INDEX_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG -Itest $< $(INDEX_LIBS) -lbenchmark -pthread -o $@
 
-bench: build/bench/bench_core
+build/bench/follow_latency: bench/follow_latency.cpp $(INDEX_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CORE_CXX) $(CORE_CXXFLAGS) -O3 -DNDEBUG $< $(INDEX_LIBS) -pthread -o $@
+
+bench: build/bench/bench_core build/bench/follow_latency
 
 # ---- hygiene ---------------------------------------------------------------
 check-wall:

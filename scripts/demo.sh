@@ -15,7 +15,10 @@
 #      metrics() (lag, latency histogram, loads),
 #   6. the ops WAL dumped, verified and summarised,
 #   7. the reference index built from the WAL, queried, and verified against
-#      the tables (0 differences).
+#      the tables (0 differences),
+#   8. a follower as on another host: `bitdex-index follow --dsn` over TCP
+#      with scram as a role granted only bitdex_sync_reader, while changes
+#      go on; its index verified too.
 # The server is stopped at the end unless --keep is given.
 #
 #   BITDEX_DEMO_DIR   where the private cluster and WAL live (default /tmp/bitdex_demo)
@@ -37,7 +40,11 @@ make -s install >/dev/null
 say "starting a private PostgreSQL in $demo (port $port)"
 rm -rf "$demo"
 . scripts/lib/private_pg.sh
-private_pg_start "$demo" "$port"
+private_pg_start "$demo" "$port" "listen_addresses = '127.0.0.1'" "password_encryption = 'scram-sha-256'"
+# Followers on other hosts connect over TCP with a password (scram); add
+# hostssl and certificates for TLS (docs/operations.md, *Followers*).
+echo "host all all 127.0.0.1/32 scram-sha-256" >> "$demo/data/pg_hba.conf"
+"${AS_PG[@]}" "$PG_BINDIR/pg_ctl" -D "$demo/data" reload >/dev/null
 stop() { [ $keep = 1 ] || private_pg_stop; }
 trap stop EXIT
 as_pg=("${AS_PG[@]}")
@@ -179,6 +186,29 @@ say "verify: every configured field of every slot recomputed from the tables and
 # The "postId eq {id}" fan-out fields are checked too, by joining images to
 # posts (new images here go to posts that change after them).
 "${as_pg[@]}" build/bin/bitdex-index verify --index "$demo/index.bdx" --dsn "host=$demo port=$port user=postgres dbname=postgres"
+
+say "a follower on another host: bitdex-index follow --dsn, over TCP with scram, as a role that may only read the ops WAL"
+"${psql[@]}" -c "CREATE ROLE index_host LOGIN PASSWORD 'demo-only' IN ROLE bitdex_sync_reader"
+dsn="host=127.0.0.1 port=$port dbname=postgres user=index_host password=demo-only"
+rm -f "$demo/remote.bdx"
+build/bin/bitdex-index follow --dsn "$dsn" --consumer index-host-1 --index "$demo/remote.bdx" --checkpoint-seconds 1 \
+  > "$demo/follower.out" 2>&1 &
+follower=$!
+"${psql[@]}" -c "UPDATE \"Image\" SET \"nsfwLevel\" = 8 WHERE id % 1000 = 1" \
+  -c "INSERT INTO \"TagsOnImage\" SELECT id, 4242 FROM \"Image\" WHERE id % 500 = 2 ON CONFLICT DO NOTHING" \
+  -c "SELECT bitdex_sync.wait_for_sync('30s') AS synced"
+for _ in $(seq 1 100); do  # until the follower has acknowledged the end of the WAL
+  [ "$("${psql[@]}" -Atc "SELECT lag_bytes FROM bitdex_sync.status() WHERE source = 'consumer index-host-1'")" = 0 ] && break
+  sleep 0.2
+done
+"${psql[@]}" -c "SELECT source, state, lag_bytes, lag_seconds, last_error AS cursor FROM bitdex_sync.status() WHERE source LIKE 'consumer %'"
+echo "what that role may not do:"
+PGCONNECT_TIMEOUT=5 psql -X "$dsn" -c "SELECT count(*) FROM bitdex_sync.ops" 2>&1 | head -1 || true
+kill -TERM "$follower"
+wait "$follower" || true
+cat "$demo/follower.out"
+build/bin/bitdex-index verify --index "$demo/remote.bdx" --dsn "host=$demo port=$port user=postgres dbname=postgres"
+
 if [ $keep = 1 ]; then
   say "server left running: psql -h $demo -p $port -U postgres; stop with: ${as_pg[*]} $bindir/pg_ctl -D $demo/data stop"
 else

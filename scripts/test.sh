@@ -49,6 +49,9 @@ run "worker benchmark smoke (drain 20k ops per sink, 5 s at 200 TPS)" env BENCH_
   BENCH_SECONDS=5 BENCH_DIR=/tmp/bitdex_worker_bench_smoke bash bench/worker_bench.sh
 run "load benchmark smoke (full load of 20k images, quiet and under writes)" env BENCH_IMAGES=20000 BENCH_ROUNDS=1 \
   BENCH_DIR=/tmp/bitdex_load_bench_smoke bash bench/load_bench.sh
+run "follower benchmark smoke (remote and local follow of 20k images, 3 s at 500 TPS)" env BENCH_IMAGES=20000 \
+  BENCH_ROUNDS=1 BENCH_TPS=500 BENCH_SECONDS=3 BENCH_DIR=/tmp/bitdex_follow_bench_smoke BENCH_PORT=54372 \
+  bash bench/follow_bench.sh
 run "capture benchmark smoke" env BENCH_IMAGES=20000 BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_DIR=/tmp/bitdex_bench_smoke \
   bash bench/capture_bench.sh
 

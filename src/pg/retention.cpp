@@ -94,9 +94,13 @@ void retain_segments() {
         return true;
       },
       g_worker->error, sizeof g_worker->error);
-  if (!ok)
-    ereport(ERROR, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: retention of the ops WAL in \"%s\" failed: %s",
-                                                      g_worker->wal_dir.c_str(), g_worker->error)));
+  if (!ok) {
+    // The writer never stops for retention: the next pass tries again.
+    ereport(WARNING, (errcode(ERRCODE_IO_ERROR), errmsg("bitdex_sync: retention of the ops WAL in \"%s\" failed: %s",
+                                                        g_worker->wal_dir.c_str(), g_worker->error),
+                      errhint("Segments are kept until it succeeds; see the consumer files in the directory.")));
+    return;
+  }
   for (const std::string& name : g_pass->other_wal)
     mark_lagging(name, "its cursor belongs to an earlier ops WAL (this database now writes ops WAL " +
                            wal::format_cursor(wal::Cursor{wal_id, 0, 0}).substr(0, 16) + ")");
