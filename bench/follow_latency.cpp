@@ -14,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-
 #include "bitdex_sync/core/error.hpp"
 #include "bitdex_sync/index/follower.hpp"
 #include "bitdex_sync/index/index.hpp"
@@ -78,7 +77,8 @@ int main(int argc, char** argv) {
       return lat.empty() ? 0.0 : double(lat[std::min(lat.size() - 1, size_t(p * double(lat.size())))]) / 1000.0;
     };
     std::printf("{\"source\":\"%s\",\"commits\":%zu,\"p50_ms\":%.2f,\"p90_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f}\n",
-                wal.empty() ? "dsn" : "wal", lat.size(), pct(0.50), pct(0.90), pct(0.99), lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
+                wal.empty() ? "dsn" : "wal", lat.size(), pct(0.50), pct(0.90), pct(0.99),
+                lat.empty() ? 0.0 : double(lat.back()) / 1000.0);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "follow_latency: %s\n", e.what());

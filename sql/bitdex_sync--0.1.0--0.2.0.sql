@@ -95,7 +95,7 @@ GRANT EXECUTE ON FUNCTION bitdex_sync.register_consumer(text, boolean), bitdex_s
 CREATE FUNCTION bitdex_sync.wal_segments(OUT segment bigint, OUT bytes bigint, OUT modified timestamptz)
   RETURNS SETOF record
   LANGUAGE sql VOLATILE SECURITY DEFINER
-  SET search_path = pg_catalog
+  SET search_path = pg_catalog, pg_temp
   AS $$
   SELECT ('x' || substr(f, 1, 16))::bit(64)::bigint, s.size, s.modification
     FROM pg_ls_dir(bitdex_sync.wal_directory(), true, false) f,
@@ -105,7 +105,9 @@ CREATE FUNCTION bitdex_sync.wal_segments(OUT segment bigint, OUT bytes bigint, O
   $$;
 REVOKE ALL ON FUNCTION bitdex_sync.wal_segments() FROM PUBLIC;
 
--- status() and metrics() with the consumers and the directory's size.
+-- status() and metrics() with the consumers and the directory's size; the
+-- catalog views they read are schema-qualified and pg_temp comes last (a
+-- temporary view named like one of them must not run as the owner).
 CREATE OR REPLACE FUNCTION bitdex_sync.status()
   RETURNS TABLE (source text, database text, state text, pid int, slot_name text, confirmed_lsn pg_lsn,
                  confirmed_id bigint, lag_bytes numeric, lag_ops bigint, lag_seconds float8,
@@ -114,7 +116,7 @@ CREATE OR REPLACE FUNCTION bitdex_sync.status()
                  failures_in_a_row int, last_batch_at timestamptz, last_error text, last_error_at timestamptz,
                  rejected_messages bigint, load_rows bigint, load_rows_per_second float8, load_eta_seconds float8)
   LANGUAGE sql VOLATILE SECURITY DEFINER
-  SET search_path = pg_catalog
+  SET search_path = pg_catalog, pg_temp
   AS $$
   SELECT 'slot', w.database, CASE WHEN w.slot_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
          pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn), NULL::bigint,
@@ -125,8 +127,8 @@ CREATE OR REPLACE FUNCTION bitdex_sync.status()
          w.errors_total, w.failures_in_a_row, w.last_batch_at, w.last_error, w.last_error_at, w.rejected_messages,
          NULL::bigint, NULL::float8, NULL::float8
     FROM bitdex_sync.worker_state() w
-    LEFT JOIN pg_database d ON d.datname = w.database
-    LEFT JOIN pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
+    LEFT JOIN pg_catalog.pg_database d ON d.datname = w.database
+    LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = 'bitdex_sync_' || d.oid
   UNION ALL
   SELECT 'outbox', w.database, CASE WHEN w.outbox_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, NULL, NULL, w.outbox_done, NULL, o.rows,
          coalesce(extract(epoch FROM clock_timestamp() - o.oldest)::float8, 0), NULL,
@@ -210,7 +212,7 @@ CREATE OR REPLACE FUNCTION bitdex_sync.status()
 
 CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
   LANGUAGE sql VOLATILE SECURITY DEFINER
-  SET search_path = pg_catalog
+  SET search_path = pg_catalog, pg_temp
   AS $$
   WITH w AS (SELECT * FROM bitdex_sync.worker_state() WHERE state <> 'no worker'),
   refused AS (SELECT * FROM bitdex_sync.worker_state() WHERE state = 'no worker'),

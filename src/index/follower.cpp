@@ -91,7 +91,8 @@ Follower::Follower(std::unique_ptr<BatchSource> source, std::string snapshot)
   std::optional<wal::Cursor> after;
   if (fileio::exists(snapshot_)) {
     index_ = Index::load(snapshot_, &cursor_);
-    after = cursor_;
+    // A snapshot saved before its first batch has no cursor yet.
+    if (!(cursor_ == wal::Cursor{})) after = cursor_;
   }
   starts_mid_wal_ = source_->start(after);
 }

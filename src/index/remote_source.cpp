@@ -116,10 +116,10 @@ class RemoteSource : public BatchSource {
     const std::string text = primary ? primary : msg;
     const std::string d = detail ? detail : "", h = hint ? hint : "";
     PQclear(r);
-    // Shutdown, crash, "cannot connect now", too many connections, or the
-    // connection itself: the server comes back.
+    // Shutdown, crash, "cannot connect now", too many connections, a
+    // cancelled statement, or the connection itself: try again.
     if (PQstatus(conn_) != CONNECTION_OK || sqlstate.empty() || sqlstate.rfind("08", 0) == 0 ||
-        sqlstate.rfind("57P", 0) == 0 || sqlstate == "53300")
+        sqlstate.rfind("57P", 0) == 0 || sqlstate == "53300" || sqlstate == "57014")
       throw Transient{msg};
     throw Error(sqlstate == "42501" ? ErrorKind::InsufficientPrivilege : ErrorKind::InvalidInput, "server: " + text, d,
                 h);

@@ -44,6 +44,7 @@ using wal::Cursor;
 // than the budget still comes, alone.
 constexpr int64 kMaxReadBytes = 256 << 20;
 constexpr int kMaxWaitMs = 600 * 1000;
+constexpr int32 kMaxRecordRows = 1000000;
 
 std::string hex_id(uint64_t id) {
   char buf[17];
@@ -78,15 +79,27 @@ struct Consumer {
   bool at_end = false;
   bool lagging = false;
   std::string lagging_why;
+  bool owned = false;  // the caller is (a member of) the role that registered it
 };
+
+// Moving or removing a consumer is for the role that registered it (each
+// index host logs in as its own role): another reader would make it lag.
+void require_owner(const std::string& name, const Consumer& c) {
+  if (!c.owned)
+    throw Error(ErrorKind::InsufficientPrivilege, "ops WAL consumer \"" + name + "\" was registered by another role",
+                "Only the role that registered a consumer (or a member of it, or a superuser) may acknowledge or "
+                "unregister it.");
+}
 
 // The consumer's row, locked FOR UPDATE when `lock` (SPI connected).
 Consumer read_consumer(const std::string& name, bool lock) {
   Consumer c;
-  const char* sql = lock ? "SELECT wal_id, segment, segment_offset, at_end, lagging FROM bitdex_sync.consumers "
-                           "WHERE name = $1 FOR UPDATE"
-                         : "SELECT wal_id, segment, segment_offset, at_end, lagging FROM bitdex_sync.consumers "
-                           "WHERE name = $1";
+  const char* sql = lock ? "SELECT wal_id, segment, segment_offset, at_end, lagging, "
+                           "pg_catalog.pg_has_role(session_user, registered_by, 'MEMBER') "
+                           "FROM bitdex_sync.consumers WHERE name = $1 FOR UPDATE"
+                         : "SELECT wal_id, segment, segment_offset, at_end, lagging, "
+                           "pg_catalog.pg_has_role(session_user, registered_by, 'MEMBER') "
+                           "FROM bitdex_sync.consumers WHERE name = $1";
   const bool found = pg_guard([&] {
     Oid type = TEXTOID;
     Datum arg = CStringGetTextDatum(name.c_str());
@@ -107,6 +120,8 @@ Consumer read_consumer(const std::string& name, bool lock) {
   const char* why = pg_guard([&] { return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5); });
   c.lagging = why != nullptr;
   if (why) c.lagging_why = why;
+  c.owned =
+      pg_guard([&] { return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)); });
   return c;
 }
 
@@ -181,6 +196,18 @@ void wait_for_append(uint64 seen, long timeout_ms) {
   ConditionVariableCancelSleep();
 }
 
+// The end of what the database's worker has made durable (nothing known:
+// all zero).
+Cursor durable_end() {
+  WorkerShared* w = worker_for_database(MyDatabaseId);
+  Cursor c;
+  if (!w) return c;
+  SpinLockAcquire(&w->mutex);
+  c = Cursor{w->durable_wal_id, w->durable_generation, w->durable_offset};
+  SpinLockRelease(&w->mutex);
+  return c;
+}
+
 // The appends of this database's worker so far (0 without a worker).
 uint64 appends_now() {
   WorkerShared* w = worker_for_database(MyDatabaseId);
@@ -218,7 +245,10 @@ Datum bitdex_sync_register_consumer(PG_FUNCTION_ARGS) {
       cur = Cursor{wal_id, 0, 0};
       bool mark_end = false;
       if (wal_id != 0 && at_end) {
-        cur = end_of_wal(dir, wal_id);
+        // The end of what is durable (a batch boundary); without a worker
+        // to say, the last complete batch in the files.
+        const Cursor durable = durable_end();
+        cur = durable.wal_id == wal_id ? durable : end_of_wal(dir, wal_id);
         mark_end = true;
       } else if (wal_id != 0) {
         std::vector<uint64_t> gens = wal::list_segments(dir);
@@ -230,10 +260,12 @@ Datum bitdex_sync_register_consumer(PG_FUNCTION_ARGS) {
                          Int64GetDatum(static_cast<int64>(cur.generation)),
                          Int64GetDatum(static_cast<int64>(cur.offset)), BoolGetDatum(mark_end)};
         if (SPI_execute_with_args("INSERT INTO bitdex_sync.consumers (name, wal_id, segment, segment_offset, at_end) "
-                                  "VALUES ($1, $2, $3, $4, $5)",
+                                  "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
                                   5, types, args, nullptr, false, 0) != SPI_OK_INSERT)
           elog(ERROR, "bitdex_sync: could not register the consumer");
       });
+      // Registered by a concurrent call in between: its cursor is the one.
+      if (SPI_processed == 0) cur = read_consumer(name, false).cursor;
     }
     spi_finish();
     const std::string text = wal::format_cursor(cur);
@@ -245,7 +277,10 @@ Datum bitdex_sync_register_consumer(PG_FUNCTION_ARGS) {
 Datum bitdex_sync_unregister_consumer(PG_FUNCTION_ARGS) {
   return cpp_call([&]() -> Datum {
     const std::string name = arg_text(fcinfo, 0);
+    wal::validate_consumer_name(name);
     spi_connect();
+    const Consumer c = read_consumer(name, true);
+    if (c.found) require_owner(name, c);
     const bool removed = pg_guard([&] {
       Oid type = TEXTOID;
       Datum arg = CStringGetTextDatum(name.c_str());
@@ -265,6 +300,7 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     if (PG_ARGISNULL(0) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
       throw Error(ErrorKind::InvalidInput, "bitdex_sync.read_wal() needs a consumer, max_bytes and wait_ms");
     const std::string name = arg_text(fcinfo, 0);
+    wal::validate_consumer_name(name);
     const int64 max_bytes = PG_GETARG_INT32(2);
     const int wait_ms = PG_GETARG_INT32(3);
     if (max_bytes < 1 || wait_ms < 0 || wait_ms > kMaxWaitMs)
@@ -274,6 +310,9 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
                       std::to_string(kMaxWaitMs));
     std::optional<Cursor> after;
     if (!PG_ARGISNULL(1)) after = require_cursor(arg_text(fcinfo, 1));
+    if (after && after->generation == 0)
+      throw Error(ErrorKind::InvalidInput, "invalid ops WAL cursor " + wal::format_cursor(*after), {},
+                  "Pass NULL to start where the consumer starts, or a cursor read_wal() returned.");
     ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
     pg_guard([&] { InitMaterializedSRF(fcinfo, 0); });
 
@@ -290,22 +329,22 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     if (wal_id == 0) return (Datum)0;  // no ops WAL yet: nothing to read
 
     const std::string dir = wal_dir();
-    Cursor start{wal_id, 0, 0};
+    std::vector<uint64_t> gens = wal::list_segments(dir);
+    if (gens.empty()) return (Datum)0;  // a new WAL before its first segment
+    Cursor start{wal_id, gens.front(), 0};
     bool from_batch_one = false;
     if (after) {
       start = *after;
-    } else if (c.at_end) {
+    } else if (c.at_end && c.cursor.generation != 0) {
       start = c.cursor;
     } else {
-      from_batch_one = true;
+      from_batch_one = true;  // the oldest segment, which must start at batch 1
     }
-    std::vector<uint64_t> gens = wal::list_segments(dir);
-    if (gens.empty()) return (Datum)0;
-    if (start.generation != 0 && start.generation < gens.front())
+    if (start.generation < gens.front())
       lagging(name, "its cursor " + wal::format_cursor(start) + " is in segment " + std::to_string(start.generation) +
                         ", which was removed");
     if (from_batch_one) {
-      const uint64_t first = wal::segment_header(dir, gens.front()).next_batch_seq;
+      const uint64_t first = wal::segment_header(dir, start.generation).next_batch_seq;
       if (first != 1)
         throw Error(
             ErrorKind::NotReady,
@@ -320,6 +359,7 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
     wal::WalBatch b;
     int64 total = 0;
     uint64 seen = appends_now();
+    Cursor durable = durable_end();
     const TimestampTz until = pg_guard([&] { return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms); });
     for (;;) {
       while (total < std::min(max_bytes, kMaxReadBytes)) {
@@ -328,11 +368,20 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
           st = rd.next(&b);
         } catch (const Error& e) {
           // Retention removed the segment between the listing and the read.
-          if (e.kind() == ErrorKind::InvalidInput && rd.cursor().generation < wal::list_segments(dir).front())
+          std::vector<uint64_t> now = wal::list_segments(dir);
+          if (e.kind() == ErrorKind::InvalidInput && (now.empty() || rd.cursor().generation < now.front()))
             lagging(name, std::string("its next segment was removed: ") + e.what());
           throw;
         }
         if (st != wal::ReadStatus::Batch) break;
+        // Written but not yet fdatasync'ed: an OS crash could take it back,
+        // and a follower must never hold a batch the WAL then lacks.
+        if (durable.wal_id != wal_id || b.end.generation > durable.generation ||
+            (b.end.generation == durable.generation && b.end.offset > durable.offset)) {
+          rd = wal::WalReader(dir, b.begin);
+          rd.set_raw(true);
+          break;
+        }
         const std::string next = wal::format_cursor(b.end);
         pg_guard([&] {
           bytea* bytes = static_cast<bytea*>(palloc(VARHDRSZ + b.raw.size()));
@@ -351,6 +400,7 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
       if (left <= 0) break;
       pg_guard([&] { wait_for_append(seen, left); });
       seen = appends_now();
+      durable = durable_end();
     }
     return (Datum)0;
   });
@@ -360,11 +410,13 @@ Datum bitdex_sync_read_wal(PG_FUNCTION_ARGS) {
 Datum bitdex_sync_ack_consumer(PG_FUNCTION_ARGS) {
   return cpp_call([&]() -> Datum {
     const std::string name = arg_text(fcinfo, 0);
+    wal::validate_consumer_name(name);
     const Cursor cur = require_cursor(arg_text(fcinfo, 1));
     spi_connect();
     const Consumer c = read_consumer(name, true);
     const uint64_t wal_id = current_wal_id();
     if (!c.found) not_registered(name);
+    require_owner(name, c);
     if (c.lagging) lagging(name, c.lagging_why);
     if (cur.wal_id != wal_id) other_wal("Cursor " + wal::format_cursor(cur), cur.wal_id, wal_id);
     const std::string dir = wal_dir();
@@ -395,10 +447,11 @@ Datum bitdex_sync_wal_records(PG_FUNCTION_ARGS) {
   return cpp_call([&]() -> Datum {
     const int64 from = PG_GETARG_INT64(0);
     const int32 max_rows = PG_GETARG_INT32(1);
-    if (from < 1 || max_rows < 0)
+    if (from < 1 || max_rows < 0 || max_rows > kMaxRecordRows)
       throw Error(ErrorKind::InvalidInput,
                   "bitdex_sync.wal_records(): from_batch must be at least 1 and max_rows "
-                  "not negative");
+                  "between 0 and " +
+                      std::to_string(kMaxRecordRows));
     ReturnSetInfo* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
     pg_guard([&] { InitMaterializedSRF(fcinfo, 0); });
     spi_connect();
@@ -416,6 +469,7 @@ Datum bitdex_sync_wal_records(PG_FUNCTION_ARGS) {
     int32 rows = 0;
     std::string ops;
     while (rows < max_rows && rd.next(&b) == wal::ReadStatus::Batch) {
+      pg_guard([] { CHECK_FOR_INTERRUPTS(); });
       if (b.seq < static_cast<uint64_t>(from)) continue;
       for (const EntityRecord& r : b.records) {
         if (rows >= max_rows) break;

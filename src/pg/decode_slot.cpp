@@ -301,7 +301,6 @@ void create_slot_if_missing() {
   FreeDecodingContext(c);
   ReplicationSlotPersist();
   ReplicationSlotRelease();
-  g_worker->slot_created = true;
   ereport(LOG, (errmsg("bitdex_sync: created logical replication slot \"%s\"", g_worker->slot_name.c_str())));
 }
 

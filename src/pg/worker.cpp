@@ -38,6 +38,8 @@ extern "C" {
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "postmaster/walwriter.h"
+#include "catalog/namespace.h"
+#include "utils/lsyscache.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
@@ -67,6 +69,10 @@ void publish_batch(TimestampTz now) {
   w->wal_bytes = t.wal_bytes;
   w->last_batch_at = now;
   w->appends++;
+  const wal::Cursor end = g_worker->writer->end();
+  w->durable_wal_id = end.wal_id;
+  w->durable_generation = end.generation;
+  w->durable_offset = end.offset;
   for (TimestampTz commit : g_worker->commit_times) {
     double ms = std::max<double>(0, static_cast<double>(now - commit) / 1000.0);
     int b = 0;
@@ -98,11 +104,21 @@ void set_state(WorkerState s) {
 
 namespace {
 
+// Whether bitdex_sync.instance has the timeline column (0.2.0), looked up
+// in the catalog by OID, not by SQL a role could shadow.
+bool instance_has_timeline() {
+  const Oid ns = get_namespace_oid("bitdex_sync", true);
+  const Oid rel = OidIsValid(ns) ? get_relname_relid("instance", ns) : InvalidOid;
+  return OidIsValid(rel) && get_attnum(rel, "timeline") != InvalidAttrNumber;
+}
+
 // bitdex_sync.instance into g_worker (in_transaction).
 void read_instance() {
-  // timeline through to_jsonb: an installation not updated to 0.2.0 has no such column.
-  if (SPI_execute("SELECT id, coalesce(wal_id, 0), outbox_acked, coalesce((to_jsonb(i) ->> 'timeline')::bigint, 0) "
-                  "FROM bitdex_sync.instance i",
+  // An installation not updated to 0.2.0 has no timeline column.
+  const bool has_timeline = instance_has_timeline();
+  if (SPI_execute(has_timeline ? "SELECT id, coalesce(wal_id, 0), outbox_acked, coalesce(timeline, 0)::bigint "
+                                 "FROM bitdex_sync.instance"
+                               : "SELECT id, coalesce(wal_id, 0), outbox_acked, 0::bigint FROM bitdex_sync.instance",
                   true, 0) != SPI_OK_SELECT ||
       SPI_processed != 1)
     ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("bitdex_sync.instance does not hold one row"),
@@ -123,11 +139,7 @@ void read_instance() {
 void record_timeline() {
   Datum tli = Int64GetDatum(static_cast<int64>(GetWALInsertionTimeLine()));
   Oid type = INT8OID;
-  if (SPI_execute("SELECT FROM pg_attribute WHERE attrelid = 'bitdex_sync.instance'::regclass "
-                  "AND attname = 'timeline' AND NOT attisdropped",
-                  true, 0) != SPI_OK_SELECT)
-    elog(ERROR, "bitdex_sync: could not look at bitdex_sync.instance");
-  if (SPI_processed == 0) return;
+  if (!instance_has_timeline()) return;
   if (SPI_execute_with_args("UPDATE bitdex_sync.instance SET timeline = $1", 1, &type, &tli, nullptr, false, 0) !=
       SPI_OK_UPDATE)
     elog(ERROR, "bitdex_sync: could not record the timeline");
@@ -169,6 +181,29 @@ void record_wal_id() {
 
 }  // namespace
 
+// Before the slot is created: a database whose ops WAL was written on an
+// earlier timeline and whose slot is missing runs on a promoted standby (the
+// slot did not come with it), and the WAL cannot go on where it stopped.
+// bitdex_sync.start_new_wal() gives it up and registers a full load of every
+// source into the new one; decided from durable state only, so a crash in
+// between decides the same again.
+void check_promoted() {
+  if (SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) return;
+  in_transaction(read_instance);
+  if (g_worker->extension_gone) return;
+  const TimeLineID timeline = GetWALInsertionTimeLine();
+  if (g_worker->recorded_wal_id == 0 || g_worker->recorded_timeline == 0 || g_worker->recorded_timeline == timeline)
+    return;
+  ereport(LOG,
+          (errmsg("bitdex_sync: this server was promoted (timeline %u; ops WAL %016llx was written on timeline %u) "
+                  "and the replication slot did not come with it: starting a new ops WAL",
+                  timeline, static_cast<unsigned long long>(g_worker->recorded_wal_id), g_worker->recorded_timeline),
+           errdetail("Changes committed on the old primary after its last copy here are not in any ops WAL of "
+                     "this server; the new ops WAL begins with a full load of every source."),
+           errhint("Every consumer must be rebuilt from the new ops WAL (docs/operations.md, failover).")));
+  in_transaction(start_new_wal_after_failover);
+}
+
 // Opens this installation's ops WAL (truncating a torn tail) and the batcher
 // over it. Which WAL is this installation's is recorded in
 // bitdex_sync.instance: with none recorded yet, a WAL found in the directory
@@ -183,18 +218,6 @@ void open_writer() {
   in_transaction(read_instance);
   if (g_worker->extension_gone) return;
   const TimeLineID timeline = GetWALInsertionTimeLine();
-  if (g_worker->recorded_wal_id != 0 && g_worker->slot_created && g_worker->recorded_timeline != 0 &&
-      g_worker->recorded_timeline != timeline) {
-    ereport(LOG,
-            (errmsg("bitdex_sync: this server was promoted (timeline %u; ops WAL %016llx was written on timeline %u) "
-                    "and the replication slot did not come with it: starting a new ops WAL",
-                    timeline, static_cast<unsigned long long>(g_worker->recorded_wal_id), g_worker->recorded_timeline),
-             errdetail("Changes committed on the old primary after its last copy here are not in any ops WAL of "
-                       "this server; the new ops WAL begins with a full load of every source."),
-             errhint("Every consumer must be rebuilt from the new ops WAL (docs/operations.md, failover).")));
-    in_transaction(start_new_wal_after_failover);
-  }
-  g_worker->slot_created = false;
   const bool fresh = g_worker->recorded_wal_id == 0;
   const XLogRecPtr confirmed = slot_confirmed();
   std::string retired;
@@ -273,8 +296,12 @@ void open_writer() {
     }
   }
   WorkerShared* w = g_worker->shared;
+  const wal::Cursor end = g_worker->writer->end();  // the torn tail is cut: all of it is durable
   SpinLockAcquire(&w->mutex);
   w->instance = g_worker->instance_id;
+  w->durable_wal_id = end.wal_id;
+  w->durable_generation = end.generation;
+  w->durable_offset = end.offset;
   SpinLockRelease(&w->mutex);
 }
 
@@ -550,6 +577,7 @@ bool run() {
       if (!g_worker->run_id) in_transaction(record_run_start);
       if (!g_worker->writer) {
         pgstat_report_activity(STATE_RUNNING, "creating the logical replication slot");
+        check_promoted();
         create_slot_if_missing();
         open_writer();
         if (g_worker->writer) set_state(WorkerState::Running);

@@ -48,6 +48,7 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 sql(q{
 CREATE ROLE follower LOGIN PASSWORD 'reader-pw' IN ROLE bitdex_sync_reader;
 CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw';
+CREATE ROLE other_host LOGIN PASSWORD 'other-pw' IN ROLE bitdex_sync_reader;
 CREATE TABLE img (id serial PRIMARY KEY, nsfw int NOT NULL, kind text NOT NULL, owner int);
 CREATE TABLE tag (img int NOT NULL, tag int NOT NULL, PRIMARY KEY (img, tag));
 INSERT INTO img (nsfw, kind, owner) SELECT 1 << (g % 5), CASE WHEN g % 9 = 0 THEN 'video' ELSE 'image' END, g % 100
@@ -110,6 +111,18 @@ like($err, qr/invalid ops WAL cursor/, 'a malformed cursor is refused');
 like($err, qr/is not registered/, 'an unregistered consumer is refused');
 ($rc, $out, $err) = as_role($reader_dsn, "SELECT count(*) FROM bitdex_sync.read_wal('../x', NULL)");
 like($err, qr/is not registered|invalid consumer name/, 'a consumer name is not a path');
+# Another index host's role may read but not move or remove this host's consumer.
+my $other_dsn = dsn($node, 'other_host', 'other-pw');
+my $probe_cursor = (as_role($reader_dsn, "SELECT bitdex_sync.register_consumer('probe')"))[1];
+for my $q ("SELECT bitdex_sync.ack_consumer('probe', '$probe_cursor')", "SELECT bitdex_sync.unregister_consumer('probe')") {
+  ($rc, $out, $err) = as_role($other_dsn, $q);
+  like($err, qr/was registered by another role/, "another reader role is refused: $q");
+}
+($rc, $out, $err) = as_role($reader_dsn, "SELECT bitdex_sync.ack_consumer('probe', '$probe_cursor')");
+is($rc, 0, 'the registering role acknowledges its consumer') or diag($err);
+($rc, $out, $err) = as_role($reader_dsn,
+  "SELECT count(*) FROM bitdex_sync.read_wal('probe', '" . substr($probe_cursor, 0, 16) . "/0/0')");
+like($err, qr/invalid ops WAL cursor/, 'a cursor at segment 0 is refused (it would skip the removed-segment check)');
 as_role($reader_dsn, "SELECT bitdex_sync.unregister_consumer('probe')");
 
 # ---- long poll: a read waiting on an idle server is woken by the commit ----

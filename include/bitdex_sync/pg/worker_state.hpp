@@ -83,10 +83,8 @@ struct Worker {
   uint64 instance_id = 0;
   uint64 recorded_wal_id = 0;
   // The server timeline the WAL was recorded on (bitdex_sync.instance.timeline;
-  // 0: not recorded), and whether this run of the worker had to create the
-  // replication slot: both together mean a promoted standby.
+  // 0: not recorded): a later one with the slot missing is a promoted standby.
   uint32 recorded_timeline = 0;
-  bool slot_created = false;
   int64 outbox_acked = 0;
   TimestampTz marked_at = 0;                // last time the slot's mark was raised without records
   bool caches_for_decoding = false;         // see use_caches_for_decoding
@@ -124,7 +122,6 @@ extern Oid g_lock_first;
 extern bool g_lock_first_inheritors;
 
 // decode_slot.cpp
-// Creates the worker's slot when it is missing (then sets slot_created).
 void create_slot_if_missing();
 XLogRecPtr slot_confirmed();
 // The end of the WAL inserted so far, as a position XLogFlush accepts and a
