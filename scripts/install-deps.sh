@@ -12,6 +12,7 @@ pkgs=(
   libyaml-cpp-dev                           # YAML configs
   libroaring-dev libpq-dev                  # the reference index and its verify tool
   time                                      # peak RSS in benchmarks (/usr/bin/time)
+  prometheus prometheus-postgres-exporter curl  # promtool checks metrics(); the exporter setup is tested
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -42,6 +42,7 @@ run "benchmark smoke" build/bench/bench_core --benchmark_min_time=0.01
 run "pg_regress (temporary instance)" bash scripts/pg_regress.sh
 run "capture vs BitDex V2 triggers: same DML, same ops" bash test/baseline_compare.sh
 run "TAP: worker lifecycle and launcher, 20 kill -9 of the worker and of the postmaster on both sinks, outbox late committer, poison, runs, disk full, 1M-row transactions, subtransactions, 2PC, spilling" bash test/tap.sh
+run "metrics(): promtool check metrics, and the prometheus-postgres-exporter setup scraped" bash test/metrics_test.sh
 run "end to end: random DML -> ops WAL -> index (killed mid-run) -> verify 0 differences" bash test/index_e2e.sh
 run "index benchmark smoke (build + verify, 20k images)" env BENCH_IMAGES=20000 BENCH_DIR=/tmp/bitdex_index_bench_smoke \
   bash bench/index_bench.sh

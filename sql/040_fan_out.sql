@@ -195,6 +195,19 @@ SELECT data FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL);
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
 DROP TABLE fo_rls_p, fo_rls_c;
 
+-- A fan-out expression that raises at run time raises in the writer's
+-- statement (which rolls back): never an update captured with no slots.
+SELECT source, action FROM bitdex_sync.apply_config($$
+sources:
+  - table: fo_model
+    query: "modelVersionIds in [{ids}]"
+    expression: "SELECT array_agg(v.id / (v.model_id - 5)) FROM fo_version v WHERE v.model_id = {id}"
+    track_fields: [poi]
+$$) ORDER BY source;
+UPDATE fo_model SET poi = NOT poi WHERE id = 5;
+SELECT id, poi FROM fo_model WHERE id = 5;
+SELECT count(*) AS captured FROM pg_logical_slot_get_changes('fan_out_test', NULL, NULL) WHERE data LIKE '%poi%';
+
 SELECT pg_drop_replication_slot('fan_out_test');
 SELECT source, action FROM bitdex_sync.apply_config('{"sources":[]}') ORDER BY source;
 DROP TABLE "ModelVersion", "Model";

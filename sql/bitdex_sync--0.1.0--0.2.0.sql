@@ -105,7 +105,12 @@ CREATE FUNCTION bitdex_sync.wal_segments(OUT segment bigint, OUT bytes bigint, O
   $$;
 REVOKE ALL ON FUNCTION bitdex_sync.wal_segments() FROM PUBLIC;
 
--- status() and metrics() with the consumers and the directory's size; the
+-- status() and metrics() with the consumers and the directory's size;
+-- metrics() with HELP and TYPE for every family (promtool check metrics
+-- accepts it), the latency histogram in seconds
+-- (bitdex_sync_commit_to_durable_seconds, was _ms) and the bytes written as
+-- a counter named for it (bitdex_sync_wal_written_bytes_total, was
+-- bitdex_sync_wal_bytes). The
 -- catalog views they read are schema-qualified and pg_temp comes last (a
 -- temporary view named like one of them must not run as the owner).
 CREATE OR REPLACE FUNCTION bitdex_sync.status()
@@ -234,7 +239,7 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
     UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="slot",database="%s"} %s', database,
                                ops_captured - outbox_ops) FROM w
     UNION ALL SELECT 4, format('bitdex_sync_ops_total{source="outbox",database="%s"} %s', database, outbox_ops) FROM w
-    UNION ALL SELECT 5, format('bitdex_sync_wal_bytes{source="all",database="%s"} %s', database, wal_bytes_written) FROM w
+    UNION ALL SELECT 5, format('bitdex_sync_wal_written_bytes_total{database="%s"} %s', database, wal_bytes_written) FROM w
     UNION ALL SELECT 6, format('bitdex_sync_errors_total{database="%s"} %s', database, errors_total) FROM w
     UNION ALL SELECT 6.5, format('bitdex_sync_worker_refused{database="%s",setting="%s"} 1', database,
                                  CASE WHEN last_error LIKE '%max_databases%' THEN 'bitdex_sync.max_databases'
@@ -270,11 +275,11 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
                         WHERE (g.ended_at IS NULL) = (st = 'open')))
       FROM unnest(ARRAY['open', 'restored']) st
     UNION ALL
-    SELECT 7 + b.i / 100.0, format('bitdex_sync_commit_to_durable_ms_bucket{database="%s",le="%s"} %s', w.database, b.le,
+    SELECT 7 + b.i / 100.0, format('bitdex_sync_commit_to_durable_seconds_bucket{database="%s",le="%s"} %s', w.database, b.le,
                      (SELECT sum(x) FROM unnest(w.latency_buckets[1:b.i]) x))
-      FROM w, unnest(ARRAY['1','2','5','10','20','50','100','250','1000','5000','30000','+Inf']) WITH ORDINALITY b(le, i)
-    UNION ALL SELECT 8, format('bitdex_sync_commit_to_durable_ms_sum{database="%s"} %s', database, latency_sum_ms) FROM w
-    UNION ALL SELECT 9, format('bitdex_sync_commit_to_durable_ms_count{database="%s"} %s', database, latency_count) FROM w
+      FROM w, unnest(ARRAY['0.001','0.002','0.005','0.01','0.02','0.05','0.1','0.25','1','5','30','+Inf']) WITH ORDINALITY b(le, i)
+    UNION ALL SELECT 8, format('bitdex_sync_commit_to_durable_seconds_sum{database="%s"} %s', database, latency_sum_ms / 1000) FROM w
+    UNION ALL SELECT 9, format('bitdex_sync_commit_to_durable_seconds_count{database="%s"} %s', database, latency_count) FROM w
     UNION ALL
     SELECT 17 + c.n / 1e6, format('bitdex_sync_consumer_lagging{database="%s",consumer="%s"} %s', current_database(),
                                   c.name, CASE WHEN c.lagging IS NULL THEN 0 ELSE 1 END)
@@ -288,6 +293,49 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
                                 (SELECT coalesce(sum(bytes), 0) FROM bitdex_sync.wal_segments()))
     UNION ALL SELECT 19.1, format('bitdex_sync_wal_segments{database="%s"} %s', current_database(),
                                   (SELECT count(*) FROM bitdex_sync.wal_segments()))
+    -- Every family's HELP and TYPE, right before its series.
+    UNION ALL SELECT 0.998, '# HELP bitdex_sync_cursor_position Position durable in the ops WAL: slot, an LSN in bytes; outbox, the highest row id'
+    UNION ALL SELECT 0.999, '# TYPE bitdex_sync_cursor_position gauge'
+    UNION ALL SELECT 1.998, '# HELP bitdex_sync_max_id Newest position of the source: slot, the flushed server WAL in bytes; outbox, the highest row id'
+    UNION ALL SELECT 1.999, '# TYPE bitdex_sync_max_id gauge'
+    UNION ALL SELECT 2.998, '# HELP bitdex_sync_lag_rows Behind the source: slot, server WAL bytes not yet durable; outbox, rows not yet written'
+    UNION ALL SELECT 2.999, '# TYPE bitdex_sync_lag_rows gauge'
+    UNION ALL SELECT 3.998, '# HELP bitdex_sync_ops_total Ops read from the source since the worker started'
+    UNION ALL SELECT 3.999, '# TYPE bitdex_sync_ops_total counter'
+    UNION ALL SELECT 4.998, '# HELP bitdex_sync_wal_written_bytes_total Bytes appended to the ops WAL since the worker started'
+    UNION ALL SELECT 4.999, '# TYPE bitdex_sync_wal_written_bytes_total counter'
+    UNION ALL SELECT 5.998, '# HELP bitdex_sync_errors_total Failed runs of the worker since the server started'
+    UNION ALL SELECT 5.999, '# TYPE bitdex_sync_errors_total counter'
+    UNION ALL SELECT 6.498, '# HELP bitdex_sync_worker_refused 1 for a database a limit refused a worker (the setting to raise)'
+    UNION ALL SELECT 6.499, '# TYPE bitdex_sync_worker_refused gauge'
+    UNION ALL SELECT 6.998, '# HELP bitdex_sync_commit_to_durable_seconds Time from a captured commit to its batch being durable in the ops WAL'
+    UNION ALL SELECT 6.999, '# TYPE bitdex_sync_commit_to_durable_seconds histogram'
+    UNION ALL SELECT 9.998, '# HELP bitdex_sync_rejected_messages_total Capture messages without a valid tag, dropped'
+    UNION ALL SELECT 9.999, '# TYPE bitdex_sync_rejected_messages_total counter'
+    UNION ALL SELECT 10.998, '# HELP bitdex_sync_capture_gaps Capture gaps recorded, open or restored'
+    UNION ALL SELECT 10.999, '# TYPE bitdex_sync_capture_gaps gauge'
+    UNION ALL SELECT 11.998, '# HELP bitdex_sync_load_rows_total Rows loaded by the worker since it started'
+    UNION ALL SELECT 11.999, '# TYPE bitdex_sync_load_rows_total counter'
+    UNION ALL SELECT 12.098, '# HELP bitdex_sync_load_chunks_total Load chunks written by the worker since it started'
+    UNION ALL SELECT 12.099, '# TYPE bitdex_sync_load_chunks_total counter'
+    UNION ALL SELECT 12.198, '# HELP bitdex_sync_load_chunks_cut_total Load chunks cut short by a concurrent commit'
+    UNION ALL SELECT 12.199, '# TYPE bitdex_sync_load_chunks_cut_total counter'
+    UNION ALL SELECT 12.998, '# HELP bitdex_sync_loads Loads by state'
+    UNION ALL SELECT 12.999, '# TYPE bitdex_sync_loads gauge'
+    UNION ALL SELECT 13.998, '# HELP bitdex_sync_load_progress_rows Rows a running load has read'
+    UNION ALL SELECT 13.999, '# TYPE bitdex_sync_load_progress_rows gauge'
+    UNION ALL SELECT 14.998, '# HELP bitdex_sync_load_rows_per_second Rows per second of a running load'
+    UNION ALL SELECT 14.999, '# TYPE bitdex_sync_load_rows_per_second gauge'
+    UNION ALL SELECT 15.998, '# HELP bitdex_sync_load_eta_seconds Estimated seconds left of a running load'
+    UNION ALL SELECT 15.999, '# TYPE bitdex_sync_load_eta_seconds gauge'
+    UNION ALL SELECT 16.998, '# HELP bitdex_sync_consumer_lagging 1 when retention removed ops WAL segments the consumer needed (rebuild it)'
+    UNION ALL SELECT 16.999, '# TYPE bitdex_sync_consumer_lagging gauge'
+    UNION ALL SELECT 17.998, '# HELP bitdex_sync_consumer_acked_seconds Seconds since the consumer last acknowledged (or registered)'
+    UNION ALL SELECT 17.999, '# TYPE bitdex_sync_consumer_acked_seconds gauge'
+    UNION ALL SELECT 18.998, '# HELP bitdex_sync_wal_directory_bytes Bytes of the ops WAL segments in the directory'
+    UNION ALL SELECT 18.999, '# TYPE bitdex_sync_wal_directory_bytes gauge'
+    UNION ALL SELECT 19.098, '# HELP bitdex_sync_wal_segments Ops WAL segments in the directory'
+    UNION ALL SELECT 19.099, '# TYPE bitdex_sync_wal_segments gauge'
   )
   SELECT string_agg(line, E'\n' ORDER BY k) || E'\n' FROM lines
   $$;

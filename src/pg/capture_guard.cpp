@@ -8,7 +8,7 @@
 // bitdex_sync.capture_gaps (status() and metrics() show it) until
 // apply_config restores capture. C-style: no C++ objects here.
 #include "bitdex_sync/pg/capture.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 
 extern "C" {
 #include "access/xact.h"

@@ -16,9 +16,11 @@
 #include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/core/ops_codec.hpp"
+#include "bitdex_sync/pg/capture_key.hpp"
+#include "bitdex_sync/pg/compat.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 
 extern "C" {
 #include "access/attmap.h"
@@ -798,7 +800,7 @@ void emit_record(bool outbox, int64 entity_id) {
     emit_outbox(entity_id);
   } else {
     seal_record();
-    LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+    bitdex::pg::compat::log_message(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
   }
   bitdex::pg::note_captured(outbox);  // wake the worker at commit
 }
@@ -1524,7 +1526,7 @@ void emit_clear(const char* message, int len, const char* json, bool outbox) {
     resetStringInfo(&g_record);
     appendBinaryStringInfo(&g_record, message, len);
     seal_record();
-    LogLogicalMessage(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
+    bitdex::pg::compat::log_message(bitdex::capture::kMessagePrefix, g_record.data, g_record.len, true);
   }
   note_captured(outbox);
 }

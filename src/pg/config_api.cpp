@@ -14,7 +14,7 @@
 #include "bitdex_sync/core/trigger_gen.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 
 extern "C" {
 #include "access/relation.h"

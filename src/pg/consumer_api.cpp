@@ -10,7 +10,7 @@
 #include "bitdex_sync/core/wal_dir.hpp"
 #include "bitdex_sync/core/wal_reader.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
 
 extern "C" {
 #include "catalog/pg_type.h"

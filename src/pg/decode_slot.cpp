@@ -23,6 +23,9 @@
 #include <string>
 
 #include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/pg/capture_key.hpp"
+#include "bitdex_sync/pg/compat.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 #include "bitdex_sync/pg/worker_state.hpp"
 
 extern "C" {
@@ -173,14 +176,10 @@ void take_message(XLogRecPtr commit_lsn, TimestampTz commit_time, TransactionId 
     // A payload the trigger could not have written.
     char where[64];
     snprintf(where, sizeof where, "%X/%X:%u", BDX_LSN_ARGS(commit_lsn), index);
-    static const char hex[] = "0123456789abcdef";
-    std::string payload = "\\x";
-    for (size_t i = 0; i < size; i++) {
-      payload.push_back(hex[data[i] >> 4]);
-      payload.push_back(hex[data[i] & 15]);
-    }
-    if (note_poison("slot", where, g_on_poison_slot, {nullptr, {}, std::move(payload), {}, 0, false}))
-      g_worker->slot_stop_requested = true;
+    PoisonRecord bad;
+    bad.bytes = reinterpret_cast<const uint8*>(data);
+    bad.size = size;
+    if (note_poison("slot", where, g_on_poison_slot, bad)) g_worker->slot_stop_requested = true;
     return;
   }
   if (!added) return;
@@ -294,7 +293,7 @@ void take_record(LogicalDecodingContext* ctx) {
 void create_slot_if_missing() {
   if (SearchNamedReplicationSlot(g_worker->slot_name.c_str(), true)) return;
   CheckLogicalDecodingRequirements();
-  ReplicationSlotCreate(g_worker->slot_name.c_str(), true, RS_EPHEMERAL, false);
+  compat::create_logical_slot(g_worker->slot_name.c_str());
   LogicalDecodingContext* c = CreateInitDecodingContext("bitdex_sync", NIL, false, InvalidXLogRecPtr,
                                                         &g_wal_routine_waiting, nullptr, nullptr, nullptr);
   DecodingContextFindStartpoint(c);
@@ -323,7 +322,7 @@ void start_decoding() {
   if (g_worker->ctx) return;
   g_worker->mac = capture_mac();
   if (!g_worker->mac) ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: no capture key")));
-  ReplicationSlotAcquire(g_worker->slot_name.c_str(), true);
+  compat::acquire_slot(g_worker->slot_name.c_str());
   // Spill files go with the slot: dropping it removes its directory.
   char spill_dir[MAXPGPATH];
   snprintf(spill_dir, sizeof spill_dir, "pg_replslot/%s", g_worker->slot_name.c_str());

@@ -13,6 +13,7 @@
 // watches them (their end sets its latch) and starts none beside them.
 #include <algorithm>
 
+#include "bitdex_sync/pg/shared_state.hpp"
 #include "bitdex_sync/pg/worker.hpp"
 
 extern "C" {

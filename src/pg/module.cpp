@@ -1,7 +1,9 @@
 // Library entry point: _PG_init in the canonical order (STYLE.md rule 4).
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/postgres.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/settings.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 
 extern "C" {
 #include "access/xact.h"

@@ -133,7 +133,11 @@ void outbox_consume() {
         char where[32];
         snprintf(where, sizeof where, "id " INT64_FORMAT, id);
         horizon_reached = false;
-        if (note_poison("outbox", where, g_on_poison_outbox, {nullptr, {}, text, {}, entity, true})) {
+        PoisonRecord bad;
+        bad.text = text;
+        bad.entity_id = entity;
+        bad.has_entity = true;
+        if (note_poison("outbox", where, g_on_poison_outbox, bad)) {
           // Stop in front of it: what came before is written and deleted.
           g_worker->outbox_stopped = true;
           after = id - 1;

@@ -8,8 +8,9 @@
 #include <string>
 
 #include "bitdex_sync/core/capture_format.hpp"
+#include "bitdex_sync/pg/capture_key.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
 
 extern "C" {
 #include "replication/logical.h"

@@ -9,7 +9,8 @@
 
 #include "bitdex_sync/core/wal_dir.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/settings.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
 #include "bitdex_sync/pg/worker_state.hpp"
 
 extern "C" {

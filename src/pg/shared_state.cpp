@@ -1,5 +1,5 @@
-// Settings, shared memory, worker registration and slots, and what happens
-// at commit (waking the worker, asking the launcher for one).
+// Shared memory: the workers' public state, the launcher's queues, the
+// capture key; worker slots, refusals and worker registration.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "bitdex_sync/pg/capture.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/settings.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
+#include "bitdex_sync/pg/wall.hpp"
 
 extern "C" {
 #include "access/xact.h"
@@ -25,21 +27,6 @@ extern "C" {
 
 namespace bitdex::pg {
 
-char* g_databases = nullptr;
-char* g_wal_directory = nullptr;
-int g_wal_max_size_mb = 0;
-int g_wal_max_age_s = 0;
-int g_wal_segment_size_kb = 64 * 1024;
-int g_on_poison_slot = kPoisonSkip;
-int g_on_poison_outbox = kPoisonSkip;
-int g_batch_max_ops = 100000;
-int g_batch_max_delay_ms = 10;
-int g_batch_max_memory_kb = 64 * 1024;
-int g_naptime_ms = 1000;
-int g_load_chunk_rows = 20000;
-int g_max_databases = 16;
-bool g_fault_injection = false;
-
 const double kLatencyBoundsMs[kLatencyBuckets - 1] = {1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000, 30000};
 
 namespace {
@@ -47,12 +34,6 @@ namespace {
 SharedState* g_shared = nullptr;
 shmem_request_hook_type g_prev_request = nullptr;
 shmem_startup_hook_type g_prev_startup = nullptr;
-bool g_captured = false;          // this transaction captured something
-bool g_captured_outbox = false;   // ... into the outbox
-bool g_start_worker = false;      // this transaction asked for its database's worker
-bool g_extension_change = false;  // this transaction creates or drops the extension
-bool g_commit_prepared = false;   // this transaction runs COMMIT PREPARED
-ProcessUtility_hook_type g_prev_utility = nullptr;
 
 void request_shared_memory() {
   if (g_prev_request) g_prev_request();
@@ -139,87 +120,8 @@ const char* worker_state_name(WorkerState s) {
   return "unknown";
 }
 
-const struct config_enum_entry kPoisonPolicies[] = {
-    {"skip", kPoisonSkip, false}, {"stop", kPoisonStop, false}, {nullptr, 0, false}};
-
-void define_settings() {
-  DefineCustomStringVariable(
-      "bitdex_sync.databases", "Databases whose captured ops a worker writes to the ops WAL.",
-      "Empty (the default): a launcher starts a worker in every database where the extension is created. "
-      "Otherwise a comma-separated list: one worker per named database, started with the server.",
-      &g_databases, "", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-  DefineCustomStringVariable("bitdex_sync.wal_directory", "Root directory of the ops WALs.",
-                             "Relative paths are under the data directory; each database writes to "
-                             "<wal_directory>/<database name>.",
-                             &g_wal_directory, "bitdex_sync", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable(
-      "bitdex_sync.wal_segment_size", "Size at which an ops WAL segment is closed and a new one begun.", nullptr,
-      &g_wal_segment_size_kb, 64 * 1024, 64, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_KB, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable(
-      "bitdex_sync.wal_max_size", "Size the ops WAL directory is kept within, lagging consumers or not.",
-      "Segments every consumer has passed are removed anyway; past this size the oldest go even when a consumer "
-      "still needs them, and that consumer is marked lagging (it must be rebuilt). 0: no bound.",
-      &g_wal_max_size_mb, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable(
-      "bitdex_sync.wal_max_age", "Age after which an ops WAL segment is removed, lagging consumers or not.",
-      "A segment last written longer ago is removed even when a consumer still needs it, and that consumer is "
-      "marked lagging. The newest segment always stays. 0: no bound.",
-      &g_wal_max_age_s, 0, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.batch_max_ops", "Ops after which a batch is written.", nullptr, &g_batch_max_ops,
-                          100000, 1, INT_MAX, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.batch_max_delay", "Longest time a batch stays open while decoding.", nullptr,
-                          &g_batch_max_delay_ms, 10, 0, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
-                          nullptr);
-  DefineCustomIntVariable("bitdex_sync.batch_max_memory", "Memory of captured records after which a batch is written.",
-                          "A transaction larger than this is written in several batches, in order.",
-                          &g_batch_max_memory_kb, 64 * 1024, 64, MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, nullptr,
-                          nullptr, nullptr);
-  DefineCustomEnumVariable("bitdex_sync.on_poison_slot",
-                           "What a capture message that cannot be decoded does: skip (quarantine it) or stop.",
-                           "stop: decoding halts in front of it (nothing after it is written) until a reload.",
-                           &g_on_poison_slot, kPoisonSkip, kPoisonPolicies, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-  DefineCustomEnumVariable("bitdex_sync.on_poison_outbox",
-                           "What an outbox row that cannot be decoded does: skip (quarantine it) or stop.",
-                           "stop: the outbox is not read past it until a reload.", &g_on_poison_outbox, kPoisonSkip,
-                           kPoisonPolicies, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.naptime", "How long an idle worker sleeps when no commit wakes it.",
-                          "Idle wake-ups confirm the slot (so it does not pin WAL) and notice a created or "
-                          "dropped extension.",
-                          &g_naptime_ms, 1000, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.load_chunk_rows", "Rows a load reads per chunk (one snapshot each).",
-                          "A chunk's ops are written as one batch; a larger chunk costs fewer transactions and more "
-                          "memory, and is more often cut by a concurrent commit.",
-                          &g_load_chunk_rows, 20000, 1, 10000000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-  DefineCustomIntVariable("bitdex_sync.max_databases", "How many databases can have a worker at the same time.",
-                          "Each takes a slot of shared memory (about 1 kB) and a background worker process.",
-                          &g_max_databases, 16, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-  DefineCustomBoolVariable(
-      "bitdex_sync.allow_capture_loss", "Lets DDL drop or disable capture triggers, recording the gap.",
-      "Off: a command that would leave a capture trigger apply_config created dropped or not firing always is "
-      "refused. On (superusers only): it goes through and bitdex_sync.capture_gaps records the gap.",
-      &g_allow_capture_loss, false, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-  DefineCustomBoolVariable("bitdex_sync.fault_injection", "For tests: crash points the test suite can arm.",
-                           "When on, a worker that finds the file bitdex_sync.kill_after_batch in the data directory "
-                           "removes it and kills itself right after its next batch is durable.",
-                           &g_fault_injection, false, PGC_SIGHUP, GUC_NOT_IN_SAMPLE | GUC_NO_SHOW_ALL, nullptr, nullptr,
-                           nullptr);
-}
-
 SharedState* shared_state() {
   return g_shared;
-}
-
-const bitdex::SipHash128* capture_mac() noexcept {
-  static bitdex::SipHash128* mac = nullptr;
-  if (!mac && g_shared) {
-    try {
-      static_assert(sizeof g_shared->capture_key >= bitdex::kSipKeySize);
-      mac = new bitdex::SipHash128(g_shared->capture_key);  // its first 16 bytes
-    } catch (...) {
-      return nullptr;
-    }
-  }
-  return mac;
 }
 
 void install_shared_memory_hooks() {
@@ -227,10 +129,6 @@ void install_shared_memory_hooks() {
   shmem_request_hook = request_shared_memory;
   g_prev_startup = shmem_startup_hook;
   shmem_startup_hook = attach_shared_memory;
-}
-
-bool automatic_mode() {
-  return database_names().empty();
 }
 
 WorkerShared* worker_for_database(Oid dboid) {
@@ -397,14 +295,6 @@ void decline_worker(WorkerShared* w, Oid dboid) {
   if (launcher) SetLatch(launcher);
 }
 
-void start_worker_at_commit() {
-  g_start_worker = true;
-}
-
-void extension_change_at_commit() {
-  g_extension_change = true;
-}
-
 // Called from _PG_init in the postmaster. Automatic mode: the launcher, which
 // starts the per-database workers itself. Otherwise one static worker per
 // named database, restarted a second after it exits with an error.
@@ -415,121 +305,41 @@ void register_workers() {
   bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
   bgw.bgw_restart_time = 1;
   snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bitdex_sync");
-  std::vector<std::string> names = database_names();
-  if (names.empty()) {
+  // In static storage, filled inside the wall: the ereport(ERROR)s below
+  // longjmp past this frame.
+  static std::vector<std::string>* names = nullptr;
+  static char error[256];
+  if (!run_cpp(
+          [] {
+            if (!names) names = new std::vector<std::string>();
+            *names = database_names();
+            return true;
+          },
+          error, sizeof error))
+    ereport(ERROR,
+            (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: cannot read bitdex_sync.databases: %s", error)));
+  if (names->empty()) {
     snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bitdex_sync_launcher_main");
     snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync launcher");
     snprintf(bgw.bgw_type, BGW_MAXLEN, "bitdex_sync launcher");
     RegisterBackgroundWorker(&bgw);
     return;
   }
-  if (names.size() > size_t(g_max_databases))
+  if (names->size() > size_t(g_max_databases))
     ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
                     errmsg("bitdex_sync.databases names %zu databases, more than bitdex_sync.max_databases (%d)",
-                           names.size(), g_max_databases),
+                           names->size(), g_max_databases),
                     errhint("Raise bitdex_sync.max_databases.")));
-  for (size_t i = 0; i < names.size(); i++) {
-    if (names[i].size() >= NAMEDATALEN || names[i].size() >= BGW_EXTRALEN)
+  for (size_t i = 0; i < names->size(); i++) {
+    const std::string& name = (*names)[i];
+    if (name.size() >= NAMEDATALEN || name.size() >= BGW_EXTRALEN)
       ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                      errmsg("database name \"%s\" in bitdex_sync.databases is too long", names[i].c_str())));
+                      errmsg("database name \"%s\" in bitdex_sync.databases is too long", name.c_str())));
     snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bitdex_sync_worker_main");
-    snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync worker for %s", names[i].c_str());
+    snprintf(bgw.bgw_name, BGW_MAXLEN, "bitdex_sync worker for %s", name.c_str());
     snprintf(bgw.bgw_type, BGW_MAXLEN, "bitdex_sync worker");
-    strlcpy(bgw.bgw_extra, names[i].c_str(), BGW_EXTRALEN);
+    strlcpy(bgw.bgw_extra, name.c_str(), BGW_EXTRALEN);
     RegisterBackgroundWorker(&bgw);
-  }
-}
-
-bool worker_not_ready(uint64 instance) {
-  WorkerShared* w = worker_for_database(MyDatabaseId);
-  if (!w) return automatic_mode();
-  SpinLockAcquire(&w->mutex);
-  const bool current = w->instance == instance;
-  SpinLockRelease(&w->mutex);
-  if (!current) return true;
-  char name[NAMEDATALEN];
-  snprintf(name, sizeof name, "bitdex_sync_%u", MyDatabaseId);
-  LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-  ReplicationSlot* slot = SearchNamedReplicationSlot(name, false);
-  bool ready = slot && slot->data.persistency == RS_PERSISTENT;
-  LWLockRelease(ReplicationSlotControlLock);
-  return !ready;
-}
-
-void note_captured(bool outbox) {
-  g_captured = true;
-  g_captured_outbox = g_captured_outbox || outbox;
-}
-
-// COMMIT PREPARED commits a transaction that may have captured ops in
-// another session (whose PREPARE did not wake the worker): its commit wakes
-// the worker as if it had captured them itself, into the outbox too. And
-// commands that change a captured table's rows without firing capture are
-// refused first (capture_guard.cpp).
-void utility_hook(PlannedStmt* pstmt, const char* query, bool read_only_tree, ProcessUtilityContext context,
-                  ParamListInfo params, QueryEnvironment* env, DestReceiver* dest, QueryCompletion* qc) {
-  Node* utility = pstmt->utilityStmt;
-  if (IsA(utility, TransactionStmt) && castNode(TransactionStmt, utility)->kind == TRANS_STMT_COMMIT_PREPARED)
-    g_commit_prepared = true;
-  guard_utility(utility);
-  if (g_prev_utility)
-    g_prev_utility(pstmt, query, read_only_tree, context, params, env, dest, qc);
-  else
-    standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc);
-}
-
-void install_utility_hook() {
-  g_prev_utility = ProcessUtility_hook;
-  ProcessUtility_hook = utility_hook;
-}
-
-void at_transaction_end(XactEvent event, void*) {
-  // PREPARE TRANSACTION: nothing is committed yet (COMMIT PREPARED wakes the
-  // worker); the ops this transaction captured are done with here.
-  if (event == XACT_EVENT_PREPARE) g_captured = g_captured_outbox = false;
-  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_ABORT &&
-      event != XACT_EVENT_PARALLEL_ABORT)
-    return;
-  const bool commit = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
-  bool wake = (g_captured || g_commit_prepared) && commit;
-  bool start = g_start_worker && commit;
-  const bool changed = g_extension_change && commit;
-  bool outbox = g_captured_outbox || g_commit_prepared;
-  g_captured = g_captured_outbox = g_start_worker = g_commit_prepared = g_extension_change = false;
-  if (changed) {
-    if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
-      SpinLockAcquire(&w->mutex);
-      w->look_now = true;
-      Latch* latch = w->latch;
-      SpinLockRelease(&w->mutex);
-      if (latch) SetLatch(latch);
-    }
-  }
-  if (start && g_shared) {
-    // The launcher starts the worker, which finds the extension committed.
-    LWLockAcquire(g_shared->lock, LW_EXCLUSIVE);
-    Latch* launcher = g_shared->launcher_latch;
-    bool queued = false;
-    Oid* requests = g_shared->requests();
-    for (int i = 0; i < g_shared->nrequests; i++) queued = queued || requests[i] == MyDatabaseId;
-    if (!queued && g_shared->nrequests < g_shared->max_databases) requests[g_shared->nrequests++] = MyDatabaseId;
-    LWLockRelease(g_shared->lock);
-    if (launcher) SetLatch(launcher);
-  }
-  if (!wake) return;
-  if (WorkerShared* w = worker_for_database(MyDatabaseId)) {
-    // An asynchronous commit cannot be decoded before its WAL is flushed:
-    // waking the worker for it now (thousands of times a second under
-    // load) would find nothing to do. Outbox rows can be read at once.
-    const XLogRecPtr end = XactLastCommitEnd;
-    const bool flushed = outbox || end <= GetFlushRecPtr(nullptr);
-    SpinLockAcquire(&w->mutex);
-    Latch* latch = w->latch;
-    if (outbox) w->outbox_rows = true;
-    if (!flushed && end > w->async_commit_end) w->async_commit_end = end;
-    if (!flushed && w->async_polling) latch = nullptr;  // it looks again soon anyway
-    SpinLockRelease(&w->mutex);
-    if (latch) SetLatch(latch);
   }
 }
 

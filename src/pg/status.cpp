@@ -3,8 +3,11 @@
 // bitdex_sync.wait_for_sync(timeout).
 #include <initializer_list>
 
+#include "bitdex_sync/pg/compat.hpp"
 #include "bitdex_sync/pg/capture.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/settings.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
+#include "bitdex_sync/pg/txn_hooks.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -165,7 +168,7 @@ Datum bitdex_sync_wait_for_sync(PG_FUNCTION_ARGS) {
   Datum max_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_rows);
   if (!no_rows) target_id = DatumGetInt64(max_id);
   SPI_finish();
-  XLogRecPtr target = LogLogicalMessage("bitdex_sync_sync", "", 0, false);
+  XLogRecPtr target = bitdex::pg::compat::log_message("bitdex_sync_sync", "", 0, false);
   XLogFlush(target);
   TimestampTz start = GetCurrentTimestamp();
   int64 limit_ms = static_cast<int64>(timeout->time / 1000) +

@@ -18,11 +18,13 @@
 
 #include <algorithm>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/wall.hpp"
+#include "bitdex_sync/pg/worker.hpp"
 #include "bitdex_sync/pg/worker_state.hpp"
 
 extern "C" {
@@ -385,7 +387,7 @@ bool extension_installed() {
 // A record that could not be decoded (g_worker->error says why): with
 // policy `skip` it is queued for the quarantine table and counted; with
 // `stop` its source stops in front of it. Returns true when it stops.
-bool note_poison(const char* source, const char* where, int policy, Quarantined q) {
+bool note_poison(const char* source, const char* where, int policy, const PoisonRecord& r) {
   const bool stop = policy == kPoisonStop;
   WorkerShared* w = g_worker->shared;
   SpinLockAcquire(&w->mutex);
@@ -399,12 +401,28 @@ bool note_poison(const char* source, const char* where, int policy, Quarantined 
            errmsg("bitdex_sync: %s a bad capture record (%s %s): %s", stop ? "stopped at" : "quarantined", source,
                   where, g_worker->error),
            stop ? errhint("Set bitdex_sync.on_poison_%s = skip and reload to quarantine it and go on.", source) : 0));
-  if (!stop) {
-    q.source = source;
-    q.position = where;
-    q.reason = g_worker->error;
-    g_worker->quarantine.push_back(std::move(q));
-  }
+  // Queued by C++ that may run out of memory: inside the wall, reported as
+  // the worker's error when it does.
+  if (!stop && !run_cpp(
+                   [&] {
+                     Quarantined q{source, where, {}, g_worker->error, r.entity_id, r.has_entity};
+                     if (r.text) {
+                       q.payload = r.text;
+                     } else {  // bytea's hex form
+                       static const char hex[] = "0123456789abcdef";
+                       q.payload.reserve(2 + 2 * r.size);
+                       q.payload = "\\x";
+                       for (size_t i = 0; i < r.size; i++) {
+                         q.payload.push_back(hex[r.bytes[i] >> 4]);
+                         q.payload.push_back(hex[r.bytes[i] & 15]);
+                       }
+                     }
+                     g_worker->quarantine.push_back(std::move(q));
+                     return true;
+                   },
+                   g_worker->error, sizeof g_worker->error))
+    ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
+                    errmsg("bitdex_sync: cannot queue a bad capture record for the quarantine: %s", g_worker->error)));
   return stop;
 }
 
@@ -432,7 +450,6 @@ void write_quarantine() {
   g_worker->quarantine.clear();
 }
 
-// Runs fn in a transaction of its own with SPI connected.
 // Runs fn in a transaction of its own, with SPI and a snapshot. The tables
 // fn uses belong to the extension: it is locked against DROP EXTENSION for
 // the transaction (a drop committing between two statements would make them
@@ -471,6 +488,9 @@ namespace {
 void check_catalog() {
   record_capture_gaps("worker", true);
   read_instance();
+  // An installation updated to 0.2.0 under a running worker: the WAL it has
+  // open was written on this timeline (a worker never runs on a standby).
+  if (g_worker->writer && g_worker->recorded_timeline == 0 && g_worker->recorded_wal_id != 0) record_timeline();
 }
 
 // True when CREATE or DROP EXTENSION committed since the last look.
@@ -547,6 +567,9 @@ bool run() {
       publish_stops();
       looked = 0;
     }
+    // The test suite's way to reach the last catch: a C++ exception
+    // straight out of the loop.
+    if (g_fault_injection && unlink(kThrowFile) == 0) throw std::runtime_error("fault injection: a C++ exception");
     const TimestampTz now = GetCurrentTimestamp();
     const bool look =
         take_look_now() || g_worker->extension_gone || TimestampDifferenceExceeds(looked, now, g_naptime_ms);
@@ -620,6 +643,22 @@ bool run() {
     in_transaction(record_run_end);
   }
   return false;
+}
+
+// run() with a last catch: a C++ exception that no inner wall caught (a
+// bug, or bad_alloc where C++ is not expected to allocate) ends this worker,
+// which the postmaster restarts, instead of std::terminate, which would
+// make it reinitialize every backend. 1: declined, 0: stopped, -1: an
+// exception (its message in g_worker->error).
+int run_last_catch() noexcept {
+  try {
+    return run() ? 1 : 0;
+  } catch (const std::exception& e) {
+    strlcpy(g_worker->error, e.what(), sizeof g_worker->error);
+  } catch (...) {
+    strlcpy(g_worker->error, "unknown C++ exception", sizeof g_worker->error);
+  }
+  return -1;
 }
 
 void at_worker_exit(int, Datum) {
@@ -754,20 +793,35 @@ void bitdex_sync_worker_main(Datum arg) {
     proc_exit(0);
   }
 
-  g_worker = new Worker();
-  g_worker->shared = w;
-  g_worker->automatic = automatic;
-  g_worker->slot_name = "bitdex_sync_" + std::to_string(MyDatabaseId);
-  // Keyed by OID, not name: ALTER DATABASE RENAME does not move it, and a
-  // new database under a dropped one's name gets a directory of its own.
-  std::string root = g_wal_directory;
-  g_worker->wal_dir = root + "/" + std::to_string(MyDatabaseId);
+  static char setup_error[256];
+  if (!run_cpp(
+          [&] {
+            g_worker = new Worker();
+            g_worker->shared = w;
+            g_worker->automatic = automatic;
+            g_worker->slot_name = "bitdex_sync_" + std::to_string(MyDatabaseId);
+            // Keyed by OID, not name: ALTER DATABASE RENAME does not move it,
+            // and a new database under a dropped one's name gets a directory
+            // of its own.
+            g_worker->wal_dir = std::string(g_wal_directory) + "/" + std::to_string(MyDatabaseId);
+            return true;
+          },
+          setup_error, sizeof setup_error))
+    ereport(FATAL, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("bitdex_sync: cannot start the worker: %s", setup_error)));
   before_shmem_exit(at_worker_exit, 0);
   CurrentResourceOwner = ResourceOwnerCreate(nullptr, "bitdex_sync worker");
 
   volatile bool declined = false;  // set in PG_TRY, read after it
   PG_TRY();
-  { declined = run(); }
+  {
+    const int r = run_last_catch();
+    if (r < 0)
+      ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                      errmsg("bitdex_sync: the worker stopped on an unexpected C++ exception: %s", g_worker->error),
+                      errdetail("Nothing after the last durable batch was confirmed; the restarted worker goes on "
+                                "from there.")));
+    declined = r > 0;
+  }
   PG_CATCH();
   {
     after_error();

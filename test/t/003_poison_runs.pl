@@ -167,5 +167,26 @@ $node->poll_query_until('postgres', "SELECT count(*) = 3 FROM bitdex_sync.quaran
 ok(!-e $fault, 'crash, slot: the worker was killed after a durable batch');
 sync();
 is(created(6) . created(7), '11', 'crash, slot: the records around the poison are written once');
+
+# --- a C++ exception no inner wall caught ----------------------------------------
+# It ends the worker through its last catch (an ERROR, a restart of the
+# worker alone), not std::terminate (which would make the postmaster
+# reinitialize every backend: this open session would be lost).
+my $session = $node->background_psql('postgres');
+my $backend = $session->query_safe('SELECT pg_backend_pid()');
+my $log_at = -s $node->logfile;
+my $throw = $node->data_dir . '/bitdex_sync.throw_in_worker';
+open($fh, '>', $throw) or die "cannot create $throw: $!";
+close($fh);
+$node->poll_query_until('postgres', "SELECT status = 'failed' AND error LIKE '%unexpected C++ exception%' FROM bitdex_sync.runs ORDER BY id DESC LIMIT 1")
+  or die 'the exception did not end the run';
+ok(!-e $throw, 'last catch: the worker met the exception');
+is($session->query_safe('SELECT pg_backend_pid()'), $backend, 'last catch: other sessions live on (no crash restart)');
+unlike(substr(slurp_file($node->logfile), $log_at), qr/terminating any other active server processes|terminate called/,
+  'last catch: no std::terminate, no reinitialization');
+$session->quit;
+sql('INSERT INTO img VALUES (8, 8)');
+sync();
+is(created(8), '1', 'last catch: the restarted worker captures again');
 $node->stop('fast');
 done_testing();

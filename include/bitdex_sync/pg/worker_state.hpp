@@ -12,7 +12,8 @@
 #include "bitdex_sync/core/txn_messages.hpp"
 #include "bitdex_sync/core/wal_writer.hpp"
 #include "bitdex_sync/pg/wall.hpp"
-#include "bitdex_sync/pg/worker.hpp"
+#include "bitdex_sync/pg/settings.hpp"
+#include "bitdex_sync/pg/shared_state.hpp"
 
 extern "C" {
 #include "replication/logical.h"
@@ -109,7 +110,16 @@ void close_writer();
 void flush_batch();
 void use_caches_for_decoding(bool decoding);
 bool extension_installed();
-bool note_poison(const char* source, const char* where, int policy, Quarantined q);
+// What a bad capture record was, as plain data (the quarantine's payload is
+// made from it inside the wall): a slot message's bytes or an outbox row's text.
+struct PoisonRecord {
+  const uint8* bytes = nullptr;
+  size_t size = 0;
+  const char* text = nullptr;
+  int64 entity_id = 0;
+  bool has_entity = false;
+};
+bool note_poison(const char* source, const char* where, int policy, const PoisonRecord& r);
 void publish_stops();
 void write_quarantine();
 void in_transaction(void (*fn)());
