@@ -34,17 +34,6 @@ void str_member(std::string& out, const char* k, const std::string& v) {
   json::write_string(out, v);
 }
 
-// k: a JSON array of the strings `v`, as SQL identifiers with `idents`.
-void strings_member(std::string& out, const char* k, const std::vector<std::string>& v, bool idents = false) {
-  key(out, k);
-  out += "[";
-  for (size_t i = 0; i < v.size(); i++) {
-    if (i) out += ",";
-    json::write_string(out, idents ? config::quote_ident(v[i]) : v[i]);
-  }
-  out += "]";
-}
-
 }  // namespace
 
 std::string rows_sql(const config::Source& s, const Resolved& r) {
@@ -130,111 +119,60 @@ bool same_but_fan_ins(const std::string& a, const std::string& b) {
   return without(a) == without(b);
 }
 
-std::string capture_spec(const config::Source& s, const Resolved& r) {
-  using config::sink_name;
-  std::string out = "{";
-  key(out, "v");
-  out += "1";
-  str_member(out, "source", s.name);
-  str_member(out, "kind", config::kind_name(s.kind));
-  str_member(out, "sink", sink_name(s.sink));
-  str_member(out, "slot", config::quote_ident(s.slot_field));
-  key(out, "alive");
-  out += s.sets_alive ? "true" : "false";
-  key(out, "delete");
-  out += s.on_delete ? "true" : "false";
+spec::CaptureSpec spec_of(const config::Source& s, const Resolved& r) {
+  spec::CaptureSpec out;
+  out.source = s.name;
+  out.kind = s.kind;
+  out.sink = s.sink;
+  out.slot = config::quote_ident(s.slot_field);
+  out.alive = s.sets_alive;
+  out.on_delete = s.on_delete;
   if (s.kind == SourceKind::Join) {
-    key(out, "value");
-    out += "{";
-    str_member(out, "f", s.field);
-    str_member(out, "sql", config::quote_ident(s.value_field));
-    out += "}";
-    if (s.filter) str_member(out, "filter", s.filter->render());
-    key(out, "computed");
-    out += "[";
-    for (size_t i = 0; i < s.computed_fields.size(); i++) {
-      const auto& cf = s.computed_fields[i];
-      if (i) out += ",";
-      out += "{";
-      str_member(out, "f", cf.target);
-      str_member(out, "cond", cf.expr.render());
-      str_member(out, "sql", cf.value ? cf.value->render() : config::quote_ident(s.value_field));
-      out += "}";
-    }
-    out += "]";
+    out.value = spec::Field{s.field, config::quote_ident(s.value_field), {}};
+    if (s.filter) out.filter = s.filter->render();
+    for (const auto& cf : s.computed_fields)
+      out.computed.push_back(
+          spec::Field{cf.target, cf.value ? cf.value->render() : config::quote_ident(s.value_field), cf.expr.render()});
   } else {
-    key(out, "fields");
-    out += "[";
-    bool first = true;
-    auto field = [&](const std::string& target, const config::Template& t) {
-      if (!first) out += ",";
-      first = false;
-      out += "{";
-      str_member(out, "f", target);
-      str_member(out, "sql", t.render());
-      out += "}";
-    };
-    for (const auto& tf : s.track_fields) field(tf.target, tf.expr);
-    for (const auto& cf : s.computed_fields) field(cf.target, cf.expr);
-    out += "]";
+    for (const auto& tf : s.track_fields) out.fields.push_back(spec::Field{tf.target, tf.expr.render(), {}});
+    for (const auto& cf : s.computed_fields) out.fields.push_back(spec::Field{cf.target, cf.expr.render(), {}});
   }
   if (s.kind == SourceKind::QueryFanOut) {
     const std::string& q = s.query->text;
-    str_member(out, "query", q);
-    key(out, "query_cols");
-    out += "[";
+    out.query = q;
     // One entry per placeholder occurrence, in order: the trigger fills them
     // in sequence (Template::columns is distinct, so it cannot serve here).
-    for (size_t i = 0, n = 0; i < q.size(); i++) {
+    for (size_t i = 0; i < q.size(); i++) {
       if (q[i] != '{') continue;
       size_t end = q.find('}', i);
       std::string col = q.substr(i + 1, end - i - 1);
       i = end;
-      if (col == "ids") continue;  // filled from "expression", not a column
-      if (n++) out += ",";
-      json::write_string(out, col);
+      if (col != "ids") out.query_cols.push_back(col);  // {ids} is filled from "expression"
     }
-    out += "]";
     if (s.expression) {
-      str_member(out, "ids_sql", ids_sql(s));
-      strings_member(out, "ids_params", s.expression->columns, true);
+      out.ids_sql = ids_sql(s);
+      for (const std::string& c : s.expression->columns) out.ids_params.push_back(config::quote_ident(c));
     }
   }
-  if (!r.fan_ins.empty()) {
-    key(out, "fan_in");
-    out += "[";
-    for (size_t i = 0; i < r.fan_ins.size(); i++) {
-      const ResolvedFanIn& f = r.fan_ins[i];
-      if (i) out += ",";
-      out += "{";
-      str_member(out, "source", f.source);
-      str_member(out, "field", f.field);
-      str_member(out, "sql", f.sql);
-      key(out, "lock");
-      out += std::to_string(f.lock);
-      strings_member(out, "fields", f.targets);
-      out += "}";
-    }
-    out += "]";
-  }
-  if (r.fan_in_lock != 0) {
-    key(out, "fan_in_lock");
-    out += std::to_string(r.fan_in_lock);
-  }
+  for (const ResolvedFanIn& f : r.fan_ins)
+    out.fan_ins.push_back(spec::FanIn{f.source, f.field, f.sql, f.lock, f.targets});
+  out.fan_in_lock = r.fan_in_lock;
   if (has_join_filter(s)) {
-    str_member(out, "filter_sql", join_filter_sql(s, r.join_filter_columns));
-    strings_member(out, "filter_params", r.join_filter_columns, true);
+    out.filter_sql = join_filter_sql(s, r.join_filter_columns);
+    for (const std::string& c : r.join_filter_columns) out.filter_params.push_back(config::quote_ident(c));
   } else if (s.kind != SourceKind::Join && s.filter) {
-    str_member(out, "filter", s.filter->render());
+    out.filter = s.filter->render();
   }
-  // Not read by the trigger: makes helpers part of the definition.
-  if (!s.shared_ops_fields.empty()) strings_member(out, "shared", s.shared_ops_fields);
+  out.shared = s.shared_ops_fields;  // not read by the trigger: makes helpers part of the definition
   if (s.kind == SourceKind::RowFanOut) {
-    str_member(out, "rows_sql", rows_sql(s, r));
-    str_member(out, "parent_key", config::quote_ident(s.rows_from->parent_key));
+    out.rows_sql = rows_sql(s, r);
+    out.parent_key = config::quote_ident(s.rows_from->parent_key);
   }
-  out += "}";
   return out;
+}
+
+std::string capture_spec(const config::Source& s, const Resolved& r) {
+  return spec::write(spec_of(s, r));
 }
 
 std::string trigger_events(const config::Source& s) {
@@ -266,43 +204,7 @@ std::string create_sql(const std::string& qualified_table, const config::Source&
 }
 
 std::vector<std::string> spec_expressions(const json::Value& spec) {
-  auto str = [](const json::Value& obj, const char* key) -> const std::string& {
-    const json::Value* v = obj.type == json::Type::Object ? obj.find(key) : nullptr;
-    if (!v || v->type != json::Type::String)
-      throw Error(ErrorKind::InvalidInput, std::string("capture spec lacks \"") + key + "\"");
-    return v->text;
-  };
-  auto items = [](const json::Value& obj, const char* key) -> const std::vector<json::Value>* {
-    const json::Value* v = obj.find(key);
-    return v && v->type == json::Type::Array ? &v->items : nullptr;
-  };
-  std::vector<std::string> out{str(spec, "slot")};
-  const std::string& kind = str(spec, "kind");
-  const bool join = kind == "join";
-  if (join) {
-    const json::Value* value = spec.find("value");
-    if (!value) throw Error(ErrorKind::InvalidInput, "capture spec lacks \"value\"");
-    out.push_back(str(*value, "sql"));
-    if (const auto* computed = items(spec, "computed"))
-      for (const json::Value& cf : *computed) {
-        out.push_back(str(cf, "sql"));
-        out.push_back(str(cf, "cond"));
-      }
-    if (spec.find("filter")) out.push_back(str(spec, "filter"));
-  } else {
-    const auto* fields = items(spec, "fields");
-    if (!fields) throw Error(ErrorKind::InvalidInput, "capture spec lacks \"fields\"");
-    for (const json::Value& f : *fields) out.push_back(str(f, "sql"));
-  }
-  if (const auto* qcols = items(spec, "query_cols"))
-    for (const json::Value& c : *qcols) out.push_back(config::quote_ident(c.text));
-  if (const auto* params = items(spec, "ids_params"))
-    for (const json::Value& p : *params) out.push_back(p.text);
-  if (kind == "fan_out_per_row") out.push_back(str(spec, "parent_key"));
-  if (!join && spec.find("filter")) out.push_back(str(spec, "filter"));
-  if (const auto* params = items(spec, "filter_params"))
-    for (const json::Value& p : *params) out.push_back(p.text);
-  return out;
+  return spec::expressions(spec::read(spec));
 }
 
 std::string helper_name(const config::Source& s, const std::string& field) {

@@ -12,6 +12,7 @@
 #include "bitdex_sync/core/capture_format.hpp"
 #include "bitdex_sync/core/json.hpp"
 #include "bitdex_sync/core/ops_codec.hpp"
+#include "bitdex_sync/core/capture_spec.hpp"
 #include "bitdex_sync/pg/capture_trigger.hpp"
 #include "bitdex_sync/pg/capture_key.hpp"
 #include "bitdex_sync/pg/compat.hpp"
@@ -88,38 +89,19 @@ void invalidate_functions(Datum, int, uint32) {
 
 // ---- the recorded definition ---------------------------------------------------
 
-bitdex::json::Value g_spec;
+// The spec being compiled, read into static storage under run_cpp (the
+// compiling code below holds no C++ objects of its own).
+bitdex::spec::CaptureSpec* g_spec = nullptr;
 char g_spec_error[512];
 
 bool load_spec(const char* text) noexcept {
   return run_cpp(
       [&] {
-        g_spec = bitdex::json::parse(text);
-        return g_spec.type == bitdex::json::Type::Object;
+        if (!g_spec) g_spec = new bitdex::spec::CaptureSpec();
+        *g_spec = bitdex::spec::read(std::string_view(text));
+        return true;
       },
       g_spec_error, sizeof g_spec_error);
-}
-
-const bitdex::json::Value* spec_get(const bitdex::json::Value& obj, const char* key) noexcept {
-  return obj.type == bitdex::json::Type::Object ? obj.find(key) : nullptr;
-}
-
-const char* spec_str(const bitdex::json::Value& obj, const char* key) {
-  const bitdex::json::Value* v = spec_get(obj, key);
-  if (!v || v->type != bitdex::json::Type::String)
-    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bitdex_sync capture spec lacks \"%s\"", key),
-                    errhint("Apply the config again with bitdex_sync.apply_config().")));
-  return v->text.c_str();
-}
-
-bool spec_bool(const bitdex::json::Value& obj, const char* key) {
-  const bitdex::json::Value* v = spec_get(obj, key);
-  return v && v->type == bitdex::json::Type::Bool && v->boolean;
-}
-
-int spec_count(const bitdex::json::Value& obj, const char* key) {
-  const bitdex::json::Value* v = spec_get(obj, key);
-  return v && v->type == bitdex::json::Type::Array ? static_cast<int>(v->items.size()) : 0;
 }
 
 // The trigger apply_config created: the firing one, or for a partition's
@@ -242,12 +224,6 @@ void describe_type(Source* s, Oid type, Compiled* c) {
   if (c->conv == Conv::Output || c->conv == Conv::Number) output_function(type, &c->out, s->cxt);
 }
 
-// An OID the spec holds under `key` (a JSON number), or InvalidOid.
-Oid spec_oid(const bitdex::json::Value& obj, const char* key) {
-  const bitdex::json::Value* v = spec_get(obj, key);
-  return v ? static_cast<Oid>(strtoul(v->text.c_str(), nullptr, 10)) : InvalidOid;
-}
-
 void compile_one(Source* s, Expr* e, Compiled* c, Use use, const char* what) {
   describe_type(s, exprType((Node*)e), c);
   c->cols = nullptr;
@@ -276,35 +252,28 @@ StoredQuery* stored_query(Node* tree) {
   return q;
 }
 
-// Builds the compiled form of `s` from g_spec (already loaded) and the
+// Builds the compiled form of `s` from *g_spec (already loaded) and the
 // analysed trees apply_config stored: a List of (the select list's Query
 // over the recorded table, the {ids} Query or NULL, the children's Query or
 // NULL). `recorded` is the table they were analysed against; when the
 // trigger fires on a partition, column numbers are mapped to the partition's.
 void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
-  const bitdex::json::Value& spec = g_spec;
-  const char* kind = spec_str(spec, "kind");
-  s->kind = strcmp(kind, "join") == 0              ? Kind::Join
-            : strcmp(kind, "fan_out") == 0         ? Kind::QueryFanOut
-            : strcmp(kind, "fan_out_per_row") == 0 ? Kind::RowFanOut
-                                                   : Kind::Direct;
-  if (strcmp(kind, "direct") != 0 && s->kind == Kind::Direct)
-    ereport(ERROR,
-            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("bitdex_sync: source kind \"%s\" is not supported", kind)));
-  s->outbox = strcmp(spec_str(spec, "sink"), "outbox") == 0;
-  s->alive = spec_bool(spec, "alive");
-  s->del = spec_bool(spec, "delete");
-  const bool join = s->kind == Kind::Join;
-  const int nconds = join ? spec_count(spec, "computed") : 0;
-  s->nfields = join ? 1 + nconds : spec_count(spec, "fields");
-  s->has_filter = spec_get(spec, "filter") != nullptr;
-  s->nqcols = spec_count(spec, "query_cols");
-  s->nids = spec_count(spec, "ids_params");
-  s->njf = spec_count(spec, "filter_params");
-  if (s->kind == Kind::QueryFanOut) s->query = MemoryContextStrdup(s->cxt, spec_str(spec, "query"));
-  // The order of trigger_gen::spec_expressions.
+  const bitdex::spec::CaptureSpec& spec = *g_spec;
+  s->kind = spec.kind;
+  s->outbox = spec.sink == bitdex::config::Sink::Outbox;
+  s->alive = spec.alive;
+  s->del = spec.on_delete;
+  const bool join = s->kind == SourceKind::Join;
+  const int nconds = join ? static_cast<int>(spec.computed.size()) : 0;
+  s->nfields = join ? 1 + nconds : static_cast<int>(spec.fields.size());
+  s->has_filter = spec.filter.has_value();
+  s->nqcols = static_cast<int>(spec.query_cols.size());
+  s->nids = static_cast<int>(spec.ids_params.size());
+  s->njf = static_cast<int>(spec.filter_params.size());
+  if (s->kind == SourceKind::QueryFanOut) s->query = MemoryContextStrdup(s->cxt, spec.query.c_str());
+  // The order of bitdex::spec::expressions.
   const int expected = 1 + s->nfields + nconds + (s->has_filter ? 1 : 0) + s->nqcols + s->nids +
-                       (s->kind == Kind::RowFanOut ? 1 : 0) + s->njf;
+                       (s->kind == SourceKind::RowFanOut ? 1 : 0) + s->njf;
 
   MemoryContext old = MemoryContextSwitchTo(s->cxt);
   List* trees = castNode(List, stringToNode(compiled));
@@ -333,11 +302,10 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   s->rows = stored_query((Node*)lthird(trees));
   s->join_filter = list_length(trees) >= 4 ? stored_query((Node*)lfourth(trees)) : nullptr;
   List* fan_ins = list_length(trees) >= 5 ? castNode(List, list_nth(trees, 4)) : NIL;
-  if (spec_get(spec, "filter_sql") && !s->join_filter)
+  if (spec.filter_sql && !s->join_filter)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its join filter query");
-  if ((s->nids > 0 || s->kind == Kind::QueryFanOut) && spec_get(spec, "ids_params") && !s->ids)
-    elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
-  if (s->kind == Kind::RowFanOut && !s->rows)
+  if (spec.ids_sql && !s->ids) elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
+  if (s->kind == SourceKind::RowFanOut && !s->rows)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its children query");
 
   int at = 0;
@@ -346,22 +314,18 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("bitdex_sync: the slot column must be an integer")));
   s->fields = (Field*)palloc0(sizeof(Field) * (s->nfields > 0 ? s->nfields : 1));
   if (join) {
-    const bitdex::json::Value* value = spec_get(spec, "value");
-    if (!value) ereport(ERROR, (errmsg("bitdex_sync capture spec lacks \"value\"")));
-    s->fields[0].target = pstrdup(spec_str(*value, "f"));
+    s->fields[0].target = pstrdup(spec.value.target.c_str());
     compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[0].value, Use::Value, "the join value");
-    const bitdex::json::Value* computed = spec_get(spec, "computed");
     for (int i = 0; i < nconds; i++) {
       Field* f = &s->fields[1 + i];
-      f->target = pstrdup(spec_str(computed->items[i], "f"));
+      f->target = pstrdup(spec.computed[i].target.c_str());
       compile_one(s, (Expr*)list_nth(exprs, at++), &f->value, Use::Value, "a computed value");
       compile_one(s, (Expr*)list_nth(exprs, at++), &f->cond, Use::Condition, "a computed condition");
     }
     if (s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   } else {
-    const bitdex::json::Value* fields = spec_get(spec, "fields");
     for (int i = 0; i < s->nfields; i++) {
-      s->fields[i].target = pstrdup(spec_str(fields->items[i], "f"));
+      s->fields[i].target = pstrdup(spec.fields[i].target.c_str());
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->fields[i].value, Use::Value, s->fields[i].target);
     }
   }
@@ -378,7 +342,7 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     for (int i = 0; i < s->nids; i++)
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->ids_params[i], Use::Bound, "an expression parameter");
   }
-  if (s->kind == Kind::RowFanOut)
+  if (s->kind == SourceKind::RowFanOut)
     compile_one(s, (Expr*)list_nth(exprs, at++), &s->parent_key, Use::Bound, "the parent key");
   if (!join && s->has_filter) compile_one(s, (Expr*)list_nth(exprs, at++), &s->filter, Use::Condition, "the filter");
   if (s->njf > 0) {
@@ -386,35 +350,35 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     for (int i = 0; i < s->njf; i++)
       compile_one(s, (Expr*)list_nth(exprs, at++), &s->jf_params[i], Use::Bound, "a join filter parameter");
   }
-  if (const bitdex::json::Value* fi = spec_get(spec, "fan_in")) {
-    if (s->kind != Kind::Direct || list_length(fan_ins) != static_cast<int>(fi->items.size()))
+  if (!spec.fan_ins.empty()) {
+    if (s->kind != SourceKind::Direct || list_length(fan_ins) != static_cast<int>(spec.fan_ins.size()))
       elog(ERROR, "bitdex_sync: the recorded capture definition lacks its fan-in queries");
-    s->nfan_ins = static_cast<int>(fi->items.size());
+    s->nfan_ins = static_cast<int>(spec.fan_ins.size());
     s->fan_ins = (FanIn*)palloc0(sizeof(FanIn) * s->nfan_ins);
     for (int k = 0; k < s->nfan_ins; k++) {
       FanIn* f = &s->fan_ins[k];
-      const char* field = spec_str(fi->items[k], "field");
+      const bitdex::spec::FanIn& fi = spec.fan_ins[k];
+      const char* field = fi.field.c_str();
       f->field = -1;
       for (int i = 0; i < s->nfields; i++)
         if (strcmp(s->fields[i].target, field) == 0) f->field = i;
       if (f->field < 0) elog(ERROR, "bitdex_sync: a fan-in names field \"%s\", which the source lacks", field);
       f->query = stored_query((Node*)list_nth(fan_ins, k));
-      f->lock = spec_oid(fi->items[k], "lock");
+      f->lock = fi.lock;
       output_function(s->fields[f->field].value.type, &f->key_out, s->cxt);
-      const bitdex::json::Value* targets = spec_get(fi->items[k], "fields");
       f->ncols = list_length(f->query->query->targetList);
-      if (!targets || static_cast<int>(targets->items.size()) != f->ncols)
+      if (static_cast<int>(fi.fields.size()) != f->ncols)
         elog(ERROR, "bitdex_sync: a fan-in's fields do not match its query");
       f->cols = (Compiled*)palloc0(sizeof(Compiled) * f->ncols);
       f->targets = (const char**)palloc(sizeof(char*) * f->ncols);
       for (int j = 0; j < f->ncols; j++) {
         describe_type(s, exprType((Node*)list_nth_node(TargetEntry, f->query->query->targetList, j)->expr),
                       &f->cols[j]);
-        f->targets[j] = pstrdup(targets->items[j].text.c_str());
+        f->targets[j] = pstrdup(fi.fields[j].c_str());
       }
     }
   }
-  s->fan_in_lock = spec_oid(spec, "fan_in_lock");
+  s->fan_in_lock = spec.fan_in_lock;
   s->econtext = CreateStandaloneExprContext();
   MemoryContextSwitchTo(old);
   s->valid = true;

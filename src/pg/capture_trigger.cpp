@@ -270,10 +270,10 @@ void load_row(void* source, TupleTableSlot* row, LoadSink* sink) {
   g_load_sink = sink;
   const TriggerEvent ev = TRIGGER_EVENT_INSERT | TRIGGER_EVENT_ROW | TRIGGER_EVENT_AFTER;
   switch (s->kind) {
-    case Kind::Direct: direct_row(s, ev, nullptr, row); break;
-    case Kind::Join: join_row(s, ev, nullptr, row); break;
-    case Kind::QueryFanOut: fan_out_row(s, ev, nullptr, row); break;
-    case Kind::RowFanOut: row_fan_out_row(s, ev, nullptr, row); break;
+    case SourceKind::Direct: direct_row(s, ev, nullptr, row); break;
+    case SourceKind::Join: join_row(s, ev, nullptr, row); break;
+    case SourceKind::QueryFanOut: fan_out_row(s, ev, nullptr, row); break;
+    case SourceKind::RowFanOut: row_fan_out_row(s, ev, nullptr, row); break;
   }
   g_load_sink = nullptr;
   ResetExprContext(s->econtext);
@@ -325,10 +325,10 @@ Datum bitdex_sync_capture(PG_FUNCTION_ARGS) {
   g_updated =
       TRIGGER_FIRED_BY_UPDATE(ev) && !(trigdesc && trigdesc->trig_update_before_row) ? td->tg_updatedcols : nullptr;
   switch (s->kind) {
-    case Kind::Direct: direct_row(s, ev, oldrow, newrow); break;
-    case Kind::Join: join_row(s, ev, oldrow, newrow); break;
-    case Kind::QueryFanOut: fan_out_row(s, ev, oldrow, newrow); break;
-    case Kind::RowFanOut: row_fan_out_row(s, ev, oldrow, newrow); break;
+    case SourceKind::Direct: direct_row(s, ev, oldrow, newrow); break;
+    case SourceKind::Join: join_row(s, ev, oldrow, newrow); break;
+    case SourceKind::QueryFanOut: fan_out_row(s, ev, oldrow, newrow); break;
+    case SourceKind::RowFanOut: row_fan_out_row(s, ev, oldrow, newrow); break;
   }
   ResetExprContext(s->econtext);
   return PointerGetDatum(nullptr);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "bitdex_sync/core/capture_spec.hpp"
 #include "bitdex_sync/core/config.hpp"
 #include "bitdex_sync/core/ops.hpp"
 
@@ -32,18 +33,9 @@ struct Resolved {
   std::vector<std::string> join_filter_columns;
 };
 
-// The compact JSON the capture trigger compiles at first use:
-// {"v":1,"source":..,"kind":..,"sink":..,"slot":<sql>,"alive":b,"delete":b,
-//  "fields":[{"f":target,"sql":<sql>}],           direct, fan-outs
-//  "value":{"f":field,"sql":<sql>},"filter":<sql>, join
-//  "computed":[{"f":target,"cond":<sql>,"sql":<sql>}],  join (conditional)
-//  "query":<template>,"query_cols":[..],            query fan-out
-//  "ids_sql":<SELECT to_jsonb((expr with $n))>,"ids_params":[<sql>],  ...with expression
-//  "filter_sql":<SELECT EXISTS (...)>,"filter_params":[<sql>],  ...with join, no expression
-//  "rows_sql":<SELECT slot FROM ONLY child WHERE fk = $1>,"parent_key":<sql>,  fan_out_per_row
-//  "fan_in":[{"source":..,"field":F,"sql":<fan_in_sql>,"lock":oid,"fields":[..]}],  direct, children of query fan-outs
-//  "fan_in_lock":oid}  query fan-out that has a fan-in
-// SQL is rendered with quoted identifiers and no row prefix.
+// The capture spec of a source (capture_spec.hpp), and as recorded (its
+// JSON text, what the trigger compiles at first use).
+spec::CaptureSpec spec_of(const config::Source& s, const Resolved& r = {});
 std::string capture_spec(const config::Source& s, const Resolved& r = {});
 
 // The events the trigger fires on, as the "AFTER ..." clause.

@@ -5,6 +5,7 @@
 // (capture_trigger.cpp). Not for other code: capture.hpp is the interface.
 #pragma once
 
+#include "bitdex_sync/core/config.hpp"
 #include "bitdex_sync/core/ops.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 #include "bitdex_sync/pg/postgres.hpp"
@@ -21,6 +22,7 @@ namespace bitdex::pg::trigger {
 
 using bitdex::OpKind;
 using bitdex::OpValue;
+using bitdex::config::SourceKind;
 
 struct Compiled {     // one expression
   AttrNumber attnum;  // > 0: a plain column, read from the slot
@@ -40,8 +42,6 @@ struct Field {
   Compiled cond;  // join computed fields: the condition
 };
 
-enum class Kind : uint8_t { Direct, Join, QueryFanOut, RowFanOut };
-
 // A direct source's rows are the children of a query fan-out "F eq {col}":
 // a row arriving under a parent (INSERT, or a change of F) takes the
 // parent's fields (trigger_gen::fan_in_sql, $1 = F's value).
@@ -59,7 +59,7 @@ struct Source {
   Oid tgoid;  // the firing trigger (a partition's clone of the recorded one, or that one)
   Oid relid;
   bool valid;
-  Kind kind;
+  SourceKind kind;
   bool outbox;
   bool alive, del;
   Compiled slot;
