@@ -42,9 +42,12 @@ sources:
   - table: by_outbox
     capture: outbox
     track_fields: [v]
-\$\$);
+\$\$, load => false);
 SQL
-# The initial load is in the server WAL too: decode past it before timing.
+# No load (a drain measures captured changes; a load running when the worker
+# is stopped below could hold PostgreSQL's WAL write lock and stall the
+# backlog's writers). The rows' INSERTs are in the server WAL too: decode
+# past them before timing.
 "${psql[@]}" -c "SELECT bitdex_sync.wait_for_sync('600s')" >/dev/null
 captured() { "${psql[@]}" -At -c "SELECT ops_captured FROM bitdex_sync.status() WHERE source = '$1'"; }
 
