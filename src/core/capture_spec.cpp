@@ -2,7 +2,10 @@
 // bitdex_sync.sources.spec (trigger_gen writes it, the trigger reads it).
 #include "bitdex_sync/core/capture_spec.hpp"
 
+#include <charconv>
+
 #include "bitdex_sync/core/error.hpp"
+#include "bitdex_sync/core/cpp_only.hpp"
 
 namespace bitdex::spec {
 namespace {
@@ -63,11 +66,19 @@ bool boolean(const json::Value& obj, const char* k) {
   return v && v->type == json::Type::Bool && v->boolean;
 }
 
+// A whole number in [0, max] written as plain digits; anything else
+// (negative, fraction, exponent, too large) is refused.
+uint64_t whole(const json::Value& v, const char* k, uint64_t max) {
+  uint64_t n = 0;
+  const char* end = v.text.data() + v.text.size();
+  auto [p, ec] = std::from_chars(v.text.data(), end, n);
+  if (v.type != json::Type::Number || ec != std::errc() || p != end || n > max) lacks(k, "a whole number in range");
+  return n;
+}
+
 uint32_t oid(const json::Value& obj, const char* k) {
   const json::Value* v = member(obj, k);
-  if (!v) return 0;
-  if (v->type != json::Type::Number) lacks(k, "a number");
-  return static_cast<uint32_t>(std::stoul(v->text));
+  return v ? static_cast<uint32_t>(whole(*v, k, UINT32_MAX)) : 0;
 }
 
 const std::vector<json::Value>* array(const json::Value& obj, const char* k) {
@@ -195,7 +206,10 @@ CaptureSpec read(const json::Value& v) {
     throw Error(ErrorKind::InvalidInput, "capture spec is not a JSON object", {},
                 "Apply the config again with bitdex_sync.apply_config().");
   CaptureSpec s;
-  if (const json::Value* ver = member(v, "v"); ver && ver->type == json::Type::Number) s.version = std::stoi(ver->text);
+  if (const json::Value* ver = member(v, "v")) s.version = static_cast<int>(whole(*ver, "v", 1000));
+  if (s.version != 1)
+    throw Error(ErrorKind::NotSupported, "capture spec version " + std::to_string(s.version) + " is not supported", {},
+                "Apply the config again with bitdex_sync.apply_config() (this build writes version 1).");
   s.source = opt_str(v, "source").value_or("");
   s.kind = kind_of(str(v, "kind"));
   const std::string sink = str(v, "sink");

@@ -93,15 +93,29 @@ void invalidate_functions(Datum, int, uint32) {
 // compiling code below holds no C++ objects of its own).
 bitdex::spec::CaptureSpec* g_spec = nullptr;
 char g_spec_error[512];
+char g_spec_hint[256];
+int g_spec_errcode = ERRCODE_INVALID_PARAMETER_VALUE;
 
+// Reads the recorded spec into *g_spec; false with the error's message,
+// hint and SQLSTATE (an unknown kind or version: feature not supported) in
+// the g_spec_* buffers.
 bool load_spec(const char* text) noexcept {
-  return run_cpp(
-      [&] {
-        if (!g_spec) g_spec = new bitdex::spec::CaptureSpec();
-        *g_spec = bitdex::spec::read(std::string_view(text));
-        return true;
-      },
-      g_spec_error, sizeof g_spec_error);
+  g_spec_hint[0] = '\0';
+  g_spec_errcode = ERRCODE_INVALID_PARAMETER_VALUE;
+  try {
+    if (!g_spec) g_spec = new bitdex::spec::CaptureSpec();
+    *g_spec = bitdex::spec::read(std::string_view(text));
+    return true;
+  } catch (const bitdex::Error& e) {
+    strlcpy(g_spec_error, e.what(), sizeof g_spec_error);
+    strlcpy(g_spec_hint, e.hint().c_str(), sizeof g_spec_hint);
+    if (e.kind() == bitdex::ErrorKind::NotSupported) g_spec_errcode = ERRCODE_FEATURE_NOT_SUPPORTED;
+  } catch (const std::exception& e) {
+    strlcpy(g_spec_error, e.what(), sizeof g_spec_error);
+  } catch (...) {
+    strlcpy(g_spec_error, "unknown C++ exception", sizeof g_spec_error);
+  }
+  return false;
 }
 
 // The trigger apply_config created: the firing one, or for a partition's
@@ -290,7 +304,7 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
     elog(ERROR, "bitdex_sync: capture definition has %d expressions, expected %d", list_length(exprs), expected);
   if (RelationGetRelid(rel) != recorded) {
     Relation parent = table_open(recorded, AccessShareLock);
-    AttrMap* map = build_attrmap_by_name(RelationGetDescr(rel), RelationGetDescr(parent));
+    AttrMap* map = compat::attrmap_by_name(RelationGetDescr(rel), RelationGetDescr(parent));
     table_close(parent, AccessShareLock);
     bool whole_row = false;
     exprs = (List*)map_variable_attnos((Node*)exprs, 1, 0, map, InvalidOid, &whole_row);
@@ -304,7 +318,8 @@ void compile(Source* s, Relation rel, Oid recorded, const char* compiled) {
   List* fan_ins = list_length(trees) >= 5 ? castNode(List, list_nth(trees, 4)) : NIL;
   if (spec.filter_sql && !s->join_filter)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its join filter query");
-  if (spec.ids_sql && !s->ids) elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
+  if ((spec.ids_sql || !spec.ids_params.empty()) && !s->ids)
+    elog(ERROR, "bitdex_sync: the recorded capture definition lacks its {ids} query");
   if (s->kind == SourceKind::RowFanOut && !s->rows)
     elog(ERROR, "bitdex_sync: the recorded capture definition lacks its children query");
 
@@ -413,8 +428,8 @@ Source* source_for(Oid tgoid, Oid recorded, Relation rel) {
   char *spec = nullptr, *compiled = nullptr;
   if (!recorded_source(recorded, &table, &spec, &compiled)) return nullptr;
   if (!load_spec(spec))
-    ereport(ERROR,
-            (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("bad bitdex_sync capture spec: %s", g_spec_error)));
+    ereport(ERROR, (errcode(g_spec_errcode), errmsg("bad bitdex_sync capture spec: %s", g_spec_error),
+                    g_spec_hint[0] ? errhint("%s", g_spec_hint) : 0));
   if (!s) {
     s = (Source*)MemoryContextAllocZero(CacheMemoryContext, sizeof(Source));
     s->tgoid = tgoid;

@@ -4,6 +4,7 @@
 // rights — the writer's — in the writing transaction's active snapshot.
 // This is what a cached SPI plan did, minus parsing the SQL text again: SPI
 // takes text only, and text resolves names anew in every backend.
+#include "bitdex_sync/pg/compat.hpp"
 #include "bitdex_sync/pg/capture.hpp"
 
 extern "C" {
@@ -102,7 +103,7 @@ void run_stored_query(StoredQuery* q, int nparams, Oid* types, Datum* values, bo
   PG_TRY();
   {
     ExecutorStart(qd, 0);
-    ExecutorRun(qd, ForwardScanDirection, 0, true);
+    compat::executor_run_all(qd);
     ExecutorFinish(qd);
     ExecutorEnd(qd);
   }

@@ -646,19 +646,34 @@ bool run() {
 }
 
 // run() with a last catch: a C++ exception that no inner wall caught (a
-// bug, or bad_alloc where C++ is not expected to allocate) ends this worker,
-// which the postmaster restarts, instead of std::terminate, which would
-// make it reinitialize every backend. 1: declined, 0: stopped, -1: an
-// exception (its message in g_worker->error).
-int run_last_catch() noexcept {
+// bug, or bad_alloc where C++ is not expected to allocate) ends this run of
+// the worker, which is started again (by the postmaster, or in automatic
+// mode by the launcher), instead of std::terminate, which would make the
+// postmaster reinitialize every backend. 1: declined, 0: stopped, -1: an
+// exception (its message in g_worker->error), -2: a PostgreSQL error.
+// An exception that left through an inner PG_TRY (a pg_guard, a stored
+// query) left PostgreSQL's error stack pointing into that finished frame:
+// both pointers are put back before anything is raised. A PostgreSQL error
+// carried as PgError is raised again as itself (-2, in *pg_error).
+int run_last_catch(ErrorData** pg_error) noexcept {
+  sigjmp_buf* const stack = PG_exception_stack;
+  ErrorContextCallback* const context = error_context_stack;
+  const MemoryContext cxt = CurrentMemoryContext;
+  int r = -1;
   try {
     return run() ? 1 : 0;
+  } catch (const PgError& e) {
+    *pg_error = e.data();
+    r = -2;
   } catch (const std::exception& e) {
     strlcpy(g_worker->error, e.what(), sizeof g_worker->error);
   } catch (...) {
     strlcpy(g_worker->error, "unknown C++ exception", sizeof g_worker->error);
   }
-  return -1;
+  PG_exception_stack = stack;
+  error_context_stack = context;
+  MemoryContextSwitchTo(cxt);
+  return r;
 }
 
 void at_worker_exit(int, Datum) {
@@ -814,7 +829,9 @@ void bitdex_sync_worker_main(Datum arg) {
   volatile bool declined = false;  // set in PG_TRY, read after it
   PG_TRY();
   {
-    const int r = run_last_catch();
+    ErrorData* pg_error = nullptr;
+    const int r = run_last_catch(&pg_error);
+    if (r == -2) ReThrowError(pg_error);
     if (r < 0)
       ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
                       errmsg("bitdex_sync: the worker stopped on an unexpected C++ exception: %s", g_worker->error),

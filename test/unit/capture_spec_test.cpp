@@ -150,6 +150,16 @@ TEST(CaptureSpec, RefusesWhatItCannotCompile) {
   EXPECT_EQ(kind_of_error(R"({"v":1,"kind":"fan_out_per_row","sink":"message","slot":"id","fields":[]})"),
             ErrorKind::InvalidInput);  // no rows_sql
   EXPECT_EQ(kind_of_error(R"([1,2])"), ErrorKind::InvalidInput);
+  // Numbers: whole, in range, or refused (never a std:: exception, never wrapped).
+  const std::string fan_in = R"({"v":1,"kind":"direct","sink":"message","slot":"id","fields":[],"fan_in":[)"
+                             R"({"source":"p","field":"f","sql":"s","fields":[],"lock":)";
+  for (const char* bad : {"-1", "1.5", "1e3", "4294967296", "99999999999999999999999"})
+    EXPECT_EQ(kind_of_error((fan_in + bad + "}]}").c_str()), ErrorKind::InvalidInput) << bad;
+  EXPECT_EQ(spec::read(std::string_view(fan_in + "4294967295}]}")).fan_ins[0].lock, 4294967295u);
+  EXPECT_EQ(kind_of_error(R"({"v":2,"kind":"direct","sink":"message","slot":"id","fields":[]})"),
+            ErrorKind::NotSupported);
+  EXPECT_EQ(kind_of_error(R"({"v":1e9,"kind":"direct","sink":"message","slot":"id","fields":[]})"),
+            ErrorKind::InvalidInput);
   EXPECT_EQ(kind_of_error(R"({"v":1,"kind":"direct","sink":"message","slot":"id","fields":[{"f":1,"sql":"x"}]})"),
             ErrorKind::InvalidInput);
 }

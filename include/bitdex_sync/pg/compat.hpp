@@ -1,12 +1,14 @@
 // The PostgreSQL calls whose signatures change between major versions,
-// behind PG_VERSION_NUM (SPEC §13): a port to a new major version changes
-// this file, not the callers. Built and tested on 15; the 16+ branches
-// follow those versions' headers.
+// behind PG_VERSION_NUM (SPEC §13): a port to a new major version starts
+// here, not in the callers. Built and tested on 15 only; the 16+ branches
+// follow those versions' release notes and are untested.
 #pragma once
 
 #include "bitdex_sync/pg/postgres.hpp"
 
 extern "C" {
+#include "access/attmap.h"
+#include "executor/executor.h"
 #include "replication/message.h"
 #include "replication/slot.h"
 }
@@ -51,6 +53,25 @@ inline XLogRecPtr log_message(const char* prefix, const char* data, size_t size,
   return LogLogicalMessage(prefix, data, size, transactional, false);
 #else
   return LogLogicalMessage(prefix, data, size, transactional);
+#endif
+}
+
+// Maps a partition's columns to its parent's by name (16 added `missing_ok`:
+// a column missing from either is an error, as in 15).
+inline AttrMap* attrmap_by_name(TupleDesc indesc, TupleDesc outdesc) {
+#if PG_VERSION_NUM >= 160000
+  return build_attrmap_by_name(indesc, outdesc, false);
+#else
+  return build_attrmap_by_name(indesc, outdesc);
+#endif
+}
+
+// Runs a started query to its end (18 dropped `execute_once`).
+inline void executor_run_all(QueryDesc* qd) {
+#if PG_VERSION_NUM >= 180000
+  ExecutorRun(qd, ForwardScanDirection, 0);
+#else
+  ExecutorRun(qd, ForwardScanDirection, 0, true);
 #endif
 }
 
