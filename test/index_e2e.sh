@@ -196,14 +196,16 @@ wait "$follower" || fail "follow did not exit cleanly on SIGTERM: $(tail -3 "$di
 follower=
 # Whatever the follower had not applied yet.
 "${AS_PG[@]}" build/bin/bitdex-index apply --wal "$wal" --index "$index" --json > "$dir/apply.json"
-build/bin/bitdex-wal stats "$wal" --json > "$dir/wal_stats.json"
-batches=$(grep -o '"batches":[0-9]*' "$dir/wal_stats.json" | head -1 | cut -d: -f2)
+# The WAL's last batch number (the worker's retention removes segments every
+# consumer has passed, so counting the batches left would not give it).
+batches=$("${AS_PG[@]}" build/bin/bitdex-wal dump "$wal" | grep -o '"batch_end":[0-9]*' | tail -1 | cut -d: -f2)
 grep -q "\"last_batch_seq\":$batches," "$dir/apply.json" || fail "index is not at the WAL's last batch $batches: $(cat "$dir/apply.json")"
 "${psql[@]}" -At -c "SELECT 'images ' || count(*) FROM image" -c "SELECT 'tags ' || count(*) FROM tag_on_image" \
   -c "SELECT 'posts ' || count(*) FROM post"
-segments=$(find "$wal" -name '*.seg' | wc -l)
+newest=$(find "$wal" -name '*.seg' -printf '%f\n' | sort | tail -1)
+segments=$((16#${newest%.seg}))
 [ "$segments" -gt 1 ] || fail "the worker's ops WAL never rotated ($segments segment)"
-echo "ops WAL: $batches batches in $segments segments; index killed $kills times, worker $worker_kills times; $(cat "$dir/apply.json")"
+echo "ops WAL: $batches batches in $segments segments ($(find "$wal" -name '*.seg' | wc -l) left after retention); index killed $kills times, worker $worker_kills times; $(cat "$dir/apply.json")"
 
 # Images here gain a model after the model last changed: they take its poi
 # through the "modelId eq {id}" fan-in (issue 17, item 6), which verify
