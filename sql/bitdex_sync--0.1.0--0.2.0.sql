@@ -123,6 +123,8 @@ CREATE OR REPLACE FUNCTION bitdex_sync.status()
   LANGUAGE sql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
   AS $$
+  -- The directory is listed once per call, not once per consumer.
+  WITH segs AS MATERIALIZED (SELECT * FROM bitdex_sync.wal_segments())
   SELECT 'slot', w.database, CASE WHEN w.slot_stopped THEN 'stopped at poison' ELSE w.state END, w.pid, s.slot_name::text, w.durable_lsn, NULL::bigint,
          pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn), NULL::bigint,
          CASE WHEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), w.durable_lsn) > 0 AND w.last_batch_at IS NOT NULL
@@ -203,7 +205,7 @@ CREATE OR REPLACE FUNCTION bitdex_sync.status()
          NULL, NULL, NULL, NULL,
          (SELECT coalesce(sum(CASE WHEN g.segment = c.segment THEN greatest(g.bytes - c.segment_offset, 0)
                                    ELSE g.bytes END), 0)
-            FROM bitdex_sync.wal_segments() g
+            FROM segs g
            WHERE g.segment >= c.segment AND c.lagging IS NULL AND c.wal_id = i.wal_id),
          NULL, extract(epoch FROM clock_timestamp() - coalesce(c.acked_at, c.registered_at))::float8, NULL, NULL, NULL,
          NULL, NULL, NULL, NULL, NULL, NULL, c.acked_at,
@@ -220,6 +222,7 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
   SET search_path = pg_catalog, pg_temp
   AS $$
   WITH w AS (SELECT * FROM bitdex_sync.worker_state() WHERE state <> 'no worker'),
+  segs AS (SELECT coalesce(sum(bytes), 0) AS bytes, count(*) AS n FROM bitdex_sync.wal_segments()),
   refused AS (SELECT * FROM bitdex_sync.worker_state() WHERE state = 'no worker'),
   o AS (SELECT max(id) AS max_id, count(*) FILTER (WHERE id > (SELECT outbox_done FROM w WHERE database = current_database())) AS rows
           FROM bitdex_sync.ops),
@@ -290,9 +293,9 @@ CREATE OR REPLACE FUNCTION bitdex_sync.metrics() RETURNS text
                                   round(extract(epoch FROM clock_timestamp() - coalesce(c.acked_at, c.registered_at))::numeric, 3))
       FROM (SELECT *, row_number() OVER (ORDER BY name) AS n FROM bitdex_sync.consumers) c
     UNION ALL SELECT 19, format('bitdex_sync_wal_directory_bytes{database="%s"} %s', current_database(),
-                                (SELECT coalesce(sum(bytes), 0) FROM bitdex_sync.wal_segments()))
+                                (SELECT bytes FROM segs))
     UNION ALL SELECT 19.1, format('bitdex_sync_wal_segments{database="%s"} %s', current_database(),
-                                  (SELECT count(*) FROM bitdex_sync.wal_segments()))
+                                  (SELECT n FROM segs))
     -- Every family's HELP and TYPE, right before its series.
     UNION ALL SELECT 0.998, '# HELP bitdex_sync_cursor_position Position durable in the ops WAL: slot, an LSN in bytes; outbox, the highest row id'
     UNION ALL SELECT 0.999, '# TYPE bitdex_sync_cursor_position gauge'

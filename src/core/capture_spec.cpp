@@ -10,19 +10,8 @@
 namespace bitdex::spec {
 namespace {
 
-void key(std::string& out, const char* k) {
-  if (out.back() != '{') out += ',';
-  json::write_string(out, k);
-  out += ':';
-}
-
-void str_member(std::string& out, const char* k, const std::string& v) {
-  key(out, k);
-  json::write_string(out, v);
-}
-
 void strings_member(std::string& out, const char* k, const std::vector<std::string>& v) {
-  key(out, k);
+  json::write_key(out, k);
   out += "[";
   for (size_t i = 0; i < v.size(); i++) {
     if (i) out += ",";
@@ -33,9 +22,9 @@ void strings_member(std::string& out, const char* k, const std::vector<std::stri
 
 void field_object(std::string& out, const Field& f, bool cond) {
   out += "{";
-  str_member(out, "f", f.target);
-  if (cond) str_member(out, "cond", f.cond);
-  str_member(out, "sql", f.sql);
+  json::write_string_member(out, "f", f.target);
+  if (cond) json::write_string_member(out, "cond", f.cond);
+  json::write_string_member(out, "sql", f.sql);
   out += "}";
 }
 
@@ -127,21 +116,21 @@ bool CaptureSpec::operator==(const CaptureSpec& o) const {
 std::string write(const CaptureSpec& s) {
   const bool join = s.kind == config::SourceKind::Join;
   std::string out = "{";
-  key(out, "v");
+  json::write_key(out, "v");
   out += std::to_string(s.version);
-  str_member(out, "source", s.source);
-  str_member(out, "kind", config::kind_name(s.kind));
-  str_member(out, "sink", config::sink_name(s.sink));
-  str_member(out, "slot", s.slot);
-  key(out, "alive");
+  json::write_string_member(out, "source", s.source);
+  json::write_string_member(out, "kind", config::kind_name(s.kind));
+  json::write_string_member(out, "sink", config::sink_name(s.sink));
+  json::write_string_member(out, "slot", s.slot);
+  json::write_key(out, "alive");
   out += s.alive ? "true" : "false";
-  key(out, "delete");
+  json::write_key(out, "delete");
   out += s.on_delete ? "true" : "false";
   if (join) {
-    key(out, "value");
+    json::write_key(out, "value");
     field_object(out, s.value, false);
-    if (s.filter) str_member(out, "filter", *s.filter);
-    key(out, "computed");
+    if (s.filter) json::write_string_member(out, "filter", *s.filter);
+    json::write_key(out, "computed");
     out += "[";
     for (size_t i = 0; i < s.computed.size(); i++) {
       if (i) out += ",";
@@ -149,7 +138,7 @@ std::string write(const CaptureSpec& s) {
     }
     out += "]";
   } else {
-    key(out, "fields");
+    json::write_key(out, "fields");
     out += "[";
     for (size_t i = 0; i < s.fields.size(); i++) {
       if (i) out += ",";
@@ -158,24 +147,24 @@ std::string write(const CaptureSpec& s) {
     out += "]";
   }
   if (s.kind == config::SourceKind::QueryFanOut) {
-    str_member(out, "query", s.query);
+    json::write_string_member(out, "query", s.query);
     strings_member(out, "query_cols", s.query_cols);
     if (s.ids_sql) {
-      str_member(out, "ids_sql", *s.ids_sql);
+      json::write_string_member(out, "ids_sql", *s.ids_sql);
       strings_member(out, "ids_params", s.ids_params);
     }
   }
   if (!s.fan_ins.empty()) {
-    key(out, "fan_in");
+    json::write_key(out, "fan_in");
     out += "[";
     for (size_t i = 0; i < s.fan_ins.size(); i++) {
       const FanIn& f = s.fan_ins[i];
       if (i) out += ",";
       out += "{";
-      str_member(out, "source", f.source);
-      str_member(out, "field", f.field);
-      str_member(out, "sql", f.sql);
-      key(out, "lock");
+      json::write_string_member(out, "source", f.source);
+      json::write_string_member(out, "field", f.field);
+      json::write_string_member(out, "sql", f.sql);
+      json::write_key(out, "lock");
       out += std::to_string(f.lock);
       strings_member(out, "fields", f.fields);
       out += "}";
@@ -183,19 +172,19 @@ std::string write(const CaptureSpec& s) {
     out += "]";
   }
   if (s.fan_in_lock != 0) {
-    key(out, "fan_in_lock");
+    json::write_key(out, "fan_in_lock");
     out += std::to_string(s.fan_in_lock);
   }
   if (s.filter_sql) {
-    str_member(out, "filter_sql", *s.filter_sql);
+    json::write_string_member(out, "filter_sql", *s.filter_sql);
     strings_member(out, "filter_params", s.filter_params);
   } else if (!join && s.filter) {
-    str_member(out, "filter", *s.filter);
+    json::write_string_member(out, "filter", *s.filter);
   }
   if (!s.shared.empty()) strings_member(out, "shared", s.shared);
   if (s.kind == config::SourceKind::RowFanOut) {
-    str_member(out, "rows_sql", s.rows_sql);
-    str_member(out, "parent_key", s.parent_key);
+    json::write_string_member(out, "rows_sql", s.rows_sql);
+    json::write_string_member(out, "parent_key", s.parent_key);
   }
   out += "}";
   return out;

@@ -237,6 +237,17 @@ Value parse(std::string_view text) {
   return Parser(text).document();
 }
 
+void write_key(std::string& out, std::string_view k) {
+  if (out.back() != '{') out += ',';
+  write_string(out, k);
+  out += ':';
+}
+
+void write_string_member(std::string& out, std::string_view k, std::string_view v) {
+  write_key(out, k);
+  write_string(out, v);
+}
+
 void write_string(std::string& out, std::string_view s) {
   out += '"';
   size_t run = 0;

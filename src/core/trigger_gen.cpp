@@ -13,12 +13,6 @@ namespace {
 
 using config::SourceKind;
 
-void key(std::string& out, const char* k) {
-  if (out.back() != '{') out += ',';
-  json::write_string(out, k);
-  out += ':';
-}
-
 // A name part for generated identifiers: lowercase [a-z0-9], anything else '_'.
 std::string slug(const std::string& s) {
   std::string out;
@@ -27,11 +21,6 @@ std::string slug(const std::string& s) {
     out += ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9')) ? l : '_';
   }
   return out;
-}
-
-void str_member(std::string& out, const char* k, const std::string& v) {
-  key(out, k);
-  json::write_string(out, v);
 }
 
 }  // namespace
@@ -266,14 +255,14 @@ std::string truncate_spec(const config::Config& cfg, const config::Source& s) {
       }
   }
   std::string out = "{";
-  str_member(out, "sink", config::sink_name(s.sink));
-  key(out, "clear");
+  json::write_string_member(out, "sink", config::sink_name(s.sink));
+  json::write_key(out, "clear");
   write_clear_json(out, c);
   if (refuse.empty()) {
-    key(out, "refuse");
+    json::write_key(out, "refuse");
     out += "null";
   } else {
-    str_member(out, "refuse", refuse);
+    json::write_string_member(out, "refuse", refuse);
   }
   return out + "}";
 }

@@ -57,11 +57,14 @@ Cursor decode_cursor(const std::string& bytes, const std::string& path) {
 
 }  // namespace
 
+std::string wal_id_hex(uint64_t wal_id) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(wal_id));
+  return hex;
+}
+
 std::string format_cursor(const Cursor& c) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%016llx/%llu/%llu", static_cast<unsigned long long>(c.wal_id),
-                static_cast<unsigned long long>(c.generation), static_cast<unsigned long long>(c.offset));
-  return buf;
+  return wal_id_hex(c.wal_id) + "/" + std::to_string(c.generation) + "/" + std::to_string(c.offset);
 }
 
 std::optional<Cursor> parse_cursor(const std::string& text) {
@@ -118,9 +121,7 @@ std::optional<SegmentHeader> newest_header(const std::string& dir) {
 }
 
 std::string retire_dir(const std::string& dir, uint64_t wal_id) {
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(wal_id));
-  std::string base = dir + ".retired-" + hex, to = base;
+  std::string base = dir + ".retired-" + wal_id_hex(wal_id), to = base;
   for (int n = 2; fileio::exists(to); n++) to = base + "-" + std::to_string(n);
   if (::rename(dir.c_str(), to.c_str()) != 0) throw_io_error("rename directory", dir, errno);
   const size_t slash = dir.find_last_of('/');
@@ -218,17 +219,7 @@ RetentionResult remove_consumed_segments(const std::string& dir, const Retention
     if (::stat(path.c_str(), &st) != 0) throw_io_error("stat", path, errno);
     segs.push_back(Seg{g, static_cast<uint64_t>(st.st_size), static_cast<int64_t>(st.st_mtime)});
   }
-  auto tally = [&] {
-    for (const Seg& s : segs)
-      if (std::find(res.removed.begin(), res.removed.end(), s.gen) == res.removed.end()) {
-        res.bytes_kept += s.bytes;
-        res.segments_kept++;
-      }
-  };
-  if (segs.size() < 2) {
-    tally();
-    return res;
-  }
+  if (segs.size() < 2) return res;
   std::vector<ConsumerInfo> consumers = list_consumers(dir);
   const size_t local = consumers.size();
   consumers.insert(consumers.end(), others.begin(), others.end());
@@ -288,7 +279,6 @@ RetentionResult remove_consumed_segments(const std::string& dir, const Retention
     res.removed.push_back(g);
   }
   if (!res.removed.empty()) fileio::fsync_dir(dir);
-  tally();
   return res;
 }
 

@@ -46,12 +46,6 @@ constexpr int64 kMaxReadBytes = 256 << 20;
 constexpr int kMaxWaitMs = 600 * 1000;
 constexpr int32 kMaxRecordRows = 1000000;
 
-std::string hex_id(uint64_t id) {
-  char buf[17];
-  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(id));
-  return buf;
-}
-
 std::string arg_text(FunctionCallInfo fcinfo, int n) {
   return pg_guard([&] { return text_to_cstring(PG_GETARG_TEXT_PP(n)); });
 }
@@ -141,7 +135,8 @@ Consumer read_consumer(const std::string& name, bool lock) {
 
 [[noreturn]] void other_wal(const std::string& what, uint64_t theirs, uint64_t ours) {
   throw Error(ErrorKind::InvalidInput,
-              what + " belongs to ops WAL " + hex_id(theirs) + ", but this database writes ops WAL " + hex_id(ours),
+              what + " belongs to ops WAL " + wal::wal_id_hex(theirs) + ", but this database writes ops WAL " +
+                  wal::wal_id_hex(ours),
               "The ops WAL was started anew: a promoted standby (failover), bitdex_sync.start_new_wal(), or the "
               "extension created again. Nothing of the old WAL's cursor applies to the new one.",
               "Rebuild the index: unregister and register the consumer again, then follow with an empty index "

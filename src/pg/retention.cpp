@@ -98,7 +98,7 @@ void retain_segments() {
             g_pass->lagging.emplace_back(c.name,
                                          "its cursor belongs to an earlier ops WAL (this database now writes "
                                          "ops WAL " +
-                                             wal::format_cursor(wal::Cursor{wal_id, 0, 0}).substr(0, 16) + ")");
+                                             wal::wal_id_hex(wal_id) + ")");
           else
             g_pass->table.push_back(std::move(c));
         }
@@ -129,12 +129,6 @@ void retain_segments() {
             (errmsg("bitdex_sync: retention removed %zu ops WAL segments (%llu to %llu)", g_pass->result.removed.size(),
                     static_cast<unsigned long long>(g_pass->result.removed.front()),
                     static_cast<unsigned long long>(g_pass->result.removed.back()))));
-  WorkerShared* w = g_worker->shared;
-  SpinLockAcquire(&w->mutex);
-  w->wal_dir_bytes = g_pass->result.bytes_kept;
-  w->wal_segments = g_pass->result.segments_kept;
-  w->segments_removed += g_pass->result.removed.size();
-  SpinLockRelease(&w->mutex);
 }
 
 }  // namespace bitdex::pg::bgw

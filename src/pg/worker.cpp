@@ -58,6 +58,15 @@ Worker* g_worker = nullptr;
 
 namespace {
 
+// Publishes where the open ops WAL is durable up to (read_wal() serves
+// nothing after it). Under w->mutex.
+void set_durable_end(WorkerShared* w) {
+  const wal::Cursor end = g_worker->writer->end();
+  w->durable_wal_id = end.wal_id;
+  w->durable_generation = end.generation;
+  w->durable_offset = end.offset;
+}
+
 // Copies the batcher's totals and the latency of the batch just written.
 void publish_batch(TimestampTz now) {
   WorkerShared* w = g_worker->shared;
@@ -71,10 +80,7 @@ void publish_batch(TimestampTz now) {
   w->wal_bytes = t.wal_bytes;
   w->last_batch_at = now;
   w->appends++;
-  const wal::Cursor end = g_worker->writer->end();
-  w->durable_wal_id = end.wal_id;
-  w->durable_generation = end.generation;
-  w->durable_offset = end.offset;
+  set_durable_end(w);
   for (TimestampTz commit : g_worker->commit_times) {
     double ms = std::max<double>(0, static_cast<double>(now - commit) / 1000.0);
     int b = 0;
@@ -298,12 +304,9 @@ void open_writer() {
     }
   }
   WorkerShared* w = g_worker->shared;
-  const wal::Cursor end = g_worker->writer->end();  // the torn tail is cut: all of it is durable
   SpinLockAcquire(&w->mutex);
   w->instance = g_worker->instance_id;
-  w->durable_wal_id = end.wal_id;
-  w->durable_generation = end.generation;
-  w->durable_offset = end.offset;
+  set_durable_end(w);  // the torn tail is cut: all of it is durable
   SpinLockRelease(&w->mutex);
 }
 

@@ -28,6 +28,12 @@ Value parse(std::string_view text);
 // Appends `s` as a quoted JSON string, escaped the way Postgres prints jsonb.
 void write_string(std::string& out, std::string_view s);
 
+// Appends the key of an object member being written by hand: a comma unless
+// it is the first member (`out` ends with '{'), then "k":.
+void write_key(std::string& out, std::string_view k);
+// ... and a member whose value is the string `v`.
+void write_string_member(std::string& out, std::string_view k, std::string_view v);
+
 // Appends `v` in compact form (no spaces).
 void write(std::string& out, const Value& v);
 

@@ -23,6 +23,8 @@ struct Cursor {
   }
 };
 
+// A WAL id as text: 16 lowercase hex digits, as logs, errors and cursors show it.
+std::string wal_id_hex(uint64_t wal_id);
 // A cursor as text, "<WAL id, 16 hex digits>/<segment>/<offset>" (as
 // bitdex_sync.read_wal() and ack_consumer() take and give it); parse_cursor
 // returns nothing for anything else.
@@ -84,7 +86,6 @@ struct RetentionResult {
   // Consumers of `others` that needed a removed segment, with why: the
   // caller records them lagging.
   std::vector<std::pair<std::string, std::string>> others_lagging;
-  uint64_t bytes_kept = 0, segments_kept = 0;  // the directory's segments afterwards
 };
 
 // Deletes every segment that all registered, non-lagging consumers are past

@@ -68,8 +68,6 @@ struct WorkerShared {
   // The end of what is durable in the ops WAL (fdatasync done): read_wal()
   // serves no byte after it. 0: not known yet (no byte is served).
   uint64 durable_wal_id, durable_generation, durable_offset;
-  // The ops WAL directory after the worker's last retention pass.
-  uint64 wal_dir_bytes, wal_segments, segments_removed;
   uint64 latency_buckets[kLatencyBuckets];
   double latency_sum_ms;
   uint64 latency_count;
